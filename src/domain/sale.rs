@@ -1,0 +1,250 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Millis, Refusal};
+
+/// Item id of a sale created with a plain `stock` (one item).
+pub const DEFAULT_ITEM: &str = "default";
+
+const MAX_ITEMS: usize = 10_000;
+const MAX_STOCK: u32 = 100_000_000;
+const MAX_PER_USER_LIMIT: u32 = 10_000;
+
+/// Body of `POST /api/sales`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSale {
+    pub name: String,
+    pub stock: Option<u32>,
+    pub items: Option<Vec<NewItem>>,
+    pub per_user_limit: Option<u32>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    /// Seconds a buyer has to pay; 0 (the default) means an order is paid when placed.
+    pub payment_window: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewItem {
+    pub id: String,
+    pub stock: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub id: String,
+    pub stock: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sale {
+    pub id: String,
+    pub name: String,
+    pub items: Vec<Item>,
+    pub per_user_limit: u32,
+    pub starts_at: Millis,
+    pub ends_at: Option<Millis>,
+    pub payment_window: u32,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleStatus {
+    Scheduled,
+    Live,
+    SoldOut,
+    Ended,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SaleError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> SaleError {
+    SaleError::Invalid(msg.into())
+}
+
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl NewSale {
+    /// Checks the request and turns it into a sale. `now` is the default start.
+    pub fn into_sale(self, id: String, now: Millis) -> Result<Sale, SaleError> {
+        let name = self.name.trim().to_string();
+        if name.is_empty() || name.len() > 200 {
+            return Err(invalid("name must be 1 to 200 characters"));
+        }
+        let items = match (self.stock, self.items) {
+            (Some(stock), None) => vec![Item {
+                id: DEFAULT_ITEM.into(),
+                stock,
+            }],
+            (None, Some(items)) => items
+                .into_iter()
+                .map(|i| Item {
+                    id: i.id,
+                    stock: i.stock,
+                })
+                .collect(),
+            (Some(_), Some(_)) => return Err(invalid("give either `stock` or `items`, not both")),
+            (None, None) => return Err(invalid("`stock` or `items` is required")),
+        };
+        if items.is_empty() || items.len() > MAX_ITEMS {
+            return Err(invalid(format!("a sale has 1 to {MAX_ITEMS} items")));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for item in &items {
+            if !valid_id(&item.id) {
+                return Err(invalid(format!(
+                    "item id {:?} must be 1 to 64 characters of [A-Za-z0-9._-]",
+                    item.id
+                )));
+            }
+            if !seen.insert(item.id.as_str()) {
+                return Err(invalid(format!("item id {:?} appears twice", item.id)));
+            }
+            if item.stock == 0 || item.stock > MAX_STOCK {
+                return Err(invalid(format!("stock must be 1 to {MAX_STOCK}")));
+            }
+        }
+        let per_user_limit = self.per_user_limit.unwrap_or(1);
+        if per_user_limit == 0 || per_user_limit > MAX_PER_USER_LIMIT {
+            return Err(invalid(format!(
+                "per_user_limit must be 1 to {MAX_PER_USER_LIMIT}"
+            )));
+        }
+        let starts_at = self.starts_at.map(|t| t.timestamp_millis()).unwrap_or(now);
+        let ends_at = self.ends_at.map(|t| t.timestamp_millis());
+        if let Some(end) = ends_at {
+            if end <= starts_at {
+                return Err(invalid("ends_at must be after starts_at"));
+            }
+        }
+        Ok(Sale {
+            id,
+            name,
+            items,
+            per_user_limit,
+            starts_at,
+            ends_at,
+            payment_window: self.payment_window.unwrap_or(0),
+            created_at: now,
+        })
+    }
+}
+
+impl Sale {
+    pub fn total_stock(&self) -> u64 {
+        self.items.iter().map(|i| i.stock as u64).sum()
+    }
+
+    pub fn item_index(&self, id: &str) -> Option<usize> {
+        self.items.iter().position(|i| i.id == id)
+    }
+
+    /// The refusal the sale window gives at `now`, if any.
+    pub fn window_refusal(&self, now: Millis) -> Option<Refusal> {
+        if now < self.starts_at {
+            Some(Refusal::NotStarted)
+        } else if self.ends_at.is_some_and(|end| now >= end) {
+            Some(Refusal::Ended)
+        } else {
+            None
+        }
+    }
+
+    pub fn status(&self, now: Millis, remaining_total: u64) -> SaleStatus {
+        match self.window_refusal(now) {
+            Some(Refusal::NotStarted) => SaleStatus::Scheduled,
+            Some(_) => SaleStatus::Ended,
+            None if remaining_total == 0 => SaleStatus::SoldOut,
+            None => SaleStatus::Live,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_sale() -> NewSale {
+        NewSale {
+            name: "drop".into(),
+            stock: Some(10),
+            items: None,
+            per_user_limit: None,
+            starts_at: None,
+            ends_at: None,
+            payment_window: None,
+        }
+    }
+
+    #[test]
+    fn stock_only_sale_has_one_default_item_and_limit_one() {
+        let sale = new_sale().into_sale("s".into(), 1000).unwrap();
+        assert_eq!(
+            sale.items,
+            vec![Item {
+                id: DEFAULT_ITEM.into(),
+                stock: 10
+            }]
+        );
+        assert_eq!(sale.per_user_limit, 1);
+        assert_eq!(sale.starts_at, 1000);
+    }
+
+    #[test]
+    fn rejects_bad_sales() {
+        let both = NewSale {
+            items: Some(vec![]),
+            ..new_sale()
+        };
+        assert!(both.into_sale("s".into(), 0).is_err());
+        let zero = NewSale {
+            stock: Some(0),
+            ..new_sale()
+        };
+        assert!(zero.into_sale("s".into(), 0).is_err());
+        let dup = NewSale {
+            stock: None,
+            items: Some(vec![
+                NewItem {
+                    id: "A".into(),
+                    stock: 1,
+                },
+                NewItem {
+                    id: "A".into(),
+                    stock: 1,
+                },
+            ]),
+            ..new_sale()
+        };
+        assert!(dup.into_sale("s".into(), 0).is_err());
+        let limit = NewSale {
+            per_user_limit: Some(0),
+            ..new_sale()
+        };
+        assert!(limit.into_sale("s".into(), 0).is_err());
+    }
+
+    #[test]
+    fn window_and_status() {
+        let mut sale = new_sale().into_sale("s".into(), 100).unwrap();
+        sale.ends_at = Some(200);
+        assert_eq!(sale.window_refusal(99), Some(Refusal::NotStarted));
+        assert_eq!(sale.window_refusal(100), None);
+        assert_eq!(sale.window_refusal(200), Some(Refusal::Ended));
+        assert_eq!(sale.status(150, 0), SaleStatus::SoldOut);
+        assert_eq!(sale.status(150, 3), SaleStatus::Live);
+        assert_eq!(sale.status(50, 3), SaleStatus::Scheduled);
+    }
+}

@@ -1,0 +1,261 @@
+//! The engine runs a purchase through the pipeline: gate → bus → (store), and answers
+//! only once the order is durable. A failure after the gate releases the reservation
+//! before the buyer hears of it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use crate::bus::OrderBus;
+use crate::domain::{
+    NewSale, Order, PurchaseRequest, Refusal, Sale, SaleError, now_millis, validate_purchase,
+};
+use crate::gate::{Decision, GateError, KeyAnswer, SaleSnapshot, StockGate};
+use crate::store::{OrderStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no sale {0}")]
+    SaleNotFound(String),
+    #[error("no order {0}")]
+    OrderNotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}", .0.code())]
+    Refused(Refusal),
+    #[error("this idempotency key was used for a different purchase")]
+    KeyReused,
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        EngineError::Unavailable("order store unavailable".into())
+    }
+}
+
+impl From<GateError> for EngineError {
+    fn from(e: GateError) -> Self {
+        match e {
+            GateError::UnknownSale(id) => EngineError::SaleNotFound(id),
+            GateError::Unavailable(reason) => {
+                tracing::error!(%reason, "gate unavailable");
+                EngineError::Unavailable("stock gate unavailable".into())
+            }
+        }
+    }
+}
+
+pub struct Engine {
+    gate: Arc<dyn StockGate>,
+    bus: Arc<dyn OrderBus>,
+    store: Arc<dyn OrderStore>,
+    sales: RwLock<HashMap<String, Arc<Sale>>>,
+    /// How long a retry waits for the first request with its key to finish.
+    replay_wait: Duration,
+}
+
+/// A sale with its remaining stock per item.
+pub struct SaleState {
+    pub sale: Arc<Sale>,
+    pub remaining: Vec<u32>,
+}
+
+impl Engine {
+    /// Wires the stages and brings the gate up to date with the store: every sale the
+    /// gate does not hold is rebuilt from the orders stored (restart on the same file).
+    pub async fn start(
+        gate: Arc<dyn StockGate>,
+        bus: Arc<dyn OrderBus>,
+        store: Arc<dyn OrderStore>,
+        replay_wait: Duration,
+    ) -> Result<Engine, EngineError> {
+        let engine = Engine {
+            gate,
+            bus,
+            store,
+            sales: RwLock::new(HashMap::new()),
+            replay_wait,
+        };
+        for sale in engine.store.list_sales().await? {
+            engine.load_into_gate(&sale).await?;
+            engine.sales.write().insert(sale.id.clone(), Arc::new(sale));
+        }
+        Ok(engine)
+    }
+
+    async fn load_into_gate(&self, sale: &Sale) -> Result<(), EngineError> {
+        if self.gate.has_sale(sale).await? {
+            return Ok(());
+        }
+        let orders = self.store.sale_orders(&sale.id).await?;
+        self.gate.restore(sale, &snapshot(sale, &orders)).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        self.store.ping().await?;
+        Ok(())
+    }
+
+    pub async fn create_sale(&self, new: NewSale) -> Result<SaleState, EngineError> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let sale = new
+            .into_sale(id, now_millis())
+            .map_err(|SaleError::Invalid(m)| EngineError::Invalid(m))?;
+        self.store.create_sale(&sale).await?;
+        self.gate.open_sale(&sale).await?;
+        let sale = Arc::new(sale);
+        self.sales.write().insert(sale.id.clone(), sale.clone());
+        self.sale_state(&sale.id).await
+    }
+
+    pub async fn sale(&self, id: &str) -> Result<Arc<Sale>, EngineError> {
+        if let Some(sale) = self.sales.read().get(id) {
+            return Ok(sale.clone());
+        }
+        // Created by another gateway, or not at all.
+        let sale = self
+            .store
+            .get_sale(id)
+            .await?
+            .ok_or_else(|| EngineError::SaleNotFound(id.to_string()))?;
+        self.load_into_gate(&sale).await?;
+        let sale = Arc::new(sale);
+        self.sales.write().insert(sale.id.clone(), sale.clone());
+        Ok(sale)
+    }
+
+    pub async fn sale_state(&self, id: &str) -> Result<SaleState, EngineError> {
+        let sale = self.sale(id).await?;
+        let remaining = self.gate.remaining(&sale).await?;
+        Ok(SaleState { sale, remaining })
+    }
+
+    pub async fn order(&self, id: &str) -> Result<Order, EngineError> {
+        self.store
+            .get_order(id)
+            .await?
+            .ok_or_else(|| EngineError::OrderNotFound(id.to_string()))
+    }
+
+    /// Places an order, or says why not. The answer is final once returned: an order
+    /// returned is durable; on an error nothing stays reserved.
+    pub async fn purchase(
+        &self,
+        sale_id: &str,
+        request: PurchaseRequest,
+        key: Option<String>,
+    ) -> Result<Arc<Order>, EngineError> {
+        let sale = self.sale(sale_id).await?;
+        let purchase =
+            validate_purchase(&sale, request).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let order_id = uuid::Uuid::now_v7().simple().to_string();
+        let now = now_millis();
+        match self
+            .gate
+            .reserve(&sale, &purchase, key.as_deref(), &order_id, now)
+            .await?
+        {
+            Decision::Refused(refusal) => Err(EngineError::Refused(refusal)),
+            Decision::KeyReused => Err(EngineError::KeyReused),
+            Decision::Replay(answer) => {
+                let key = key.expect("only keyed purchases replay");
+                self.replay(&sale, &purchase.user_id, &key, answer).await
+            }
+            Decision::Reserved => {
+                let order = Arc::new(Order::new(order_id, &sale, &purchase, key, now));
+                // The rest runs in its own task: if the buyer hangs up, the reservation is
+                // still confirmed or released, never left behind.
+                let (gate, bus) = (self.gate.clone(), self.bus.clone());
+                tokio::spawn(place(gate, bus, sale, order))
+                    .await
+                    .map_err(|e| EngineError::Unavailable(format!("order task failed: {e}")))?
+            }
+        }
+    }
+
+    /// Answers a retry with its key's original answer, waiting if the first request is
+    /// still on its way to the store.
+    async fn replay(
+        &self,
+        sale: &Sale,
+        user_id: &str,
+        key: &str,
+        mut answer: KeyAnswer,
+    ) -> Result<Arc<Order>, EngineError> {
+        let deadline = tokio::time::Instant::now() + self.replay_wait;
+        loop {
+            match answer {
+                KeyAnswer::Accepted(order) => return Ok(order),
+                KeyAnswer::Refused(refusal) => return Err(EngineError::Refused(refusal)),
+                KeyAnswer::InFlight { .. } => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EngineError::Unavailable(
+                    "the first request with this key is still in progress".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            answer = match self.gate.key_answer(sale, user_id, key).await? {
+                Some(answer) => answer,
+                None => {
+                    return Err(EngineError::Unavailable(
+                        "the first request with this key failed; retry".into(),
+                    ));
+                }
+            };
+        }
+    }
+}
+
+async fn place(
+    gate: Arc<dyn StockGate>,
+    bus: Arc<dyn OrderBus>,
+    sale: Arc<Sale>,
+    order: Arc<Order>,
+) -> Result<Arc<Order>, EngineError> {
+    match bus.publish(&order).await {
+        Ok(()) => {
+            if let Err(e) = gate.confirm(&sale, &order).await {
+                // The order is durable; only replays of its key are affected.
+                tracing::warn!(order = %order.id, error = %e, "could not confirm key");
+            }
+            Ok(order)
+        }
+        Err(e) if e.is_definite() => {
+            if let Err(release) = gate.release(&sale, &order, true).await {
+                tracing::error!(order = %order.id, error = %release, "reservation not released");
+            }
+            Err(EngineError::Unavailable(e.to_string()))
+        }
+        Err(e) => {
+            tracing::error!(order = %order.id, error = %e, "order outcome unknown; reservation kept");
+            Err(EngineError::Unavailable(e.to_string()))
+        }
+    }
+}
+
+/// What the gate must hold for `sale`, given the orders stored.
+pub fn snapshot(sale: &Sale, orders: &[Order]) -> SaleSnapshot {
+    let mut snap = SaleSnapshot {
+        sold: vec![0; sale.items.len()],
+        ..Default::default()
+    };
+    for order in orders.iter().filter(|o| o.sale_id == sale.id) {
+        if order.status.holds_stock() {
+            for (item, units) in order.units(sale) {
+                snap.sold[item] += units;
+            }
+            *snap.buyers.entry(order.user_id.clone()).or_default() += order.total_units();
+        }
+        if order.idempotency_key.is_some() {
+            snap.keyed_orders.push(order.clone());
+        }
+    }
+    snap
+}

@@ -1,0 +1,312 @@
+//! In-process stock gate: stock in atomics, buyers and idempotency keys in maps sharded
+//! by buyer. A purchase locks only its buyer's shard; stock is taken with compare-and-swap,
+//! so buyers of different shards never wait for each other. Once every item is gone,
+//! requests without a key are refused from the sold-out flag without taking any lock.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+
+use super::{Decision, GateError, KeyAnswer, SaleSnapshot, StockGate};
+use crate::domain::{Millis, Order, Refusal, Sale, Units, ValidPurchase};
+
+const SHARDS: usize = 64;
+
+#[derive(Default)]
+pub struct LocalGate {
+    sales: RwLock<HashMap<String, Arc<SaleState>>>,
+    hasher: RandomState,
+}
+
+struct SaleState {
+    remaining: Box<[AtomicU32]>,
+    sold_out: AtomicBool,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Units held per buyer.
+    units: HashMap<Box<str>, u32>,
+    /// (buyer, key) → what the key stands for.
+    keys: HashMap<(Box<str>, Box<str>), KeyEntry>,
+}
+
+struct KeyEntry {
+    fingerprint: Box<str>,
+    answer: KeyAnswer,
+}
+
+impl SaleState {
+    fn new(remaining: impl Iterator<Item = u32>) -> SaleState {
+        let state = SaleState {
+            remaining: remaining.map(AtomicU32::new).collect(),
+            sold_out: AtomicBool::new(false),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        };
+        state.refresh_sold_out();
+        state
+    }
+
+    /// Takes every unit or none.
+    fn take(&self, units: &Units) -> bool {
+        for (n, &(item, want)) in units.iter().enumerate() {
+            let slot = &self.remaining[item];
+            let taken = slot
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |have| {
+                    have.checked_sub(want)
+                })
+                .is_ok();
+            if !taken {
+                self.give_back(&units[..n]);
+                return false;
+            }
+        }
+        if self.remaining.iter().all(|r| r.load(Ordering::SeqCst) == 0) {
+            self.sold_out.store(true, Ordering::SeqCst);
+            // A release may have added stock between the check and the store; without
+            // this second look the flag could hide units that are back on sale.
+            self.refresh_sold_out();
+        }
+        true
+    }
+
+    fn give_back(&self, units: &[(usize, u32)]) {
+        for &(item, n) in units {
+            self.remaining[item].fetch_add(n, Ordering::SeqCst);
+        }
+        if !units.is_empty() {
+            self.sold_out.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn refresh_sold_out(&self) {
+        let none_left = self.remaining.iter().all(|r| r.load(Ordering::SeqCst) == 0);
+        self.sold_out.store(none_left, Ordering::SeqCst);
+    }
+}
+
+impl LocalGate {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self, sale: &Sale) -> Result<Arc<SaleState>, GateError> {
+        self.sales
+            .read()
+            .get(&sale.id)
+            .cloned()
+            .ok_or_else(|| GateError::UnknownSale(sale.id.clone()))
+    }
+
+    fn shard<'a>(&self, state: &'a SaleState, user_id: &str) -> &'a Mutex<Shard> {
+        &state.shards[self.hasher.hash_one(user_id) as usize % SHARDS]
+    }
+
+    /// The decision itself, synchronous: the trait's async methods only wrap it.
+    pub fn decide(
+        &self,
+        sale: &Sale,
+        purchase: &ValidPurchase,
+        key: Option<&str>,
+        order_id: &str,
+        now: Millis,
+    ) -> Result<Decision, GateError> {
+        let state = self.state(sale)?;
+        let window = sale.window_refusal(now);
+        if key.is_none() {
+            if let Some(refusal) = window {
+                return Ok(Decision::Refused(refusal));
+            }
+            if state.sold_out.load(Ordering::SeqCst) {
+                return Ok(Decision::Refused(Refusal::SoldOut));
+            }
+        }
+        let user = purchase.user_id.as_str();
+        let mut shard = self.shard(&state, user).lock();
+        if let Some(key) = key {
+            if let Some(entry) = shard.keys.get(&(user.into(), key.into())) {
+                return Ok(if *entry.fingerprint == *purchase.fingerprint {
+                    Decision::Replay(entry.answer.clone())
+                } else {
+                    Decision::KeyReused
+                });
+            }
+        }
+        let held = shard.units.get(user).copied().unwrap_or(0);
+        let wanted = purchase.total_units();
+        let outcome = if let Some(refusal) = window {
+            Err(refusal)
+        } else if held.saturating_add(wanted) > sale.per_user_limit {
+            Err(Refusal::LimitReached)
+        } else if !state.take(&purchase.units) {
+            Err(Refusal::SoldOut)
+        } else {
+            Ok(())
+        };
+        if outcome.is_ok() {
+            *shard.units.entry(user.into()).or_default() += wanted;
+        }
+        if let Some(key) = key {
+            let answer = match outcome {
+                Ok(()) => KeyAnswer::InFlight {
+                    order_id: order_id.to_string(),
+                },
+                Err(refusal) => KeyAnswer::Refused(refusal),
+            };
+            let entry = KeyEntry {
+                fingerprint: purchase.fingerprint.as_str().into(),
+                answer,
+            };
+            shard.keys.insert((user.into(), key.into()), entry);
+        }
+        Ok(match outcome {
+            Ok(()) => Decision::Reserved,
+            Err(refusal) => Decision::Refused(refusal),
+        })
+    }
+
+    pub fn confirm_sync(&self, sale: &Sale, order: &Order) -> Result<(), GateError> {
+        let Some(key) = order.idempotency_key.as_deref() else {
+            return Ok(());
+        };
+        let state = self.state(sale)?;
+        let mut shard = self.shard(&state, &order.user_id).lock();
+        if let Some(entry) = shard
+            .keys
+            .get_mut(&(order.user_id.as_str().into(), key.into()))
+        {
+            if matches!(&entry.answer, KeyAnswer::InFlight { order_id } if *order_id == order.id) {
+                entry.answer = KeyAnswer::Accepted(Arc::new(order.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn release_sync(
+        &self,
+        sale: &Sale,
+        order: &Order,
+        forget_key: bool,
+    ) -> Result<(), GateError> {
+        let state = self.state(sale)?;
+        let units = order.units(sale);
+        let mut shard = self.shard(&state, &order.user_id).lock();
+        if let Some(held) = shard.units.get_mut(order.user_id.as_str()) {
+            *held = held.saturating_sub(order.total_units());
+            if *held == 0 {
+                shard.units.remove(order.user_id.as_str());
+            }
+        }
+        if forget_key {
+            if let Some(key) = order.idempotency_key.as_deref() {
+                let k: (Box<str>, Box<str>) = (order.user_id.as_str().into(), key.into());
+                let ours = shard.keys.get(&k).is_some_and(|e| match &e.answer {
+                    KeyAnswer::InFlight { order_id } => *order_id == order.id,
+                    KeyAnswer::Accepted(o) => o.id == order.id,
+                    KeyAnswer::Refused(_) => false,
+                });
+                if ours {
+                    shard.keys.remove(&k);
+                }
+            }
+        }
+        state.give_back(&units);
+        Ok(())
+    }
+
+    pub fn remaining_sync(&self, sale: &Sale) -> Result<Vec<u32>, GateError> {
+        let state = self.state(sale)?;
+        Ok(state
+            .remaining
+            .iter()
+            .map(|r| r.load(Ordering::SeqCst))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl StockGate for LocalGate {
+    async fn open_sale(&self, sale: &Sale) -> Result<(), GateError> {
+        self.sales
+            .write()
+            .entry(sale.id.clone())
+            .or_insert_with(|| Arc::new(SaleState::new(sale.items.iter().map(|i| i.stock))));
+        Ok(())
+    }
+
+    async fn has_sale(&self, sale: &Sale) -> Result<bool, GateError> {
+        Ok(self.sales.read().contains_key(&sale.id))
+    }
+
+    async fn restore(&self, sale: &Sale, snapshot: &SaleSnapshot) -> Result<(), GateError> {
+        let remaining = sale.items.iter().enumerate().map(|(i, item)| {
+            item.stock
+                .saturating_sub(snapshot.sold.get(i).copied().unwrap_or(0))
+        });
+        let state = SaleState::new(remaining);
+        for (user, &units) in &snapshot.buyers {
+            let mut shard = self.shard(&state, user).lock();
+            shard.units.insert(user.as_str().into(), units);
+        }
+        for order in &snapshot.keyed_orders {
+            let Some(key) = order.idempotency_key.as_deref() else {
+                continue;
+            };
+            let mut shard = self.shard(&state, &order.user_id).lock();
+            let entry = KeyEntry {
+                fingerprint: order.fingerprint.as_str().into(),
+                answer: KeyAnswer::Accepted(Arc::new(order.clone())),
+            };
+            shard
+                .keys
+                .insert((order.user_id.as_str().into(), key.into()), entry);
+        }
+        self.sales.write().insert(sale.id.clone(), Arc::new(state));
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        sale: &Sale,
+        purchase: &ValidPurchase,
+        key: Option<&str>,
+        order_id: &str,
+        now: Millis,
+    ) -> Result<Decision, GateError> {
+        self.decide(sale, purchase, key, order_id, now)
+    }
+
+    async fn confirm(&self, sale: &Sale, order: &Order) -> Result<(), GateError> {
+        self.confirm_sync(sale, order)
+    }
+
+    async fn release(&self, sale: &Sale, order: &Order, forget_key: bool) -> Result<(), GateError> {
+        self.release_sync(sale, order, forget_key)
+    }
+
+    async fn key_answer(
+        &self,
+        sale: &Sale,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<KeyAnswer>, GateError> {
+        let state = self.state(sale)?;
+        let shard = self.shard(&state, user_id).lock();
+        Ok(shard
+            .keys
+            .get(&(user_id.into(), key.into()))
+            .map(|e| e.answer.clone()))
+    }
+
+    async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError> {
+        self.remaining_sync(sale)
+    }
+}
+
+#[cfg(test)]
+mod tests;

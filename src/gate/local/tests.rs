@@ -1,0 +1,376 @@
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::domain::{Item, OrderStatus};
+
+fn sale(stocks: &[u32], limit: u32) -> Sale {
+    Sale {
+        id: "sale".into(),
+        name: "test".into(),
+        items: stocks
+            .iter()
+            .enumerate()
+            .map(|(i, &stock)| Item {
+                id: format!("I{i}"),
+                stock,
+            })
+            .collect(),
+        per_user_limit: limit,
+        starts_at: 1_000,
+        ends_at: Some(2_000),
+        payment_window: 0,
+        created_at: 0,
+    }
+}
+
+fn purchase(sale: &Sale, user: &str, units: &[(usize, u32)]) -> ValidPurchase {
+    let units: Units = units.iter().copied().filter(|&(_, n)| n > 0).collect();
+    let fingerprint = units
+        .iter()
+        .map(|&(i, n)| format!("{}:{n}", sale.items[i].id))
+        .collect::<Vec<_>>()
+        .join(",");
+    ValidPurchase {
+        user_id: user.into(),
+        units,
+        fingerprint,
+    }
+}
+
+fn order(sale: &Sale, p: &ValidPurchase, id: &str, key: Option<&str>) -> Order {
+    Order::new(id.into(), sale, p, key.map(String::from), 1_500)
+}
+
+fn gate_with(sale: &Sale) -> LocalGate {
+    let gate = LocalGate::new();
+    gate.sales.write().insert(
+        sale.id.clone(),
+        Arc::new(SaleState::new(sale.items.iter().map(|i| i.stock))),
+    );
+    gate
+}
+
+#[test]
+fn sells_stock_once_then_refuses_sold_out() {
+    let s = sale(&[2], 1);
+    let gate = gate_with(&s);
+    for user in ["a", "b"] {
+        let p = purchase(&s, user, &[(0, 1)]);
+        assert_eq!(
+            gate.decide(&s, &p, None, user, 1_500).unwrap(),
+            Decision::Reserved
+        );
+    }
+    let p = purchase(&s, "c", &[(0, 1)]);
+    assert_eq!(
+        gate.decide(&s, &p, None, "c", 1_500).unwrap(),
+        Decision::Refused(Refusal::SoldOut)
+    );
+    assert!(gate.sales.read()["sale"].sold_out.load(Ordering::SeqCst));
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![0]);
+}
+
+#[test]
+fn per_user_limit_counts_units_across_purchases() {
+    let s = sale(&[10], 3);
+    let gate = gate_with(&s);
+    let two = purchase(&s, "a", &[(0, 2)]);
+    assert_eq!(
+        gate.decide(&s, &two, None, "o1", 1_500).unwrap(),
+        Decision::Reserved
+    );
+    assert_eq!(
+        gate.decide(&s, &two, None, "o2", 1_500).unwrap(),
+        Decision::Refused(Refusal::LimitReached)
+    );
+    let one = purchase(&s, "a", &[(0, 1)]);
+    assert_eq!(
+        gate.decide(&s, &one, None, "o3", 1_500).unwrap(),
+        Decision::Reserved
+    );
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![7]);
+}
+
+#[test]
+fn window_refusals() {
+    let s = sale(&[10], 1);
+    let gate = gate_with(&s);
+    let p = purchase(&s, "a", &[(0, 1)]);
+    assert_eq!(
+        gate.decide(&s, &p, None, "o", 999).unwrap(),
+        Decision::Refused(Refusal::NotStarted)
+    );
+    assert_eq!(
+        gate.decide(&s, &p, Some("k"), "o", 2_000).unwrap(),
+        Decision::Refused(Refusal::Ended)
+    );
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![10]);
+}
+
+#[test]
+fn multi_item_purchase_is_all_or_nothing() {
+    let s = sale(&[5, 1], 5);
+    let gate = gate_with(&s);
+    let p = purchase(&s, "a", &[(0, 2), (1, 1)]);
+    assert_eq!(
+        gate.decide(&s, &p, None, "o1", 1_500).unwrap(),
+        Decision::Reserved
+    );
+    let q = purchase(&s, "b", &[(0, 2), (1, 1)]);
+    assert_eq!(
+        gate.decide(&s, &q, None, "o2", 1_500).unwrap(),
+        Decision::Refused(Refusal::SoldOut)
+    );
+    // Item 0 still has its 3 units: nothing was taken by the refused purchase.
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![3, 0]);
+    assert!(!gate.sales.read()["sale"].sold_out.load(Ordering::SeqCst));
+}
+
+#[test]
+fn key_replays_and_refuses_another_body() {
+    let s = sale(&[5], 2);
+    let gate = gate_with(&s);
+    let p = purchase(&s, "a", &[(0, 1)]);
+    assert_eq!(
+        gate.decide(&s, &p, Some("k"), "o1", 1_500).unwrap(),
+        Decision::Reserved
+    );
+    assert_eq!(
+        gate.decide(&s, &p, Some("k"), "o2", 1_500).unwrap(),
+        Decision::Replay(KeyAnswer::InFlight {
+            order_id: "o1".into()
+        })
+    );
+    let o = order(&s, &p, "o1", Some("k"));
+    gate.confirm_sync(&s, &o).unwrap();
+    assert_eq!(
+        gate.decide(&s, &p, Some("k"), "o3", 1_500).unwrap(),
+        Decision::Replay(KeyAnswer::Accepted(Arc::new(o)))
+    );
+    let other = purchase(&s, "a", &[(0, 2)]);
+    assert_eq!(
+        gate.decide(&s, &other, Some("k"), "o4", 1_500).unwrap(),
+        Decision::KeyReused
+    );
+    // Keys are scoped per buyer: another buyer may use the same key.
+    let b = purchase(&s, "b", &[(0, 1)]);
+    assert_eq!(
+        gate.decide(&s, &b, Some("k"), "o5", 1_500).unwrap(),
+        Decision::Reserved
+    );
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![3]);
+}
+
+#[test]
+fn failed_order_release_forgets_the_key_and_reopens_stock() {
+    let s = sale(&[1], 1);
+    let gate = gate_with(&s);
+    let p = purchase(&s, "a", &[(0, 1)]);
+    assert_eq!(
+        gate.decide(&s, &p, Some("k"), "o1", 1_500).unwrap(),
+        Decision::Reserved
+    );
+    assert!(gate.sales.read()["sale"].sold_out.load(Ordering::SeqCst));
+    gate.release_sync(&s, &order(&s, &p, "o1", Some("k")), true)
+        .unwrap();
+    assert!(!gate.sales.read()["sale"].sold_out.load(Ordering::SeqCst));
+    assert_eq!(
+        gate.decide(&s, &p, Some("k"), "o2", 1_500).unwrap(),
+        Decision::Reserved
+    );
+}
+
+#[tokio::test]
+async fn restore_rebuilds_stock_buyers_and_keys() {
+    let s = sale(&[5, 5], 2);
+    let gate = LocalGate::new();
+    let p = purchase(&s, "a", &[(0, 2)]);
+    let mut o = order(&s, &p, "o1", Some("k"));
+    o.status = OrderStatus::Paid;
+    let snapshot = SaleSnapshot {
+        sold: vec![2, 5],
+        buyers: [("a".to_string(), 2)].into_iter().collect(),
+        keyed_orders: vec![o.clone()],
+    };
+    gate.restore(&s, &snapshot).await.unwrap();
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![3, 0]);
+    let again = purchase(&s, "a", &[(0, 1)]);
+    assert_eq!(
+        gate.decide(&s, &again, None, "o2", 1_500).unwrap(),
+        Decision::Refused(Refusal::LimitReached)
+    );
+    assert_eq!(
+        gate.decide(&s, &p, Some("k"), "o3", 1_500).unwrap(),
+        Decision::Replay(KeyAnswer::Accepted(Arc::new(o)))
+    );
+}
+
+#[test]
+fn concurrent_buyers_on_threads_never_oversell() {
+    let s = Arc::new(sale(&[100], 1));
+    let gate = Arc::new(gate_with(&s));
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let (s, gate) = (s.clone(), gate.clone());
+            std::thread::spawn(move || {
+                let mut won = 0;
+                for u in 0..500 {
+                    // Every user appears on two threads: the limit is contended too.
+                    let user = format!("u{}", (t % 4) * 500 + u);
+                    let p = purchase(&s, &user, &[(0, 1)]);
+                    if gate.decide(&s, &p, None, "o", 1_500).unwrap() == Decision::Reserved {
+                        won += 1;
+                    }
+                }
+                won
+            })
+        })
+        .collect();
+    let won: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(won, 100);
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![0]);
+    let state = &gate.sales.read()["sale"];
+    let held: u32 = state
+        .shards
+        .iter()
+        .map(|sh| sh.lock().units.values().sum::<u32>())
+        .sum();
+    assert_eq!(held, 100);
+    assert!(
+        state
+            .shards
+            .iter()
+            .all(|sh| sh.lock().units.values().all(|&u| u <= 1))
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Purchase {
+        user: u8,
+        units: (u32, u32),
+        key: Option<u8>,
+    },
+    /// Settle the n-th in-flight reservation: the order became durable, or failed.
+    Settle { n: usize, durable: bool },
+    /// Cancel the n-th confirmed order (its units go back, its key keeps replaying).
+    Cancel { n: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..6, (0u32..3, 0u32..3), proptest::option::of(0u8..3))
+            .prop_map(|(user, units, key)| Op::Purchase { user, units, key }),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(n, durable)| Op::Settle { n, durable }),
+        1 => any::<usize>().prop_map(|n| Op::Cancel { n }),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Expected {
+    Order(String),
+    Refused(Refusal),
+}
+
+proptest! {
+    /// Random interleavings of purchases, keyed retries, reused keys, failures and
+    /// cancellations keep I1 (no oversell), I2 (per-user limit) and I5 (idempotency).
+    #[test]
+    fn invariants_hold_under_random_interleavings(
+        stocks in (0u32..6, 0u32..6),
+        limit in 1u32..4,
+        ops in proptest::collection::vec(op(), 1..120),
+    ) {
+        let s = sale(&[stocks.0, stocks.1], limit);
+        let gate = gate_with(&s);
+        let mut in_flight: Vec<Order> = Vec::new();
+        let mut confirmed: Vec<Order> = Vec::new();
+        let mut keys: HashMap<(String, String), (String, Expected)> = HashMap::new();
+        let mut next_id = 0;
+
+        for op in ops {
+            match op {
+                Op::Purchase { user, units, key } => {
+                    let p = purchase(&s, &format!("u{user}"), &[(0, units.0), (1, units.1)]);
+                    if p.units.is_empty() || p.total_units() > limit {
+                        continue; // refused by validation before the gate
+                    }
+                    next_id += 1;
+                    let id = format!("o{next_id}");
+                    let key = key.map(|k| format!("k{k}"));
+                    let before = gate.remaining_sync(&s).unwrap();
+                    let decision = gate.decide(&s, &p, key.as_deref(), &id, 1_500).unwrap();
+                    let known = key.as_ref().and_then(|k| keys.get(&(p.user_id.clone(), k.clone())));
+                    match (&decision, known) {
+                        (Decision::Replay(answer), Some((fp, expected))) => {
+                            prop_assert_eq!(fp, &p.fingerprint);
+                            let got = match answer {
+                                KeyAnswer::InFlight { order_id } => Expected::Order(order_id.clone()),
+                                KeyAnswer::Accepted(o) => Expected::Order(o.id.clone()),
+                                KeyAnswer::Refused(r) => Expected::Refused(*r),
+                            };
+                            prop_assert_eq!(&got, expected);
+                            prop_assert_eq!(gate.remaining_sync(&s).unwrap(), before, "a replay reserved stock");
+                        }
+                        (Decision::KeyReused, Some((fp, _))) => prop_assert_ne!(fp, &p.fingerprint),
+                        (Decision::Replay(_) | Decision::KeyReused, None) => {
+                            prop_assert!(false, "replay of an unknown key: {:?}", decision)
+                        }
+                        (Decision::Reserved | Decision::Refused(_), Some(_)) => {
+                            prop_assert!(false, "a used key was decided again: {:?}", decision)
+                        }
+                        (Decision::Reserved, None) => {
+                            let o = order(&s, &p, &id, key.as_deref());
+                            if let Some(k) = key {
+                                keys.insert((p.user_id.clone(), k), (p.fingerprint.clone(), Expected::Order(id)));
+                            }
+                            in_flight.push(o);
+                        }
+                        (Decision::Refused(r), None) => {
+                            if let Some(k) = key {
+                                keys.insert((p.user_id.clone(), k), (p.fingerprint.clone(), Expected::Refused(*r)));
+                            }
+                        }
+                    }
+                }
+                Op::Settle { n, durable } => {
+                    if in_flight.is_empty() { continue; }
+                    let o = in_flight.remove(n % in_flight.len());
+                    if durable {
+                        gate.confirm_sync(&s, &o).unwrap();
+                        confirmed.push(o);
+                    } else {
+                        gate.release_sync(&s, &o, true).unwrap();
+                        if let Some(k) = &o.idempotency_key {
+                            keys.remove(&(o.user_id.clone(), k.clone()));
+                        }
+                    }
+                }
+                Op::Cancel { n } => {
+                    if confirmed.is_empty() { continue; }
+                    let o = confirmed.remove(n % confirmed.len());
+                    gate.release_sync(&s, &o, false).unwrap();
+                }
+            }
+
+            // I1: every unit is either remaining or held by exactly one live order.
+            let remaining = gate.remaining_sync(&s).unwrap();
+            for (i, item) in s.items.iter().enumerate() {
+                let held: u32 = in_flight.iter().chain(&confirmed)
+                    .map(|o| o.items.get(&item.id).copied().unwrap_or(0)).sum();
+                prop_assert_eq!(held + remaining[i], item.stock, "item {}", item.id);
+            }
+            // I2: no buyer holds more than the limit.
+            let mut per_user: HashMap<&str, u32> = HashMap::new();
+            for o in in_flight.iter().chain(&confirmed) {
+                *per_user.entry(&o.user_id).or_default() += o.total_units();
+            }
+            prop_assert!(per_user.values().all(|&u| u <= limit), "{:?}", per_user);
+            // The sold-out flag never hides units that are on sale.
+            let flag = gate.sales.read()["sale"].sold_out.load(Ordering::SeqCst);
+            prop_assert_eq!(flag, remaining.iter().all(|&r| r == 0));
+        }
+    }
+}

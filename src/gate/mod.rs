@@ -1,0 +1,98 @@
+//! The stock gate decides, in one indivisible step per purchase, whether a buyer gets
+//! units: sale window, idempotency key, per-user limit and stock of every item, all or
+//! nothing. A reservation it grants is later confirmed (the order is durable) or released
+//! (a later stage failed, or the order was cancelled / expired).
+
+mod local;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use local::LocalGate;
+
+use crate::domain::{Millis, Order, Refusal, Sale, ValidPurchase};
+
+/// What an idempotency key stands for, once a purchase used it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAnswer {
+    /// The first request with this key reserved `order_id` and is still waiting for
+    /// the order to be durable.
+    InFlight { order_id: String },
+    /// The first request was answered with this order.
+    Accepted(Arc<Order>),
+    /// The first request was refused.
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Units were reserved for the new order; the caller must `confirm` or `release` it.
+    Reserved,
+    /// The key was used before with the same purchase: its original answer.
+    Replay(KeyAnswer),
+    /// The key was used before with a different purchase.
+    KeyReused,
+    Refused(Refusal),
+}
+
+/// What the store knows of a sale, to rebuild the gate after a restart or a loss.
+#[derive(Debug, Clone, Default)]
+pub struct SaleSnapshot {
+    /// Units held by orders (pending or paid), per item index.
+    pub sold: Vec<u32>,
+    /// Units held per buyer.
+    pub buyers: HashMap<String, u32>,
+    /// Orders placed with an idempotency key.
+    pub keyed_orders: Vec<Order>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("the gate does not know sale {0}")]
+    UnknownSale(String),
+    #[error("stock gate unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait StockGate: Send + Sync + 'static {
+    /// Makes a sale known to the gate with its full stock; a no-op if it is known.
+    async fn open_sale(&self, sale: &Sale) -> Result<(), GateError>;
+
+    /// Whether the gate holds state for the sale (false after a restart or a data loss).
+    async fn has_sale(&self, sale: &Sale) -> Result<bool, GateError>;
+
+    /// Replaces the gate's state of a sale with what the store holds.
+    async fn restore(&self, sale: &Sale, snapshot: &SaleSnapshot) -> Result<(), GateError>;
+
+    /// Decides a purchase. On `Reserved`, the units are held for `order_id` and the key
+    /// (if any) answers `InFlight` until `confirm` or `release`.
+    async fn reserve(
+        &self,
+        sale: &Sale,
+        purchase: &ValidPurchase,
+        key: Option<&str>,
+        order_id: &str,
+        now: Millis,
+    ) -> Result<Decision, GateError>;
+
+    /// The order is durable: its key now replays it.
+    async fn confirm(&self, sale: &Sale, order: &Order) -> Result<(), GateError>;
+
+    /// Gives the order's units back. With `forget_key`, its idempotency key is dropped
+    /// too, so that a retry is decided afresh (the order was never placed).
+    async fn release(&self, sale: &Sale, order: &Order, forget_key: bool) -> Result<(), GateError>;
+
+    /// The current answer of a buyer's idempotency key, if it was used.
+    async fn key_answer(
+        &self,
+        sale: &Sale,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<KeyAnswer>, GateError>;
+
+    /// Remaining units per item index.
+    async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError>;
+}

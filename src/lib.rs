@@ -1,0 +1,14 @@
+//! flashsale: a flash-sale engine that sells every unit exactly once. See DESIGN.md and
+//! the README: a request goes api → engine → gate → bus → worker → store.
+
+pub mod api;
+pub mod bus;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod engine;
+pub mod gate;
+pub mod load;
+pub mod server;
+pub mod store;
+pub mod worker;

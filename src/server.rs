@@ -1,0 +1,103 @@
+//! Builds an engine from its settings and serves it over HTTP: shared by `serve`,
+//! `demo` and the tests, so all three run the same code.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::bus::{MemoryBus, OrderBus};
+use crate::config::Config;
+use crate::engine::{Engine, EngineError};
+use crate::gate::{LocalGate, StockGate};
+use crate::store::{self, StoreError};
+use crate::worker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("unsupported gate {0:?} (this build knows: local)")]
+    Gate(String),
+    #[error("unsupported bus {0:?} (this build knows: memory)")]
+    Bus(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+}
+
+/// A server running in this process.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    http: JoinHandle<std::io::Result<()>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(config: &Config) -> Result<Server, StartError> {
+        let gate: Arc<dyn StockGate> = match config.gate.as_str() {
+            "local" => Arc::new(LocalGate::new()),
+            other => return Err(StartError::Gate(other.into())),
+        };
+        let store = store::connect(&config.store).await?;
+        let (bus, writer): (Arc<dyn OrderBus>, _) = match config.bus.as_str() {
+            "memory" => {
+                let (bus, rx) = MemoryBus::new(config.bus_capacity);
+                let writer = tokio::spawn(worker::run_group_commit(
+                    rx,
+                    store.clone(),
+                    config.batch_max,
+                ));
+                (Arc::new(bus), Some(writer))
+            }
+            other => return Err(StartError::Bus(other.into())),
+        };
+        let replay_wait = Duration::from_millis(config.replay_wait_ms);
+        let engine = Arc::new(Engine::start(gate, bus, store, replay_wait).await?);
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
+        let state = AppState {
+            engine: engine.clone(),
+            admin_token: config.admin_token.as_deref().map(Arc::from),
+        };
+        let app = api::router(state, config.body_limit);
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop.await;
+                })
+                .await
+        });
+        Ok(Server {
+            addr,
+            engine,
+            shutdown,
+            http,
+            writer,
+        })
+    }
+
+    /// Stops accepting, lets requests in flight finish, then drains the order writer.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        if let Err(e) = self.http.await {
+            tracing::error!(error = %e, "http server task failed");
+        }
+        // The engine holds the bus sender: once it is gone the writer drains and stops.
+        drop(self.engine);
+        if let Some(writer) = self.writer {
+            let _ = writer.await;
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The order store keeps sales and orders for good. Orders arrive in batches (group
+//! commit); inserting an order that is already there is harmless, so a bus may deliver
+//! twice. The schema checks stock and per-user limits again, as the last safety net.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use sqlite::SqliteStore;
+
+use crate::domain::{Order, Sale};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported store url {0:?} (expected sqlite://PATH)")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// What became of one order of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Stored,
+    /// The order was stored before (a redelivery).
+    AlreadyStored,
+    /// The schema refused it (oversell, over the limit, unknown sale or item).
+    Rejected(String),
+}
+
+impl InsertOutcome {
+    pub fn is_durable(&self) -> bool {
+        !matches!(self, InsertOutcome::Rejected(_))
+    }
+}
+
+#[async_trait]
+pub trait OrderStore: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), StoreError>;
+    async fn create_sale(&self, sale: &Sale) -> Result<(), StoreError>;
+    async fn get_sale(&self, id: &str) -> Result<Option<Sale>, StoreError>;
+    async fn list_sales(&self) -> Result<Vec<Sale>, StoreError>;
+
+    /// Stores a batch in one transaction; each order succeeds or fails on its own.
+    /// An `Err` means the transaction itself failed and nothing of the batch is stored.
+    async fn insert_orders(&self, orders: &[Order]) -> Result<Vec<InsertOutcome>, StoreError>;
+
+    async fn get_order(&self, id: &str) -> Result<Option<Order>, StoreError>;
+    async fn sale_orders(&self, sale_id: &str) -> Result<Vec<Order>, StoreError>;
+}
+
+pub async fn connect(url: &str) -> Result<Arc<dyn OrderStore>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}
