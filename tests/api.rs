@@ -1,0 +1,346 @@
+//! The HTTP API: each answer and error code, produced by a request that triggers it.
+
+mod common;
+
+use chrono::{Duration, Utc};
+use common::TestServer;
+use serde_json::json;
+
+#[tokio::test]
+async fn sale_is_created_shown_and_sold() {
+    let app = TestServer::spawn().await;
+    let sale = app
+        .create_sale(json!({"name": "sneakers", "stock": 3}))
+        .await;
+    let id = sale["id"].as_str().unwrap();
+    assert_eq!(sale["status"], "live");
+    assert_eq!(sale["stock"], 3);
+    assert_eq!(sale["remaining"], 3);
+    assert_eq!(sale["per_user_limit"], 1);
+
+    let reply = app.purchase(id, json!({"user_id": "alice"}), None).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let order = &reply.body;
+    assert_eq!(order["sale_id"], id);
+    assert_eq!(order["user_id"], "alice");
+    assert_eq!(order["items"], json!({"default": 1}));
+    assert_eq!(order["status"], "paid");
+    assert!(order["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let fetched = app
+        .get(&format!("/api/orders/{}", order["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(fetched.status, 200);
+    assert_eq!(fetched.body, reply.body);
+
+    let view = app.get(&format!("/api/sales/{id}")).await;
+    assert_eq!(view.body["remaining"], 2);
+    assert_eq!(
+        view.body["items"],
+        json!([{"id": "default", "stock": 3, "remaining": 2}])
+    );
+}
+
+#[tokio::test]
+async fn refusals_have_their_codes() {
+    let app = TestServer::spawn().await;
+    let id = app.live_sale(1, 1).await;
+    assert_eq!(
+        app.purchase(&id, json!({"user_id": "a"}), None)
+            .await
+            .status,
+        202
+    );
+    app.purchase(&id, json!({"user_id": "a"}), None)
+        .await
+        .assert_problem(409, "sold_out");
+
+    let roomy = app.live_sale(5, 1).await;
+    assert_eq!(
+        app.purchase(&roomy, json!({"user_id": "a"}), None)
+            .await
+            .status,
+        202
+    );
+    app.purchase(&roomy, json!({"user_id": "a"}), None)
+        .await
+        .assert_problem(409, "limit_reached");
+    app.purchase(&roomy, json!({"user_id": "a"}), Some("k1"))
+        .await
+        .assert_problem(409, "limit_reached");
+
+    let later = app
+        .create_sale(
+            json!({"name": "later", "stock": 5, "starts_at": Utc::now() + Duration::hours(1)}),
+        )
+        .await;
+    assert_eq!(later["status"], "scheduled");
+    let later = later["id"].as_str().unwrap();
+    app.purchase(later, json!({"user_id": "a"}), None)
+        .await
+        .assert_problem(409, "not_started");
+
+    let over = app
+        .create_sale(json!({
+            "name": "over", "stock": 5,
+            "starts_at": Utc::now() - Duration::hours(2),
+            "ends_at": Utc::now() - Duration::hours(1),
+        }))
+        .await;
+    assert_eq!(over["status"], "ended");
+    let over = over["id"].as_str().unwrap();
+    app.purchase(over, json!({"user_id": "a"}), None)
+        .await
+        .assert_problem(409, "ended");
+    // Nothing was taken by any refusal.
+    assert_eq!(
+        app.get(&format!("/api/sales/{roomy}")).await.body["remaining"],
+        4
+    );
+    assert_eq!(
+        app.get(&format!("/api/sales/{over}")).await.body["remaining"],
+        5
+    );
+}
+
+#[tokio::test]
+async fn unknown_things_are_404() {
+    let app = TestServer::spawn().await;
+    app.purchase("no-such-sale", json!({"user_id": "a"}), None)
+        .await
+        .assert_problem(404, "sale_not_found");
+    app.get("/api/sales/no-such-sale")
+        .await
+        .assert_problem(404, "sale_not_found");
+    app.get("/api/orders/no-such-order")
+        .await
+        .assert_problem(404, "order_not_found");
+    app.get("/api/nothing-here")
+        .await
+        .assert_problem(404, "not_found");
+    app.send(app.client.delete(app.url("/api/sales")))
+        .await
+        .assert_problem(405, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn malformed_input_is_400_and_reserves_nothing() {
+    let app = TestServer::spawn().await;
+    let id = app.live_sale(5, 2).await;
+    let path = app.url(&format!("/api/sales/{id}/purchase"));
+    let raw = |body: &'static str| {
+        app.client
+            .post(&path)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    for body in [
+        "{not json",
+        "{}",
+        r#"{"user_id": 7}"#,
+        r#"{"user_id": "a", "quantity": "two"}"#,
+        r#"{"user_id": "a", "quantity": -1}"#,
+        r#"{"user_id": "a", "quantity": 0}"#,
+        r#"{"user_id": "a", "quantity": 3}"#,
+        r#"{"user_id": "", "quantity": 1}"#,
+        r#"{"user_id": "a", "items": {"nope": 1}}"#,
+        r#"{"user_id": "a", "quantity": 1, "items": {"default": 1}}"#,
+        r#"{"user_id": "a", "quantity": 1, "price": 0}"#,
+        r#"[1, 2]"#,
+    ] {
+        let reply = app.send(raw(body)).await;
+        assert_eq!(reply.status, 400, "{body} → {}", reply.text);
+        reply.assert_problem(400, "invalid_request");
+    }
+    app.purchase(&id, json!({"user_id": "a"}), Some("bad key with spaces"))
+        .await
+        .assert_problem(400, "invalid_request");
+    for sale in [
+        json!({"name": "x", "stock": 0}),
+        json!({"name": "x"}),
+        json!({"name": "", "stock": 1}),
+        json!({"name": "x", "stock": 1, "per_user_limit": 0}),
+        json!({"name": "x", "stock": 1, "items": [{"id": "a", "stock": 1}]}),
+        json!({"name": "x", "items": [{"id": "a", "stock": 1}, {"id": "a", "stock": 2}]}),
+        json!({"name": "x", "stock": 1, "starts_at": "yesterday"}),
+    ] {
+        app.post("/api/sales", &sale)
+            .await
+            .assert_problem(400, "invalid_request");
+    }
+    assert_eq!(
+        app.get(&format!("/api/sales/{id}")).await.body["remaining"],
+        5
+    );
+    assert!(app.stored_orders(&id).await.is_empty(), "no partial write");
+}
+
+#[tokio::test]
+async fn oversized_and_non_json_bodies() {
+    let app = TestServer::spawn().await;
+    let id = app.live_sale(5, 1).await;
+    let path = app.url(&format!("/api/sales/{id}/purchase"));
+    let huge = format!(r#"{{"user_id": "{}"}}"#, "a".repeat(64 * 1024));
+    app.send(
+        app.client
+            .post(&path)
+            .header("content-type", "application/json")
+            .body(huge),
+    )
+    .await
+    .assert_problem(413, "payload_too_large");
+    app.send(
+        app.client
+            .post(&path)
+            .header("content-type", "text/plain")
+            .body(r#"{"user_id":"a"}"#),
+    )
+    .await
+    .assert_problem(415, "unsupported_media_type");
+    app.send(app.client.post(&path).body(r#"{"user_id":"a"}"#))
+        .await
+        .assert_problem(415, "unsupported_media_type");
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_original_answer() {
+    let app = TestServer::spawn().await;
+    let id = app.live_sale(2, 1).await;
+    let first = app
+        .purchase(&id, json!({"user_id": "a"}), Some("click-1"))
+        .await;
+    assert_eq!(first.status, 202);
+    let again = app
+        .purchase(&id, json!({"user_id": "a"}), Some("click-1"))
+        .await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.text, first.text, "same status and body");
+    // The same purchase spelled differently is the same body.
+    let spelled = app
+        .purchase(
+            &id,
+            json!({"user_id": "a", "items": {"default": 1}}),
+            Some("click-1"),
+        )
+        .await;
+    assert_eq!(spelled.text, first.text);
+    assert_eq!(
+        app.get(&format!("/api/sales/{id}")).await.body["remaining"],
+        1
+    );
+    // Same key, another body: refused, and nothing reserved.
+    let other = app
+        .create_sale(json!({"name": "two", "stock": 5, "per_user_limit": 2}))
+        .await;
+    let other = other["id"].as_str().unwrap();
+    assert_eq!(
+        app.purchase(other, json!({"user_id": "b", "quantity": 1}), Some("k"))
+            .await
+            .status,
+        202
+    );
+    app.purchase(other, json!({"user_id": "b", "quantity": 2}), Some("k"))
+        .await
+        .assert_problem(422, "idempotency_key_reused");
+    // Keys are per buyer: another buyer's identical key is a new purchase.
+    assert_eq!(
+        app.purchase(other, json!({"user_id": "c", "quantity": 2}), Some("k"))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        app.get(&format!("/api/sales/{other}")).await.body["remaining"],
+        2
+    );
+
+    // A refusal replays as the same refusal.
+    let one = app.live_sale(1, 1).await;
+    assert_eq!(
+        app.purchase(&one, json!({"user_id": "x"}), None)
+            .await
+            .status,
+        202
+    );
+    let refused = app
+        .purchase(&one, json!({"user_id": "y"}), Some("late"))
+        .await;
+    refused.assert_problem(409, "sold_out");
+    let replayed = app
+        .purchase(&one, json!({"user_id": "y"}), Some("late"))
+        .await;
+    assert_eq!(replayed.text, refused.text);
+    assert_eq!(app.stored_orders(&one).await.len(), 1);
+}
+
+#[tokio::test]
+async fn multi_item_purchase_is_all_or_nothing() {
+    let app = TestServer::spawn().await;
+    let sale = app
+        .create_sale(json!({
+            "name": "venue", "per_user_limit": 3,
+            "items": [{"id": "A1", "stock": 1}, {"id": "B7", "stock": 2}],
+        }))
+        .await;
+    let id = sale["id"].as_str().unwrap();
+    let first = app
+        .purchase(
+            id,
+            json!({"user_id": "a", "items": {"A1": 1, "B7": 1}}),
+            None,
+        )
+        .await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    assert_eq!(first.body["items"], json!({"A1": 1, "B7": 1}));
+    app.purchase(
+        id,
+        json!({"user_id": "b", "items": {"A1": 1, "B7": 1}}),
+        None,
+    )
+    .await
+    .assert_problem(409, "sold_out");
+    let view = app.get(&format!("/api/sales/{id}")).await;
+    assert_eq!(
+        view.body["items"],
+        json!([{"id": "A1", "stock": 1, "remaining": 0}, {"id": "B7", "stock": 2, "remaining": 1}]),
+        "the refused purchase took nothing"
+    );
+    // The per-user limit counts units across the sale: a holds 2 of 3.
+    app.purchase(id, json!({"user_id": "a", "items": {"B7": 2}}), None)
+        .await
+        .assert_problem(409, "limit_reached");
+    let c = app
+        .purchase(id, json!({"user_id": "c", "items": {"B7": 1}}), None)
+        .await;
+    assert_eq!(c.status, 202);
+    app.purchase(id, json!({"user_id": "a", "quantity": 1}), None)
+        .await
+        .assert_problem(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn admin_token_guards_sale_creation() {
+    let app = TestServer::spawn_with(&["--admin-token", "s3cret"]).await;
+    let body = json!({"name": "guarded", "stock": 1});
+    app.post("/api/sales", &body)
+        .await
+        .assert_problem(401, "unauthorized");
+    app.send(
+        app.client
+            .post(app.url("/api/sales"))
+            .bearer_auth("wrong")
+            .json(&body),
+    )
+    .await
+    .assert_problem(401, "unauthorized");
+    let created = app.create_sale(body).await; // sends the right token
+    assert_eq!(created["stock"], 1);
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = TestServer::spawn().await;
+    let health = app.get("/healthz").await;
+    assert_eq!((health.status.as_u16(), health.text.as_str()), (200, "ok"));
+    assert_eq!(app.get("/readyz").await.status, 200);
+}
