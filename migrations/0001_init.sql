@@ -2,10 +2,10 @@
 CREATE TABLE sales (
     id             TEXT PRIMARY KEY,
     name           TEXT NOT NULL,
-    per_user_limit INTEGER NOT NULL CHECK (per_user_limit >= 1),
+    per_user_limit BIGINT NOT NULL CHECK (per_user_limit >= 1),
     starts_at      BIGINT NOT NULL,
     ends_at        BIGINT,
-    payment_window INTEGER NOT NULL DEFAULT 0,
+    payment_window BIGINT NOT NULL DEFAULT 0,
     created_at     BIGINT NOT NULL
 );
 
@@ -14,9 +14,9 @@ CREATE TABLE sales (
 CREATE TABLE sale_items (
     sale_id  TEXT NOT NULL REFERENCES sales (id),
     item_id  TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    stock    INTEGER NOT NULL CHECK (stock >= 1),
-    sold     INTEGER NOT NULL DEFAULT 0,
+    position BIGINT NOT NULL,
+    stock    BIGINT NOT NULL CHECK (stock >= 1),
+    sold     BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (sale_id, item_id),
     CHECK (sold >= 0 AND sold <= stock)
 );
@@ -26,8 +26,8 @@ CREATE TABLE sale_items (
 CREATE TABLE buyers (
     sale_id   TEXT NOT NULL REFERENCES sales (id),
     user_id   TEXT NOT NULL,
-    units     INTEGER NOT NULL,
-    max_units INTEGER NOT NULL,
+    units     BIGINT NOT NULL,
+    max_units BIGINT NOT NULL,
     PRIMARY KEY (sale_id, user_id),
     CHECK (units >= 0 AND units <= max_units)
 );
@@ -37,7 +37,7 @@ CREATE TABLE orders (
     sale_id         TEXT NOT NULL REFERENCES sales (id),
     user_id         TEXT NOT NULL,
     items           TEXT NOT NULL,
-    units           INTEGER NOT NULL CHECK (units >= 1),
+    units           BIGINT NOT NULL CHECK (units >= 1),
     status          TEXT NOT NULL,
     created_at      BIGINT NOT NULL,
     expires_at      BIGINT,

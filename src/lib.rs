@@ -11,4 +11,5 @@ pub mod gate;
 pub mod load;
 pub mod server;
 pub mod store;
+pub mod testing;
 pub mod worker;

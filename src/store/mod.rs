@@ -2,19 +2,19 @@
 //! commit); inserting an order that is already there is harmless, so a bus may deliver
 //! twice. The schema checks stock and per-user limits again, as the last safety net.
 
-mod sqlite;
+mod sql;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use sqlite::SqliteStore;
+pub use sql::{Dialect, SqlStore};
 
 use crate::domain::{Order, Sale};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported store url {0:?} (expected sqlite://PATH)")]
+    #[error("unsupported store url {0:?} (expected sqlite://PATH or postgres://…)")]
     UnsupportedUrl(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -56,9 +56,5 @@ pub trait OrderStore: Send + Sync + 'static {
 }
 
 pub async fn connect(url: &str) -> Result<Arc<dyn OrderStore>, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
-    } else {
-        Err(StoreError::UnsupportedUrl(url.to_string()))
-    }
+    Ok(Arc::new(SqlStore::connect(url).await?))
 }

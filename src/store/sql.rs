@@ -1,19 +1,37 @@
-//! SQLite order store: WAL journal, synchronous=FULL (a committed batch survives a power
-//! cut, not only a process crash), one transaction per batch with a savepoint per order.
+//! The SQL order store, for SQLite (embedded) and PostgreSQL (distributed): the same
+//! migrations and the same statements through sqlx's `Any` driver. SQLite runs in WAL
+//! mode with synchronous=FULL, so a committed batch survives a power cut, not only a
+//! crash. A batch is one transaction with a savepoint per order.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
 
 use super::{InsertOutcome, OrderStore, StoreError};
 use crate::domain::{Item, Order, OrderStatus, Sale};
 
-pub struct SqliteStore {
-    pool: SqlitePool,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn of(url: &str) -> Option<Dialect> {
+        if url.starts_with("sqlite:") {
+            Some(Dialect::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Dialect::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+pub struct SqlStore {
+    pool: AnyPool,
 }
 
 macro_rules! order_columns {
@@ -22,32 +40,49 @@ macro_rules! order_columns {
     };
 }
 
-impl SqliteStore {
+impl SqlStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let dialect = Dialect::of(url).ok_or_else(|| StoreError::UnsupportedUrl(url.into()))?;
+        sqlx::any::install_default_drivers();
+        let (url, max_connections) = match dialect {
+            // mode=rwc: create the file if it is missing.
+            Dialect::Sqlite if !url.contains('?') => (format!("{url}?mode=rwc"), 4),
+            Dialect::Sqlite => (url.to_string(), 4),
+            Dialect::Postgres => (url.to_string(), 16),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = FULL",
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA busy_timeout = 5000",
+                        ] {
+                            conn.execute(pragma).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqlStore { pool })
     }
 
     /// One order inside the batch transaction; the caller wraps it in a savepoint.
     async fn insert_one(
-        conn: &mut sqlx::SqliteConnection,
+        conn: &mut AnyConnection,
         order: &Order,
     ) -> Result<InsertOutcome, sqlx::Error> {
         let items = serde_json::to_string(&order.items).expect("a map of strings to numbers");
         let inserted = sqlx::query(
             "INSERT INTO orders (id, sale_id, user_id, items, units, status, created_at, \
-             expires_at, idempotency_key, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO NOTHING",
+             expires_at, idempotency_key, fingerprint) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&order.id)
         .bind(&order.sale_id)
@@ -68,20 +103,9 @@ impl SqliteStore {
         if !order.status.holds_stock() {
             return Ok(InsertOutcome::Stored);
         }
-        sqlx::query(
-            "INSERT INTO buyers (sale_id, user_id, units, max_units) \
-             SELECT ?, ?, ?, per_user_limit FROM sales WHERE id = ? \
-             ON CONFLICT (sale_id, user_id) DO UPDATE SET units = buyers.units + excluded.units",
-        )
-        .bind(&order.sale_id)
-        .bind(&order.user_id)
-        .bind(order.total_units() as i64)
-        .bind(&order.sale_id)
-        .execute(&mut *conn)
-        .await?;
         for (item, units) in &order.items {
             let updated = sqlx::query(
-                "UPDATE sale_items SET sold = sold + ? WHERE sale_id = ? AND item_id = ?",
+                "UPDATE sale_items SET sold = sold + $1 WHERE sale_id = $2 AND item_id = $3",
             )
             .bind(*units as i64)
             .bind(&order.sale_id)
@@ -95,11 +119,21 @@ impl SqliteStore {
                 )));
             }
         }
+        sqlx::query(
+            "INSERT INTO buyers (sale_id, user_id, units, max_units) \
+             SELECT $1, $2, $3, per_user_limit FROM sales WHERE id = $1 \
+             ON CONFLICT (sale_id, user_id) DO UPDATE SET units = buyers.units + excluded.units",
+        )
+        .bind(&order.sale_id)
+        .bind(&order.user_id)
+        .bind(order.total_units() as i64)
+        .execute(&mut *conn)
+        .await?;
         Ok(InsertOutcome::Stored)
     }
 }
 
-fn order_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Order, StoreError> {
+fn order_from_row(row: &AnyRow) -> Result<Order, StoreError> {
     let items: String = row.try_get("items")?;
     let items: BTreeMap<String, u32> =
         serde_json::from_str(&items).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -117,8 +151,13 @@ fn order_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Order, StoreError> {
     })
 }
 
+fn u32_column(row: &AnyRow, name: &str) -> Result<u32, StoreError> {
+    let value: i64 = row.try_get(name)?;
+    u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{name} = {value}")))
+}
+
 #[async_trait]
-impl OrderStore for SqliteStore {
+impl OrderStore for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -128,7 +167,7 @@ impl OrderStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sales (id, name, per_user_limit, starts_at, ends_at, payment_window, \
-             created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&sale.id)
         .bind(&sale.name)
@@ -141,7 +180,7 @@ impl OrderStore for SqliteStore {
         .await?;
         for (position, item) in sale.items.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO sale_items (sale_id, item_id, position, stock) VALUES (?, ?, ?, ?)",
+                "INSERT INTO sale_items (sale_id, item_id, position, stock) VALUES ($1, $2, $3, $4)",
             )
             .bind(&sale.id)
             .bind(&item.id)
@@ -157,7 +196,7 @@ impl OrderStore for SqliteStore {
     async fn get_sale(&self, id: &str) -> Result<Option<Sale>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT id, name, per_user_limit, starts_at, ends_at, payment_window, created_at \
-             FROM sales WHERE id = ?",
+             FROM sales WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -166,7 +205,7 @@ impl OrderStore for SqliteStore {
             return Ok(None);
         };
         let items = sqlx::query(
-            "SELECT item_id, stock FROM sale_items WHERE sale_id = ? ORDER BY position",
+            "SELECT item_id, stock FROM sale_items WHERE sale_id = $1 ORDER BY position",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -175,24 +214,24 @@ impl OrderStore for SqliteStore {
         .map(|r| {
             Ok(Item {
                 id: r.try_get("item_id")?,
-                stock: r.try_get::<i64, _>("stock")? as u32,
+                stock: u32_column(r, "stock")?,
             })
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Some(Sale {
             id: row.try_get("id")?,
             name: row.try_get("name")?,
             items,
-            per_user_limit: row.try_get::<i64, _>("per_user_limit")? as u32,
+            per_user_limit: u32_column(&row, "per_user_limit")?,
             starts_at: row.try_get("starts_at")?,
             ends_at: row.try_get("ends_at")?,
-            payment_window: row.try_get::<i64, _>("payment_window")? as u32,
+            payment_window: u32_column(&row, "payment_window")?,
             created_at: row.try_get("created_at")?,
         }))
     }
 
     async fn list_sales(&self) -> Result<Vec<Sale>, StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM sales ORDER BY created_at")
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM sales ORDER BY created_at, id")
             .fetch_all(&self.pool)
             .await?;
         let mut sales = Vec::with_capacity(ids.len());
@@ -212,13 +251,15 @@ impl OrderStore for SqliteStore {
             let outcome = match Self::insert_one(&mut tx, order).await {
                 Ok(outcome) => outcome,
                 // A constraint (stock, limit, unknown sale) refused this order alone.
-                Err(sqlx::Error::Database(e)) => InsertOutcome::Rejected(e.message().to_string()),
+                Err(sqlx::Error::Database(e)) if is_constraint(&*e) => {
+                    InsertOutcome::Rejected(e.message().to_string())
+                }
                 Err(e) => return Err(e.into()),
             };
-            let end = if outcome.is_durable() {
-                "RELEASE one_order"
+            let end = if matches!(outcome, InsertOutcome::Rejected(_)) {
+                "ROLLBACK TO SAVEPOINT one_order"
             } else {
-                "ROLLBACK TO one_order"
+                "RELEASE SAVEPOINT one_order"
             };
             sqlx::query(end).execute(&mut *tx).await?;
             outcomes.push(outcome);
@@ -231,7 +272,7 @@ impl OrderStore for SqliteStore {
         sqlx::query(concat!(
             "SELECT ",
             order_columns!(),
-            " FROM orders WHERE id = ?"
+            " FROM orders WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -244,7 +285,7 @@ impl OrderStore for SqliteStore {
         sqlx::query(concat!(
             "SELECT ",
             order_columns!(),
-            " FROM orders WHERE sale_id = ? ORDER BY created_at, id"
+            " FROM orders WHERE sale_id = $1 ORDER BY created_at, id"
         ))
         .bind(sale_id)
         .fetch_all(&self.pool)
@@ -255,15 +296,32 @@ impl OrderStore for SqliteStore {
     }
 }
 
+/// Whether a database error is a constraint violation (the order's own fault), as
+/// opposed to a failure of the database (the batch's).
+fn is_constraint(e: &dyn sqlx::error::DatabaseError) -> bool {
+    use sqlx::error::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::UniqueViolation
+            | ErrorKind::ForeignKeyViolation
+            | ErrorKind::NotNullViolation
+            | ErrorKind::CheckViolation
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{NewSale, PurchaseRequest, validate_purchase};
 
-    async fn store() -> (SqliteStore, tempfile::TempDir) {
+    /// A fresh SQLite file, or a fresh PostgreSQL database for each test.
+    async fn store(dialect: Dialect) -> (SqlStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        (SqliteStore::connect(&url).await.unwrap(), dir)
+        let url = match dialect {
+            Dialect::Sqlite => format!("sqlite://{}", dir.path().join("t.db").display()),
+            Dialect::Postgres => crate::testing::fresh_postgres_database().await,
+        };
+        (SqlStore::connect(&url).await.unwrap(), dir)
     }
 
     fn sale(stock: u32, limit: u32) -> Sale {
@@ -287,12 +345,11 @@ mod tests {
             items: None,
         };
         let p = validate_purchase(sale, req).unwrap();
-        Order::new(id.into(), sale, &p, None, 5)
+        Order::new(id.into(), sale, &p, Some(format!("key-{id}")), 5)
     }
 
-    #[tokio::test]
-    async fn sale_round_trips() {
-        let (store, _dir) = store().await;
+    async fn sale_round_trips(dialect: Dialect) {
+        let (store, _dir) = store(dialect).await;
         let s = sale(3, 1);
         store.create_sale(&s).await.unwrap();
         assert_eq!(store.get_sale("sale1").await.unwrap(), Some(s.clone()));
@@ -300,22 +357,19 @@ mod tests {
         assert_eq!(store.get_sale("nope").await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn batch_stores_each_order_once_and_schema_refuses_oversell_and_limit() {
-        let (store, _dir) = store().await;
+    async fn batch_stores_each_order_once_and_refuses_oversell_and_limit(dialect: Dialect) {
+        let (store, _dir) = store(dialect).await;
         let s = sale(2, 1);
         store.create_sale(&s).await.unwrap();
         let a = order(&s, "o1", "a", 1);
-        let outcomes = store
-            .insert_orders(&[
-                a.clone(),
-                a.clone(),
-                order(&s, "o2", "a", 1),
-                order(&s, "o3", "b", 1),
-                order(&s, "o4", "c", 1),
-            ])
-            .await
-            .unwrap();
+        let batch = [
+            a.clone(),
+            a.clone(),
+            order(&s, "o2", "a", 1),
+            order(&s, "o3", "b", 1),
+            order(&s, "o4", "c", 1),
+        ];
+        let outcomes = store.insert_orders(&batch).await.unwrap();
         assert_eq!(outcomes[0], InsertOutcome::Stored);
         assert_eq!(outcomes[1], InsertOutcome::AlreadyStored);
         assert!(
@@ -333,5 +387,31 @@ mod tests {
             ["o1", "o3"]
         );
         assert_eq!(store.get_order("o1").await.unwrap(), Some(a));
+        // A redelivery of the whole batch changes nothing.
+        let again = store.insert_orders(&batch[..1]).await.unwrap();
+        assert_eq!(again, [InsertOutcome::AlreadyStored]);
+        assert_eq!(store.sale_orders("sale1").await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn sqlite_sale_round_trips() {
+        sale_round_trips(Dialect::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_batch_stores_each_order_once_and_refuses_oversell_and_limit() {
+        batch_stores_each_order_once_and_refuses_oversell_and_limit(Dialect::Sqlite).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+    async fn postgres_sale_round_trips() {
+        sale_round_trips(Dialect::Postgres).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+    async fn postgres_batch_stores_each_order_once_and_refuses_oversell_and_limit() {
+        batch_stores_each_order_once_and_refuses_oversell_and_limit(Dialect::Postgres).await;
     }
 }
