@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the HTTP gateway listens on (port 0 picks a free port).
     pub listen: String,
-    /// Stock gate: `local`.
+    /// Stock gate: `local` or `redis://host:port[/db]`.
     pub gate: String,
     /// Order bus: `memory`.
     pub bus: String,
-    /// Order store: `sqlite://PATH`.
+    /// Order store: `sqlite://PATH` or `postgres://…`.
     pub store: String,
     /// Token for admin routes; admin routes are open when unset.
     pub admin_token: Option<String>,
@@ -24,6 +24,9 @@ pub struct Config {
     pub bus_capacity: usize,
     /// Most orders written in one transaction.
     pub batch_max: usize,
+    /// Longest wait for the gate or the bus within a request, in ms; past it the buyer
+    /// gets 503 `unavailable`.
+    pub backend_timeout_ms: u64,
     /// How long a retry waits for the first request with its key, in ms.
     pub replay_wait_ms: u64,
 }
@@ -40,6 +43,7 @@ impl Default for Config {
             bus_capacity: 8192,
             batch_max: 1024,
             replay_wait_ms: 2000,
+            backend_timeout_ms: 1000,
         }
     }
 }

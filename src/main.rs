@@ -35,13 +35,13 @@ struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0: any free port).
     #[arg(long)]
     listen: Option<String>,
-    /// Stock gate: local.
+    /// Stock gate: local, or redis://host:port[/db].
     #[arg(long)]
     gate: Option<String>,
     /// Order bus: memory.
     #[arg(long)]
     bus: Option<String>,
-    /// Order store: sqlite://PATH.
+    /// Order store: sqlite://PATH, or postgres://user@host/db.
     #[arg(long)]
     store: Option<String>,
     /// Token required by admin routes (Authorization: Bearer TOKEN).

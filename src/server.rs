@@ -12,14 +12,14 @@ use crate::api::{self, AppState};
 use crate::bus::{MemoryBus, OrderBus};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
-use crate::gate::{LocalGate, StockGate};
+use crate::gate::{self, GateError};
 use crate::store::{self, StoreError};
 use crate::worker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("unsupported gate {0:?} (this build knows: local)")]
-    Gate(String),
+    #[error(transparent)]
+    Gate(#[from] GateError),
     #[error("unsupported bus {0:?} (this build knows: memory)")]
     Bus(String),
     #[error(transparent)]
@@ -41,10 +41,8 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: &Config) -> Result<Server, StartError> {
-        let gate: Arc<dyn StockGate> = match config.gate.as_str() {
-            "local" => Arc::new(LocalGate::new()),
-            other => return Err(StartError::Gate(other.into())),
-        };
+        let backend_timeout = Duration::from_millis(config.backend_timeout_ms);
+        let gate = gate::connect(&config.gate, backend_timeout).await?;
         let store = store::connect(&config.store).await?;
         let (bus, writer): (Arc<dyn OrderBus>, _) = match config.bus.as_str() {
             "memory" => {

@@ -6,13 +6,12 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use common::TestServer;
+use common::{Backends, TestServer};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_thousand_purchases_from_500_users_sell_exactly_the_stock() {
-    let app = Arc::new(TestServer::spawn().await);
+async fn two_thousand_purchases_from_500_users_sell_exactly_the_stock(backends: Backends) {
+    let app = Arc::new(TestServer::spawn_on(backends, &[]).await);
     let sale = app.live_sale(50, 1).await;
 
     // Each of 500 users sends 4 requests: key A twice and key B twice, all at once.
@@ -98,9 +97,8 @@ async fn two_thousand_purchases_from_500_users_sell_exactly_the_stock() {
     assert_eq!(view.body["status"], "sold_out");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn multi_unit_limit_is_held_across_concurrent_purchases() {
-    let app = Arc::new(TestServer::spawn().await);
+async fn multi_unit_limit_is_held_across_concurrent_purchases(backends: Backends) {
+    let app = Arc::new(TestServer::spawn_on(backends, &[]).await);
     let sale = app.live_sale(1000, 3).await;
     // 40 users each fire 6 single-unit purchases at once: each may get at most 3.
     let mut tasks = tokio::task::JoinSet::new();
@@ -130,3 +128,8 @@ async fn multi_unit_limit_is_held_across_concurrent_purchases() {
     let view = app.get(&format!("/api/sales/{sale}")).await;
     assert_eq!(view.body["remaining"], 1000 - 120);
 }
+
+for_each_backend!(
+    two_thousand_purchases_from_500_users_sell_exactly_the_stock,
+    multi_unit_limit_is_held_across_concurrent_purchases,
+);

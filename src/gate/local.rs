@@ -52,6 +52,13 @@ impl SaleState {
         state
     }
 
+    /// Whether every unit is there right now (takes nothing).
+    fn has(&self, units: &Units) -> bool {
+        units
+            .iter()
+            .all(|&(item, want)| self.remaining[item].load(Ordering::SeqCst) >= want)
+    }
+
     /// Takes every unit or none.
     fn take(&self, units: &Units) -> bool {
         for (n, &(item, want)) in units.iter().enumerate() {
@@ -142,7 +149,12 @@ impl LocalGate {
         let outcome = if let Some(refusal) = window {
             Err(refusal)
         } else if held.saturating_add(wanted) > sale.per_user_limit {
-            Err(Refusal::LimitReached)
+            // When both apply, sold_out wins (the same order as the Redis gate).
+            Err(if state.has(&purchase.units) {
+                Refusal::LimitReached
+            } else {
+                Refusal::SoldOut
+            })
         } else if !state.take(&purchase.units) {
             Err(Refusal::SoldOut)
         } else {

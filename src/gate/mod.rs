@@ -4,6 +4,7 @@
 //! (a later stage failed, or the order was cancelled / expired).
 
 mod local;
+mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use local::LocalGate;
+pub use redis::RedisGate;
 
 use crate::domain::{Millis, Order, Refusal, Sale, ValidPurchase};
 
@@ -54,6 +56,22 @@ pub enum GateError {
     UnknownSale(String),
     #[error("stock gate unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Opens the gate named by `url`: `local`, or `redis://host:port[/db]`.
+pub async fn connect(
+    url: &str,
+    deadline: std::time::Duration,
+) -> Result<Arc<dyn StockGate>, GateError> {
+    if url == "local" {
+        Ok(Arc::new(LocalGate::new()))
+    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        Ok(Arc::new(RedisGate::connect(url, deadline).await?))
+    } else {
+        Err(GateError::Unavailable(format!(
+            "unsupported gate {url:?} (expected local or redis://…)"
+        )))
+    }
 }
 
 #[async_trait]

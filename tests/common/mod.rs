@@ -12,11 +12,42 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// Which engines back the server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backends {
+    /// local gate, in-process bus, SQLite: nothing outside the process.
+    Embedded,
+    /// Redis gate, in-process bus, PostgreSQL.
+    RedisMemoryPostgres,
+}
+
+/// Runs an async test function once per backend combination: embedded always, the
+/// others ignored in a plain `cargo test` (they say what they need) and run by `.ci/run`.
+#[macro_export]
+macro_rules! for_each_backend {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn embedded() {
+                super::$test($crate::common::Backends::Embedded).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[ignore = "needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+            async fn redis_memory_postgres() {
+                super::$test($crate::common::Backends::RedisMemoryPostgres).await
+            }
+        }
+    )*};
+}
+
 pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub dir: Arc<tempfile::TempDir>,
     pub admin_token: Option<String>,
+    pub backends: Backends,
+    store_url: String,
     extra_args: Vec<String>,
     child: Child,
 }
@@ -47,14 +78,24 @@ impl Reply {
 
 impl TestServer {
     pub async fn spawn() -> TestServer {
-        Self::spawn_with(&[]).await
+        Self::spawn_on(Backends::Embedded, &[]).await
     }
 
     /// Spawns with extra `serve` flags, e.g. `["--admin-token", "t"]`.
     pub async fn spawn_with(extra_args: &[&str]) -> TestServer {
+        Self::spawn_on(Backends::Embedded, extra_args).await
+    }
+
+    /// Spawns on the given backends, each test with its own SQLite file or PostgreSQL
+    /// database (Redis keys are per sale, and sale ids are unique).
+    pub async fn spawn_on(backends: Backends, extra_args: &[&str]) -> TestServer {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let store_url = match backends {
+            Backends::Embedded => format!("sqlite://{}", dir.path().join("flashsale.db").display()),
+            Backends::RedisMemoryPostgres => flashsale::testing::fresh_postgres_database().await,
+        };
         let extra_args = extra_args.iter().map(|s| s.to_string()).collect();
-        Self::start(dir, extra_args).await
+        Self::start(dir, backends, store_url, extra_args).await
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -62,18 +103,34 @@ impl TestServer {
     }
 
     pub fn store_url(&self) -> String {
-        format!("sqlite://{}", self.db_path().display())
+        self.store_url.clone()
     }
 
-    async fn start(dir: Arc<tempfile::TempDir>, extra_args: Vec<String>) -> TestServer {
-        let store = format!("sqlite://{}", dir.path().join("flashsale.db").display());
+    async fn start(
+        dir: Arc<tempfile::TempDir>,
+        backends: Backends,
+        store_url: String,
+        extra_args: Vec<String>,
+    ) -> TestServer {
+        let gate = match backends {
+            Backends::Embedded => "local".to_string(),
+            Backends::RedisMemoryPostgres => flashsale::testing::redis_url(),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.path().join("server.log"))
             .expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--store", &store])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                &store_url,
+                "--gate",
+                &gate,
+            ])
             .args(&extra_args)
             // A settings file in the test's cwd must not leak in.
             .args(["--config", dir.path().join("none.toml").to_str().unwrap()])
@@ -111,18 +168,24 @@ impl TestServer {
                 .unwrap(),
             dir,
             admin_token,
+            backends,
+            store_url,
             extra_args,
             child,
         }
     }
 
-    /// `kill -9` the server, then start it again on the same SQLite file.
+    /// `kill -9` the server, then start it again on the same store.
     pub async fn crash_and_restart(mut self) -> TestServer {
         self.kill9().await;
         let TestServer {
-            dir, extra_args, ..
+            dir,
+            backends,
+            store_url,
+            extra_args,
+            ..
         } = self;
-        Self::start(dir, extra_args).await
+        Self::start(dir, backends, store_url, extra_args).await
     }
 
     pub async fn kill9(&mut self) {
@@ -192,7 +255,7 @@ impl TestServer {
         self.send(request).await
     }
 
-    /// Orders of a sale as the store holds them (read from the SQLite file directly).
+    /// Orders of a sale as the store holds them (read from the database directly).
     pub async fn stored_orders(&self, sale_id: &str) -> Vec<flashsale::domain::Order> {
         let store = flashsale::store::connect(&self.store_url())
             .await

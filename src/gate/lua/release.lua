@@ -1,0 +1,28 @@
+-- Gives an order's units back and tells every gateway that stock is back.
+-- KEYS: 1 meta, 2 stock, 3 buyers, 4 idempotency key of the order (or meta when none).
+-- ARGV: 1 user, 2 order id, 3 forget the key (0/1), 4 sale id (for the restock message),
+--       then pairs (item index, units).
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local total = 0
+for i = 5, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], tonumber(ARGV[i + 1]))
+  total = total + tonumber(ARGV[i + 1])
+end
+redis.call('HINCRBY', KEYS[1], 'left', total)
+if redis.call('HINCRBY', KEYS[3], ARGV[1], -total) <= 0 then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+if ARGV[3] == '1' then
+  local previous = redis.call('GET', KEYS[4])
+  if previous then
+    local nl = string.find(previous, '\n', 1, true)
+    local answer = string.sub(previous, nl + 1)
+    if answer == 'inflight\n' .. ARGV[2] then
+      redis.call('DEL', KEYS[4])
+    end
+  end
+end
+redis.call('PUBLISH', 'flashsale:restock', ARGV[4])
+return 1

@@ -1,0 +1,69 @@
+-- Decides one purchase, atomically: idempotency key, sale window, per-user limit, stock
+-- of every item (all or nothing).
+-- KEYS: 1 meta (hash), 2 stock (hash item index -> remaining), 3 buyers (hash user -> units),
+--       4 idempotency key of this buyer (string "fingerprint\nanswer"), or the meta key again
+--       when the request has no key.
+-- ARGV: 1 now (ms), 2 user, 3 fingerprint, 4 order id, 5 key ttl (ms), 6 has key (0/1),
+--       then pairs (item index, units).
+-- Returns {"unknown"} | {"key_reused"} | {"replay", answer} | {"refused", code, left}
+--       | {"reserved"}; answer is "inflight\n<order id>", "accepted\n<order json>" or
+--       "refused\n<code>"; left is the total stock left in the sale.
+local meta = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'limit')
+if not meta[1] then
+  return {'unknown'}
+end
+local has_key = ARGV[6] == '1'
+if has_key then
+  local previous = redis.call('GET', KEYS[4])
+  if previous then
+    local nl = string.find(previous, '\n', 1, true)
+    if string.sub(previous, 1, nl - 1) ~= ARGV[3] then
+      return {'key_reused'}
+    end
+    return {'replay', string.sub(previous, nl + 1)}
+  end
+end
+
+local now = tonumber(ARGV[1])
+local refusal = nil
+if now < tonumber(meta[1]) then
+  refusal = 'not_started'
+elseif meta[2] ~= '' and now >= tonumber(meta[2]) then
+  refusal = 'ended'
+end
+local want = 0
+for i = 7, #ARGV, 2 do
+  want = want + tonumber(ARGV[i + 1])
+end
+-- When both apply, sold_out wins over limit_reached (the same order as the local gate).
+if not refusal then
+  for i = 7, #ARGV, 2 do
+    local have = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
+    if have < tonumber(ARGV[i + 1]) then
+      refusal = 'sold_out'
+      break
+    end
+  end
+end
+if not refusal then
+  local held = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
+  if held + want > tonumber(meta[3]) then
+    refusal = 'limit_reached'
+  end
+end
+if not refusal then
+  for i = 7, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[2], ARGV[i], -tonumber(ARGV[i + 1]))
+  end
+  redis.call('HINCRBY', KEYS[1], 'left', -want)
+  redis.call('HINCRBY', KEYS[3], ARGV[2], want)
+end
+if has_key then
+  local answer
+  if refusal then answer = 'refused\n' .. refusal else answer = 'inflight\n' .. ARGV[4] end
+  redis.call('SET', KEYS[4], ARGV[3] .. '\n' .. answer, 'PX', ARGV[5])
+end
+if refusal then
+  return {'refused', refusal, tonumber(redis.call('HGET', KEYS[1], 'left') or '0')}
+end
+return {'reserved'}
