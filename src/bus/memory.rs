@@ -48,3 +48,62 @@ impl OrderBus for MemoryBus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::OrderStatus;
+
+    fn order(id: &str) -> Order {
+        Order {
+            id: id.into(),
+            sale_id: "s".into(),
+            user_id: "u".into(),
+            items: [("default".to_string(), 1)].into_iter().collect(),
+            status: OrderStatus::Paid,
+            created_at: 0,
+            expires_at: None,
+            idempotency_key: None,
+            fingerprint: "default:1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn full_bus_sheds_at_once() {
+        let (bus, _rx) = MemoryBus::new(1);
+        let bus = std::sync::Arc::new(bus);
+        let first = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.publish(&order("a")).await }
+        });
+        tokio::task::yield_now().await;
+        // Nobody drains the channel: its one place is taken, the next order is shed.
+        let shed = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            bus.publish(&order("b")),
+        )
+        .await
+        .expect("answers at once");
+        assert!(matches!(shed, Err(BusError::Full)));
+        first.abort();
+    }
+
+    #[tokio::test]
+    async fn writer_answers_decide_the_outcome() {
+        let (bus, mut rx) = MemoryBus::new(8);
+        let writer = tokio::spawn(async move {
+            let stored = rx.recv().await.unwrap();
+            stored.reply.send(Ok(())).unwrap();
+            let refused = rx.recv().await.unwrap();
+            refused.reply.send(Err("check failed".into())).unwrap();
+            let dropped = rx.recv().await.unwrap();
+            drop(dropped); // the writer vanished without answering
+        });
+        assert!(bus.publish(&order("a")).await.is_ok());
+        let refused = bus.publish(&order("b")).await.unwrap_err();
+        assert!(matches!(refused, BusError::NotStored(_)) && refused.is_definite());
+        let unknown = bus.publish(&order("c")).await.unwrap_err();
+        assert!(matches!(unknown, BusError::Unknown(_)) && !unknown.is_definite());
+        writer.await.unwrap();
+    }
+}

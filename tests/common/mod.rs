@@ -263,3 +263,22 @@ impl TestServer {
         store.sale_orders(sale_id).await.expect("read orders")
     }
 }
+
+impl TestServer {
+    /// Runs SQL on the server's database behind its back (to plant faults).
+    pub async fn execute_sql(&self, sqlite: &str, postgres: &str) {
+        use sqlx::Connection;
+        let sql = match self.backends {
+            Backends::Embedded => sqlite,
+            Backends::RedisMemoryPostgres => postgres,
+        };
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.store_url)
+            .await
+            .expect("connect");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut conn)
+            .await
+            .expect("planted SQL");
+    }
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Local services for the distributed mode, on loopback: PostgreSQL, Redis and a
+# Kafka-protocol broker (tansu). `up` starts whatever is not running (installing what is
+# missing), `down` stops the broker it started, `status` tells what answers.
+#
+#   scripts/services.sh up|down|status
+#
+# Environment: TANSU_STORAGE (default memory://tansu/; sqlite://PATH keeps messages
+# across broker restarts), SERVICES_DIR (default .services in the repository).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SERVICES_DIR=${SERVICES_DIR:-$PWD/.services}
+TANSU_VERSION=0.6.0
+TANSU_STORAGE=${TANSU_STORAGE:-memory://tansu/}
+KAFKA_PORT=9092
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # port name
+    for _ in $(seq 1 100); do
+        listening "$1" && return 0
+        sleep 0.2
+    done
+    echo "$2 did not start on port $1" >&2
+    return 1
+}
+
+apt_install() {
+    if command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+    else
+        echo "cannot install $* (no apt-get)" >&2
+        return 1
+    fi
+}
+
+postgres_up() {
+    if listening 5432; then return 0; fi
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    wait_for 5432 PostgreSQL
+}
+
+redis_up() {
+    if listening 6379; then return 0; fi
+    command -v redis-server >/dev/null || apt_install redis-server
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+        --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    wait_for 6379 Redis
+}
+
+tansu_bin() {
+    if command -v tansu >/dev/null; then command -v tansu; return; fi
+    local bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+    if [ ! -x "$bin" ]; then
+        echo "installing tansu $TANSU_VERSION (a Kafka-protocol broker; 12-25 min, once)" >&2
+        cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql >&2
+    fi
+    echo "$bin"
+}
+
+kafka_up() {
+    if listening $KAFKA_PORT; then return 0; fi
+    local bin
+    bin=$(tansu_bin)
+    mkdir -p "$SERVICES_DIR/tansu"
+    # tansu reads ./.env from its working directory: give it an empty one of its own.
+    : > "$SERVICES_DIR/tansu/.env"
+    (cd "$SERVICES_DIR/tansu" && nohup "$bin" broker \
+        --listener-url tcp://127.0.0.1:$KAFKA_PORT \
+        --advertised-listener-url tcp://127.0.0.1:$KAFKA_PORT \
+        --storage-engine "$TANSU_STORAGE" > broker.log 2>&1 & echo $! > broker.pid)
+    wait_for $KAFKA_PORT "tansu broker (log: $SERVICES_DIR/tansu/broker.log)"
+}
+
+kafka_down() {
+    local pidfile="$SERVICES_DIR/tansu/broker.pid"
+    if [ -f "$pidfile" ]; then
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+        rm -f "$pidfile"
+    fi
+}
+
+status() {
+    for entry in "PostgreSQL 5432" "Redis 6379" "Kafka(tansu) $KAFKA_PORT"; do
+        set -- $entry
+        if listening "$2"; then echo "$1: up on 127.0.0.1:$2"; else echo "$1: down"; fi
+    done
+}
+
+case "${1:-}" in
+    up)
+        postgres_up
+        redis_up
+        if [ "${WITH_KAFKA:-1}" = 1 ]; then kafka_up; fi
+        status
+        ;;
+    down) kafka_down; status ;;
+    status) status ;;
+    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,52 @@
+//! When a later stage fails, the earlier one is compensated before the buyer hears of it:
+//! a failed store write answers 503 `unavailable`, releases the reservation and leaves
+//! nothing half-written.
+
+mod common;
+
+use common::{Backends, TestServer};
+use serde_json::json;
+
+const SQLITE_POISON: &str = "CREATE TRIGGER poison BEFORE INSERT ON orders \
+    WHEN NEW.user_id = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END;";
+const POSTGRES_POISON: &str = "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+    IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$ \
+    LANGUAGE plpgsql; \
+    CREATE TRIGGER poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION poison();";
+const SQLITE_CURE: &str = "DROP TRIGGER poison;";
+const POSTGRES_CURE: &str = "DROP TRIGGER poison ON orders;";
+
+async fn failed_write_releases_the_reservation(backends: Backends) {
+    let app = TestServer::spawn_on(backends, &[]).await;
+    let sale = app.live_sale(1, 1).await;
+    app.execute_sql(SQLITE_POISON, POSTGRES_POISON).await;
+
+    let failed = app
+        .purchase(&sale, json!({"user_id": "poison"}), Some("try-1"))
+        .await;
+    failed.assert_problem(503, "unavailable");
+    assert_eq!(failed.headers["retry-after"], "1");
+
+    // The unit is back on sale, nothing is stored, and the buyer's limit is untouched.
+    let view = app.get(&format!("/api/sales/{sale}")).await;
+    assert_eq!(view.body["remaining"], 1, "reservation released");
+    assert_eq!(view.body["status"], "live");
+    assert!(
+        app.stored_orders(&sale).await.is_empty(),
+        "nothing half-written"
+    );
+
+    // The key of a failed request is forgotten: once the store works again, the same
+    // retry is decided afresh and succeeds.
+    app.execute_sql(SQLITE_CURE, POSTGRES_CURE).await;
+    let retried = app
+        .purchase(&sale, json!({"user_id": "poison"}), Some("try-1"))
+        .await;
+    assert_eq!(retried.status, 202, "{}", retried.text);
+    assert_eq!(app.stored_orders(&sale).await.len(), 1);
+    app.purchase(&sale, json!({"user_id": "other"}), None)
+        .await
+        .assert_problem(409, "sold_out");
+}
+
+for_each_backend!(failed_write_releases_the_reservation);
