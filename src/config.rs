@@ -12,7 +12,7 @@ pub struct Config {
     pub listen: String,
     /// Stock gate: `local` or `redis://host:port[/db]`.
     pub gate: String,
-    /// Order bus: `memory`.
+    /// Order bus: `memory` or `kafka://host:port[,host:port]` (build with `--features kafka`).
     pub bus: String,
     /// Order store: `sqlite://PATH` or `postgres://…`.
     pub store: String,
@@ -27,6 +27,14 @@ pub struct Config {
     /// Longest wait for the gate or the bus within a request, in ms; past it the buyer
     /// gets 503 `unavailable`.
     pub backend_timeout_ms: u64,
+    /// Prefix of the Kafka topic names (`<prefix>flashsale.orders`, …).
+    pub topic_prefix: String,
+    /// Partitions of the Kafka topics when flashsale creates them.
+    pub kafka_partitions: i32,
+    /// Consumer group of the workers.
+    pub worker_group: String,
+    /// How long a worker's batch waits for more messages, in ms.
+    pub worker_linger_ms: u64,
     /// How long a retry waits for the first request with its key, in ms.
     pub replay_wait_ms: u64,
 }
@@ -44,6 +52,10 @@ impl Default for Config {
             batch_max: 1024,
             replay_wait_ms: 2000,
             backend_timeout_ms: 1000,
+            topic_prefix: String::new(),
+            kafka_partitions: 4,
+            worker_group: "flashsale-workers".into(),
+            worker_linger_ms: 5,
         }
     }
 }

@@ -24,8 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the HTTP API (embedded mode also runs the order writer).
+    /// Serve the HTTP API (with the in-process bus it also runs the order writer).
     Serve(ServeArgs),
+    /// Move orders from the Kafka bus into the store (distributed mode).
+    Worker(BackendArgs),
+    /// Apply the store's migrations and exit.
+    Migrate(BackendArgs),
     /// Run a flash sale against an embedded engine over real HTTP and report.
     Demo(DemoArgs),
 }
@@ -35,18 +39,35 @@ struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0: any free port).
     #[arg(long)]
     listen: Option<String>,
+    /// Token required by admin routes (Authorization: Bearer TOKEN).
+    #[arg(long)]
+    admin_token: Option<String>,
+    #[command(flatten)]
+    backends: BackendArgs,
+}
+
+#[derive(Args)]
+struct BackendArgs {
     /// Stock gate: local, or redis://host:port[/db].
     #[arg(long)]
     gate: Option<String>,
-    /// Order bus: memory.
+    /// Order bus: memory, or kafka://host:port[,host:port] (build with --features kafka).
     #[arg(long)]
     bus: Option<String>,
     /// Order store: sqlite://PATH, or postgres://user@host/db.
     #[arg(long)]
     store: Option<String>,
-    /// Token required by admin routes (Authorization: Bearer TOKEN).
-    #[arg(long)]
-    admin_token: Option<String>,
+}
+
+impl BackendArgs {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            gate: self.gate,
+            bus: self.bus,
+            store: self.store,
+            ..Overrides::default()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -87,6 +108,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(&cli.config, args).await,
+            Command::Worker(args) => worker(&cli.config, args).await,
+            Command::Migrate(args) => migrate(&cli.config, args).await,
             Command::Demo(args) => run_demo(args).await,
         }
     })
@@ -95,10 +118,8 @@ fn main() -> anyhow::Result<()> {
 async fn serve(config_file: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         listen: args.listen,
-        gate: args.gate,
-        bus: args.bus,
-        store: args.store,
         admin_token: args.admin_token,
+        ..args.backends.overrides()
     };
     let config = Config::load(config_file, &overrides).context("reading settings")?;
     let server = Server::start(&config)
@@ -111,6 +132,44 @@ async fn serve(config_file: &std::path::Path, args: ServeArgs) -> anyhow::Result
     tracing::info!("shutting down: finishing requests in flight and draining the writer");
     server.stop().await;
     Ok(())
+}
+
+async fn migrate(config_file: &std::path::Path, args: BackendArgs) -> anyhow::Result<()> {
+    let config = Config::load(config_file, &args.overrides()).context("reading settings")?;
+    flashsale::store::connect(&config.store)
+        .await
+        .context("migrating the store")?;
+    println!("migrations applied to {}", config.store);
+    Ok(())
+}
+
+#[cfg(feature = "kafka")]
+async fn worker(config_file: &std::path::Path, args: BackendArgs) -> anyhow::Result<()> {
+    use flashsale::worker::kafka::{self, KafkaWorkerConfig};
+    let config = Config::load(config_file, &args.overrides()).context("reading settings")?;
+    let brokers = flashsale::bus::kafka_brokers(&config.bus)
+        .context("the worker consumes a Kafka bus: give --bus kafka://host:port")?;
+    let store = flashsale::store::connect(&config.store)
+        .await
+        .context("opening the store")?;
+    let worker_config = KafkaWorkerConfig {
+        brokers: brokers.to_string(),
+        topics: flashsale::bus::Topics::with_prefix(&config.topic_prefix),
+        group: config.worker_group.clone(),
+        partitions: config.kafka_partitions,
+        max_batch: config.batch_max,
+        linger: std::time::Duration::from_millis(config.worker_linger_ms),
+    };
+    println!("flashsale worker consuming {brokers} into {}", config.store);
+    kafka::run(worker_config, store, shutdown_signal()).await?;
+    Ok(())
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn worker(_: &std::path::Path, _: BackendArgs) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this build has no Kafka support: build with `cargo build --release --features kafka`"
+    )
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {

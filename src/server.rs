@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
-use crate::bus::{MemoryBus, OrderBus};
+use crate::bus::{self, MemoryBus, OrderBus};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::gate::{self, GateError};
@@ -20,8 +20,15 @@ use crate::worker;
 pub enum StartError {
     #[error(transparent)]
     Gate(#[from] GateError),
-    #[error("unsupported bus {0:?} (this build knows: memory)")]
+    #[error("unsupported bus {0:?} (expected memory or kafka://host:port)")]
     Bus(String),
+    #[error(
+        "this build has no Kafka support: build with `cargo build --release --features kafka` \
+         to use --bus kafka://…"
+    )]
+    NoKafka,
+    #[error(transparent)]
+    BusUnavailable(#[from] crate::bus::BusError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("engine: {0}")]
@@ -54,7 +61,10 @@ impl Server {
                 ));
                 (Arc::new(bus), Some(writer))
             }
-            other => return Err(StartError::Bus(other.into())),
+            url => match bus::kafka_brokers(url) {
+                Some(brokers) => (kafka_bus(brokers, config, backend_timeout).await?, None),
+                None => return Err(StartError::Bus(url.into())),
+            },
         };
         let replay_wait = Duration::from_millis(config.replay_wait_ms);
         let engine = Arc::new(Engine::start(gate, bus, store, replay_wait).await?);
@@ -98,4 +108,21 @@ impl Server {
             let _ = writer.await;
         }
     }
+}
+
+#[cfg(feature = "kafka")]
+async fn kafka_bus(
+    brokers: &str,
+    config: &Config,
+    timeout: Duration,
+) -> Result<Arc<dyn OrderBus>, StartError> {
+    let topics = bus::Topics::with_prefix(&config.topic_prefix);
+    let bus =
+        bus::kafka::KafkaBus::connect(brokers, topics, config.kafka_partitions, timeout).await?;
+    Ok(Arc::new(bus))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn kafka_bus(_: &str, _: &Config, _: Duration) -> Result<Arc<dyn OrderBus>, StartError> {
+    Err(StartError::NoKafka)
 }

@@ -26,9 +26,7 @@ async fn sale_is_created_shown_and_sold(backends: Backends) {
     assert_eq!(order["status"], "paid");
     assert!(order["created_at"].as_str().unwrap().ends_with('Z'));
 
-    let fetched = app
-        .get(&format!("/api/orders/{}", order["id"].as_str().unwrap()))
-        .await;
+    let fetched = app.order(order["id"].as_str().unwrap()).await;
     assert_eq!(fetched.status, 200);
     assert_eq!(fetched.body, reply.body);
 
@@ -168,7 +166,7 @@ async fn malformed_input_is_400_and_reserves_nothing(backends: Backends) {
         app.get(&format!("/api/sales/{id}")).await.body["remaining"],
         5
     );
-    assert!(app.stored_orders(&id).await.is_empty(), "no partial write");
+    assert!(app.settled_orders(&id).await.is_empty(), "no partial write");
 }
 
 async fn oversized_and_non_json_bodies(backends: Backends) {
@@ -264,7 +262,7 @@ async fn idempotency_key_replays_the_original_answer(backends: Backends) {
         .purchase(&one, json!({"user_id": "y"}), Some("late"))
         .await;
     assert_eq!(replayed.text, refused.text);
-    assert_eq!(app.stored_orders(&one).await.len(), 1);
+    assert_eq!(app.settled_orders(&one).await.len(), 1);
 }
 
 async fn multi_item_purchase_is_all_or_nothing(backends: Backends) {
@@ -336,7 +334,7 @@ async fn health_and_readiness(backends: Backends) {
     assert_eq!(app.get("/readyz").await.status, 200);
 }
 
-for_each_backend!(
+backend_tests!(
     sale_is_created_shown_and_sold,
     refusals_have_their_codes,
     unknown_things_are_404,

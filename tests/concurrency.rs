@@ -85,7 +85,7 @@ async fn two_thousand_purchases_from_500_users_sell_exactly_the_stock(backends: 
     assert_eq!(buyers.len(), 50, "one order per buyer");
 
     // I3 + I4: the store holds exactly the acknowledged orders.
-    let stored = app.stored_orders(&sale).await;
+    let stored = app.settled_orders(&sale).await;
     let stored_ids: HashSet<_> = stored.iter().map(|o| o.id.clone()).collect();
     let acked_ids: HashSet<_> = accepted.keys().cloned().collect();
     assert_eq!(stored_ids, acked_ids);
@@ -123,13 +123,13 @@ async fn multi_unit_limit_is_held_across_concurrent_purchases(backends: Backends
         }
     }
     assert!(per_user.values().all(|&n| n == 3), "{per_user:?}");
-    let stored = app.stored_orders(&sale).await;
+    let stored = app.settled_orders(&sale).await;
     assert_eq!(stored.len(), 120);
     let view = app.get(&format!("/api/sales/{sale}")).await;
     assert_eq!(view.body["remaining"], 1000 - 120);
 }
 
-for_each_backend!(
+backend_tests!(
     two_thousand_purchases_from_500_users_sell_exactly_the_stock,
     multi_unit_limit_is_held_across_concurrent_purchases,
 );

@@ -49,4 +49,4 @@ async fn failed_write_releases_the_reservation(backends: Backends) {
         .assert_problem(409, "sold_out");
 }
 
-for_each_backend!(failed_write_releases_the_reservation);
+backend_tests!(memory_bus: failed_write_releases_the_reservation);

@@ -2,6 +2,9 @@
 //! group-commit writer: it takes whatever orders are waiting (up to `max_batch`), stores
 //! them in one transaction and only then answers each of them.
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
 use std::sync::Arc;
 
 use tokio::sync::mpsc;

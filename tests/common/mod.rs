@@ -1,5 +1,6 @@
-//! The one test helper: spawns the real `flashsale serve` binary on port 0 with its own
-//! SQLite file, and talks HTTP to it. Every suite uses it.
+//! The one test helper: spawns the real `flashsale` binary (`serve`, and `worker` when
+//! the bus is Kafka) on port 0 with its own store, and talks HTTP to it. Every suite
+//! uses it, for every backend combination.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -19,37 +20,187 @@ pub enum Backends {
     Embedded,
     /// Redis gate, in-process bus, PostgreSQL.
     RedisMemoryPostgres,
+    /// Redis gate, Kafka bus (with a `flashsale worker`), PostgreSQL.
+    RedisKafkaPostgres,
 }
 
-/// Runs an async test function once per backend combination: embedded always, the
-/// others ignored in a plain `cargo test` (they say what they need) and run by `.ci/run`.
-#[macro_export]
-macro_rules! for_each_backend {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn embedded() {
-                super::$test($crate::common::Backends::Embedded).await
-            }
+impl Backends {
+    /// Whether a 202 means "in the store" (in-process bus) rather than "in the log".
+    pub fn acks_after_store(self) -> bool {
+        self != Backends::RedisKafkaPostgres
+    }
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            #[ignore = "needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
-            async fn redis_memory_postgres() {
-                super::$test($crate::common::Backends::RedisMemoryPostgres).await
-            }
+/// Runs async test functions once per backend combination: embedded always; the others
+/// are ignored in a plain `cargo test` (they say what they need) and run by `.ci/run`.
+/// `backend_tests!(memory_bus: …)` leaves out the Kafka bus.
+#[macro_export]
+macro_rules! backend_tests {
+    (memory_bus: $($test:ident),* $(,)?) => {
+        $( $crate::backend_tests!(@test [embedded redis_memory_postgres] $test); )*
+    };
+    ($($test:ident),* $(,)?) => {
+        $( $crate::backend_tests!(@test [embedded redis_memory_postgres redis_kafka_postgres] $test); )*
+    };
+    (@test [$($mode:ident)*] $test:ident) => {
+        mod $test {
+            $( $crate::backend_tests!(@mode $mode $test); )*
         }
-    )*};
+    };
+    (@mode embedded $test:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn embedded() {
+            super::$test($crate::common::Backends::Embedded).await
+        }
+    };
+    (@mode redis_memory_postgres $test:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        #[ignore = "needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+        async fn redis_memory_postgres() {
+            super::$test($crate::common::Backends::RedisMemoryPostgres).await
+        }
+    };
+    (@mode redis_kafka_postgres $test:ident) => {
+        #[cfg(feature = "kafka")]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        #[ignore = "needs Redis, PostgreSQL and a Kafka broker on 127.0.0.1:9092 (scripts/services.sh up)"]
+        async fn redis_kafka_postgres() {
+            super::$test($crate::common::Backends::RedisKafkaPostgres).await
+        }
+    };
+}
+
+pub const KAFKA_URL: &str = "kafka://127.0.0.1:9092";
+
+/// What the processes of one test share: backends, store, topics, consumer group.
+#[derive(Clone)]
+pub struct Deployment {
+    pub backends: Backends,
+    pub dir: Arc<tempfile::TempDir>,
+    pub store_url: String,
+    /// Unique per test, so that parallel tests never read each other's messages.
+    pub topic_prefix: String,
+    pub extra_args: Vec<String>,
+}
+
+impl Deployment {
+    pub async fn new(backends: Backends, extra_args: &[&str]) -> Deployment {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let store_url = match backends {
+            Backends::Embedded => format!("sqlite://{}", dir.path().join("flashsale.db").display()),
+            _ => flashsale::testing::fresh_postgres_database().await,
+        };
+        Deployment {
+            backends,
+            dir,
+            store_url,
+            topic_prefix: format!("test-{}.", uuid::Uuid::new_v4().simple()),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn command(&self, role: &str, log_name: &str) -> Command {
+        let (gate, bus) = match self.backends {
+            Backends::Embedded => ("local".to_string(), "memory"),
+            Backends::RedisMemoryPostgres => (flashsale::testing::redis_url(), "memory"),
+            Backends::RedisKafkaPostgres => (flashsale::testing::redis_url(), KAFKA_URL),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(log_name))
+            .expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+        command
+            .arg(role)
+            .args(["--store", &self.store_url, "--gate", &gate, "--bus", bus])
+            // A settings file in the test's cwd must not leak in.
+            .args([
+                "--config",
+                self.dir.path().join("none.toml").to_str().unwrap(),
+            ])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .env("FLASHSALE_TOPIC_PREFIX", &self.topic_prefix)
+            .env(
+                "FLASHSALE_WORKER_GROUP",
+                format!("{}workers", self.topic_prefix),
+            )
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Starts a process and waits for the line that says it is ready; returns the rest.
+    async fn launch(&self, mut command: Command, ready: &str, log_name: &str) -> (Child, String) {
+        let mut child = command.spawn().expect("spawn flashsale");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let log = self.dir.path().join(log_name);
+        let rest = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(rest) = line.strip_prefix(ready) {
+                    return rest.to_string();
+                }
+            }
+            panic!(
+                "exited before '{ready}':\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no '{ready}' within 60 s"));
+        // Keep draining stdout so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        (child, rest)
+    }
+
+    pub async fn gateway(&self) -> TestServer {
+        let n = uuid::Uuid::new_v4().simple().to_string();
+        let log_name = format!("gateway-{n}.log");
+        let mut command = self.command("serve", &log_name);
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&self.extra_args);
+        let (child, base) = self
+            .launch(command, "flashsale listening on ", &log_name)
+            .await;
+        let admin_token = self
+            .extra_args
+            .iter()
+            .position(|a| a == "--admin-token")
+            .and_then(|i| self.extra_args.get(i + 1).cloned());
+        TestServer {
+            base,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(512)
+                .build()
+                .unwrap(),
+            admin_token,
+            deployment: self.clone(),
+            child,
+            workers: Vec::new(),
+        }
+    }
+
+    pub async fn worker(&self) -> Child {
+        let log_name = format!("worker-{}.log", uuid::Uuid::new_v4().simple());
+        let command = self.command("worker", &log_name);
+        self.launch(command, "flashsale worker consuming ", &log_name)
+            .await
+            .0
+    }
 }
 
 pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
-    pub dir: Arc<tempfile::TempDir>,
     pub admin_token: Option<String>,
-    pub backends: Backends,
-    store_url: String,
-    extra_args: Vec<String>,
+    pub deployment: Deployment,
     child: Child,
+    /// Workers started with this gateway (Kafka bus only).
+    pub workers: Vec<Child>,
 }
 
 /// An HTTP answer: status, headers and JSON body (Null when not JSON).
@@ -86,106 +237,34 @@ impl TestServer {
         Self::spawn_on(Backends::Embedded, extra_args).await
     }
 
-    /// Spawns on the given backends, each test with its own SQLite file or PostgreSQL
-    /// database (Redis keys are per sale, and sale ids are unique).
+    /// A gateway (plus one worker on the Kafka bus) with its own store.
     pub async fn spawn_on(backends: Backends, extra_args: &[&str]) -> TestServer {
-        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        let store_url = match backends {
-            Backends::Embedded => format!("sqlite://{}", dir.path().join("flashsale.db").display()),
-            Backends::RedisMemoryPostgres => flashsale::testing::fresh_postgres_database().await,
-        };
-        let extra_args = extra_args.iter().map(|s| s.to_string()).collect();
-        Self::start(dir, backends, store_url, extra_args).await
+        let deployment = Deployment::new(backends, extra_args).await;
+        let mut server = deployment.gateway().await;
+        if backends == Backends::RedisKafkaPostgres {
+            server.workers.push(deployment.worker().await);
+        }
+        server
+    }
+
+    pub fn backends(&self) -> Backends {
+        self.deployment.backends
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("flashsale.db")
+        self.deployment.dir.path().join("flashsale.db")
     }
 
     pub fn store_url(&self) -> String {
-        self.store_url.clone()
+        self.deployment.store_url.clone()
     }
 
-    async fn start(
-        dir: Arc<tempfile::TempDir>,
-        backends: Backends,
-        store_url: String,
-        extra_args: Vec<String>,
-    ) -> TestServer {
-        let gate = match backends {
-            Backends::Embedded => "local".to_string(),
-            Backends::RedisMemoryPostgres => flashsale::testing::redis_url(),
-        };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("server.log"))
-            .expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-                &store_url,
-                "--gate",
-                &gate,
-            ])
-            .args(&extra_args)
-            // A settings file in the test's cwd must not leak in.
-            .args(["--config", dir.path().join("none.toml").to_str().unwrap()])
-            .current_dir(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn flashsale");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let base = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(url) = line.strip_prefix("flashsale listening on ") {
-                    return url.to_string();
-                }
-            }
-            let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-            panic!("server exited before listening:\n{log}");
-        })
-        .await
-        .expect("server did not start within 30 s");
-        // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let admin_token = extra_args
-            .iter()
-            .position(|a| a == "--admin-token")
-            .and_then(|i| extra_args.get(i + 1).cloned());
-        TestServer {
-            base,
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(512)
-                .build()
-                .unwrap(),
-            dir,
-            admin_token,
-            backends,
-            store_url,
-            extra_args,
-            child,
-        }
-    }
-
-    /// `kill -9` the server, then start it again on the same store.
+    /// `kill -9` the gateway, then start it again on the same store (workers stay).
     pub async fn crash_and_restart(mut self) -> TestServer {
         self.kill9().await;
-        let TestServer {
-            dir,
-            backends,
-            store_url,
-            extra_args,
-            ..
-        } = self;
-        Self::start(dir, backends, store_url, extra_args).await
+        let mut restarted = self.deployment.gateway().await;
+        restarted.workers = std::mem::take(&mut self.workers);
+        restarted
     }
 
     pub async fn kill9(&mut self) {
@@ -255,25 +334,52 @@ impl TestServer {
         self.send(request).await
     }
 
-    /// Orders of a sale as the store holds them (read from the database directly).
+    /// `GET /api/orders/{id}`; on the Kafka bus the worker may not have stored an order
+    /// acknowledged a moment ago, so this waits for it (up to 30 s).
+    pub async fn order(&self, id: &str) -> Reply {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = self.get(&format!("/api/orders/{id}")).await;
+            if reply.status != 404 || tokio::time::Instant::now() >= deadline {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Orders of a sale as the store holds them now (read from the database directly).
     pub async fn stored_orders(&self, sale_id: &str) -> Vec<flashsale::domain::Order> {
         let store = flashsale::store::connect(&self.store_url())
             .await
             .expect("open store");
         store.sale_orders(sale_id).await.expect("read orders")
     }
-}
 
-impl TestServer {
+    /// Orders of a sale once the bus is drained: the store holds as many units as the
+    /// gate has sold (at once with the in-process bus; the Kafka worker may lag).
+    pub async fn settled_orders(&self, sale_id: &str) -> Vec<flashsale::domain::Order> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let sale = self.get(&format!("/api/sales/{sale_id}")).await.body;
+            let sold = sale["stock"].as_u64().unwrap() - sale["remaining"].as_u64().unwrap();
+            let orders = self.stored_orders(sale_id).await;
+            let units: u64 = orders.iter().map(|o| o.total_units() as u64).sum();
+            if units >= sold || tokio::time::Instant::now() >= deadline {
+                return orders;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs SQL on the server's database behind its back (to plant faults).
     pub async fn execute_sql(&self, sqlite: &str, postgres: &str) {
         use sqlx::Connection;
-        let sql = match self.backends {
+        let sql = match self.backends() {
             Backends::Embedded => sqlite,
-            Backends::RedisMemoryPostgres => postgres,
+            _ => postgres,
         };
         sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&self.store_url)
+        let mut conn = sqlx::AnyConnection::connect(&self.store_url())
             .await
             .expect("connect");
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))

@@ -1,0 +1,166 @@
+//! Kafka order bus (librdkafka through rdkafka): an idempotent producer with `acks=all`.
+//! `publish` resolves with the delivery report, so a 202 means the order is in the log of
+//! every in-sync replica. A failed delivery says whether the message may have been
+//! written (librdkafka's persistence status), so that only orders surely not in the log
+//! have their reservation released.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::bindings::{rd_kafka_message_status, rd_kafka_msg_status_t};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::oneshot;
+
+use super::{BusError, OrderBus, OrderMessage, Topics};
+use crate::domain::Order;
+
+/// What the delivery report said.
+#[derive(Debug)]
+pub enum Delivered {
+    Persisted,
+    NotPersisted(String),
+    PossiblyPersisted(String),
+}
+
+pub struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<oneshot::Sender<Delivered>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
+        let delivered = match result {
+            Ok(_) => Delivered::Persisted,
+            Err((error, message)) => {
+                // SAFETY: the message is valid for the duration of this callback.
+                let status = unsafe { rd_kafka_message_status(message.ptr()) };
+                match status {
+                    rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED => {
+                        Delivered::NotPersisted(error.to_string())
+                    }
+                    _ => Delivered::PossiblyPersisted(error.to_string()),
+                }
+            }
+        };
+        let _ = reply.send(delivered);
+    }
+}
+
+pub struct KafkaBus {
+    producer: ThreadedProducer<DeliveryContext>,
+    topics: Topics,
+}
+
+/// Settings shared by every client of the bus.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "flashsale");
+    config
+}
+
+/// The producer settings: idempotent, acks from every in-sync replica, and a delivery
+/// deadline so that a buyer never waits longer than `timeout` for an answer.
+pub fn producer_config(brokers: &str, timeout: Duration) -> ClientConfig {
+    let mut config = client_config(brokers);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set(
+            "message.timeout.ms",
+            timeout.as_millis().max(100).to_string(),
+        )
+        .set(
+            "request.timeout.ms",
+            timeout.as_millis().max(100).to_string(),
+        );
+    config
+}
+
+impl KafkaBus {
+    pub async fn connect(
+        brokers: &str,
+        topics: Topics,
+        partitions: i32,
+        timeout: Duration,
+    ) -> Result<KafkaBus, BusError> {
+        ensure_topics(brokers, &topics, partitions, timeout).await?;
+        let producer = producer_config(brokers, timeout)
+            .create_with_context(DeliveryContext)
+            .map_err(|e| BusError::NotStored(format!("kafka producer: {e}")))?;
+        Ok(KafkaBus { producer, topics })
+    }
+}
+
+/// Creates the topics of DESIGN.md §4 when they are missing.
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &Topics,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(|e| BusError::NotStored(format!("kafka admin: {e}")))?;
+    let topics: Vec<NewTopic> = topics
+        .all()
+        .into_iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(timeout.max(Duration::from_secs(5))));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .map_err(|e| BusError::NotStored(format!("creating topics: {e}")))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(BusError::NotStored(format!(
+                    "creating topic {topic}: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl OrderBus for KafkaBus {
+    async fn publish(&self, order: &Order) -> Result<(), BusError> {
+        let (reply, delivered) = oneshot::channel();
+        let payload = OrderMessage::encode(order);
+        let key = OrderMessage::key(order);
+        let record = BaseRecord::with_opaque_to(&self.topics.orders, Box::new(reply))
+            .key(&key)
+            .payload(&payload);
+        if let Err((error, _)) = self.producer.send(record) {
+            // Never handed to librdkafka (e.g. its queue is full): surely not written.
+            return Err(match error {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => BusError::Full,
+                other => BusError::NotStored(other.to_string()),
+            });
+        }
+        match delivered.await {
+            Ok(Delivered::Persisted) => Ok(()),
+            Ok(Delivered::NotPersisted(reason)) => Err(BusError::NotStored(reason)),
+            Ok(Delivered::PossiblyPersisted(reason)) => Err(BusError::Unknown(reason)),
+            Err(_) => Err(BusError::Unknown("delivery report lost".into())),
+        }
+    }
+}
+
+impl Drop for KafkaBus {
+    fn drop(&mut self) {
+        let _ = self.producer.flush(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,173 @@
+//! The Kafka worker: consumes `flashsale.orders` in a consumer group, stores each batch
+//! in one transaction, sends what the store refused to `flashsale.orders.dlq` with the
+//! reason, and only then commits the offsets. A worker killed mid-batch leaves its
+//! offsets uncommitted: the group re-delivers, and the store's unique order id makes
+//! the replay harmless (the broker has no transactions; this is at-least-once + dedupe).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::bus::kafka::{client_config, ensure_topics, producer_config};
+use crate::bus::{DeadLetter, OrderMessage, Topics};
+use crate::store::{InsertOutcome, OrderStore};
+
+#[derive(Debug, Clone)]
+pub struct KafkaWorkerConfig {
+    pub brokers: String,
+    pub topics: Topics,
+    pub group: String,
+    pub partitions: i32,
+    pub max_batch: usize,
+    /// How long a batch waits for more messages once it has one.
+    pub linger: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("bus: {0}")]
+    Bus(#[from] crate::bus::BusError),
+}
+
+pub async fn run(
+    config: KafkaWorkerConfig,
+    store: Arc<dyn OrderStore>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    ensure_topics(
+        &config.brokers,
+        &config.topics,
+        config.partitions,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let consumer: StreamConsumer = client_config(&config.brokers)
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&config.topics.orders])?;
+    let dlq: FutureProducer = producer_config(&config.brokers, Duration::from_secs(10)).create()?;
+    tokio::pin!(shutdown);
+    tracing::info!(group = %config.group, topic = %config.topics.orders, "worker consuming");
+
+    loop {
+        let first = tokio::select! {
+            message = consumer.recv() => message,
+            () = &mut shutdown => break,
+        };
+        let mut batch = match first {
+            Ok(message) => vec![message.detach()],
+            Err(e) => {
+                tracing::warn!(error = %e, "consume failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + config.linger;
+        while batch.len() < config.max_batch {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(message.detach()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consume failed");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        store_batch(&batch, store.as_ref(), &dlq, &config.topics.dlq).await;
+        if let Err(e) = consumer.commit(&offsets_after(&batch), CommitMode::Sync) {
+            // E.g. the partition moved to another worker: it re-delivers, harmlessly.
+            tracing::warn!(error = %e, "offset commit failed");
+        }
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Stores a batch, retrying while the store is down (the offsets wait with it), and
+/// dead-letters what the store refuses or cannot decode.
+async fn store_batch(
+    batch: &[OwnedMessage],
+    store: &dyn OrderStore,
+    dlq: &FutureProducer,
+    dlq_topic: &str,
+) {
+    let mut orders = Vec::with_capacity(batch.len());
+    let mut dead = Vec::new();
+    for message in batch {
+        match OrderMessage::decode(message.payload().unwrap_or_default()) {
+            Ok(order) => orders.push((message, order)),
+            Err(reason) => dead.push((message, reason)),
+        }
+    }
+    let plain: Vec<_> = orders.iter().map(|(_, o)| o.clone()).collect();
+    let mut backoff = Duration::from_millis(50);
+    let outcomes = loop {
+        match store.insert_orders(&plain).await {
+            Ok(outcomes) => break outcomes,
+            Err(e) => {
+                tracing::error!(error = %e, orders = plain.len(), "store failed; retrying the batch");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    };
+    for ((message, order), outcome) in orders.iter().zip(outcomes) {
+        if let InsertOutcome::Rejected(reason) = outcome {
+            tracing::error!(order = %order.id, %reason, "store refused an order; dead-lettered");
+            dead.push((message, reason));
+        }
+    }
+    for (message, reason) in dead {
+        dead_letter(dlq, dlq_topic, message, reason).await;
+    }
+}
+
+async fn dead_letter(dlq: &FutureProducer, topic: &str, message: &OwnedMessage, reason: String) {
+    let letter = DeadLetter {
+        v: 1,
+        reason,
+        payload: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+    };
+    let payload = serde_json::to_vec(&letter).expect("dead letters serialize");
+    let key = message.key().unwrap_or_default().to_vec();
+    loop {
+        let record = FutureRecord::to(topic).key(&key).payload(&payload);
+        match dlq.send(record, Duration::from_secs(5)).await {
+            Ok(_) => return,
+            Err((e, _)) => {
+                tracing::error!(error = %e, "dead-letter produce failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// The offsets to commit after a batch: one past the last message of each partition.
+fn offsets_after(batch: &[OwnedMessage]) -> TopicPartitionList {
+    let mut next: HashMap<(String, i32), i64> = HashMap::new();
+    for message in batch {
+        let entry = next
+            .entry((message.topic().to_string(), message.partition()))
+            .or_default();
+        *entry = (*entry).max(message.offset() + 1);
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        list.add_partition_offset(&topic, partition, Offset::Offset(offset))
+            .expect("valid offset");
+    }
+    list
+}
