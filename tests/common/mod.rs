@@ -33,9 +33,16 @@ impl Backends {
 
 /// Runs async test functions once per backend combination: embedded always; the others
 /// are ignored in a plain `cargo test` (they say what they need) and run by `.ci/run`.
-/// `backend_tests!(memory_bus: …)` leaves out the Kafka bus.
+/// `backend_tests!(memory_bus: …)` leaves out the Kafka bus, `distributed: …` the
+/// embedded engine, `kafka: …` runs only on the Kafka bus.
 #[macro_export]
 macro_rules! backend_tests {
+    (distributed: $($test:ident),* $(,)?) => {
+        $( $crate::backend_tests!(@test [redis_memory_postgres redis_kafka_postgres] $test); )*
+    };
+    (kafka: $($test:ident),* $(,)?) => {
+        $( $crate::backend_tests!(@test [redis_kafka_postgres] $test); )*
+    };
     (memory_bus: $($test:ident),* $(,)?) => {
         $( $crate::backend_tests!(@test [embedded redis_memory_postgres] $test); )*
     };
@@ -80,6 +87,7 @@ pub struct Deployment {
     pub store_url: String,
     /// Unique per test, so that parallel tests never read each other's messages.
     pub topic_prefix: String,
+    pub kafka_url: String,
     pub extra_args: Vec<String>,
 }
 
@@ -95,6 +103,7 @@ impl Deployment {
             dir,
             store_url,
             topic_prefix: format!("test-{}.", uuid::Uuid::new_v4().simple()),
+            kafka_url: KAFKA_URL.to_string(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -103,7 +112,9 @@ impl Deployment {
         let (gate, bus) = match self.backends {
             Backends::Embedded => ("local".to_string(), "memory"),
             Backends::RedisMemoryPostgres => (flashsale::testing::redis_url(), "memory"),
-            Backends::RedisKafkaPostgres => (flashsale::testing::redis_url(), KAFKA_URL),
+            Backends::RedisKafkaPostgres => {
+                (flashsale::testing::redis_url(), self.kafka_url.as_str())
+            }
         };
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -386,5 +397,91 @@ impl TestServer {
             .execute(&mut conn)
             .await
             .expect("planted SQL");
+    }
+}
+
+/// A tansu broker of a test's own (for tests that stop the broker), on a free port with
+/// durable SQLite storage, so that it can be stopped and started again.
+pub struct Broker {
+    pub port: u16,
+    dir: Arc<tempfile::TempDir>,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub async fn start() -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = Broker {
+            port,
+            dir: Arc::new(tempfile::tempdir().unwrap()),
+            child: None,
+        };
+        broker.resume().await;
+        broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("kafka://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same storage.
+    pub async fn resume(&mut self) {
+        let tansu = which_tansu();
+        std::fs::write(self.dir.path().join(".env"), "").unwrap();
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("broker.log"))
+            .unwrap();
+        let child = Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tansu");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tansu did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill broker");
+        }
+    }
+}
+
+fn which_tansu() -> PathBuf {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let installed = home.join("bin/tansu");
+    if installed.exists() {
+        installed
+    } else {
+        PathBuf::from("tansu")
     }
 }

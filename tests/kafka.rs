@@ -1,0 +1,114 @@
+//! The Kafka bus under faults: a worker killed mid-stream, the broker stopped mid-sale.
+#![cfg(feature = "kafka")]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Backends, Broker, Deployment};
+use serde_json::json;
+
+/// kill -9 a worker in the middle of a stream, start another: every acknowledged order
+/// is stored once.
+async fn worker_killed_mid_stream_loses_and_duplicates_nothing(backends: Backends) {
+    let deployment = Deployment::new(backends, &[]).await;
+    let gateway = Arc::new(deployment.gateway().await);
+    let mut worker = deployment.worker().await;
+    let sale = gateway.live_sale(600, 1).await;
+
+    let buy = |range: std::ops::Range<usize>| {
+        let (gateway, sale) = (gateway.clone(), sale.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in range {
+                let reply = gateway
+                    .purchase(&sale, json!({"user_id": format!("u{n}")}), None)
+                    .await;
+                assert_eq!(reply.status, 202, "{}", reply.text);
+                acked.push(reply.body["id"].as_str().unwrap().to_string());
+            }
+            acked
+        })
+    };
+    let streams: Vec<_> = (0..8).map(|t| buy(t * 75..t * 75 + 75)).collect();
+    // Let the worker store some, then kill it while orders keep coming.
+    let started = Instant::now();
+    while gateway.stored_orders(&sale).await.len() < 100 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "worker stores nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.kill().await.unwrap();
+    let mut acked = Vec::new();
+    for stream in streams {
+        acked.extend(stream.await.unwrap());
+    }
+    let _replacement = deployment.worker().await;
+
+    let stored = gateway.settled_orders(&sale).await;
+    assert_eq!(stored.len(), acked.len(), "rows == purchases answered 202");
+    let ids: HashSet<_> = stored.iter().map(|o| o.id.clone()).collect();
+    assert_eq!(ids.len(), stored.len(), "no duplicate rows");
+    assert_eq!(ids, acked.into_iter().collect::<HashSet<_>>());
+}
+
+/// The broker stops during a sale: purchases answer 503 within the deadline and give
+/// their units back; once it returns, the sale goes on and sells exactly the stock.
+async fn broker_outage_answers_503_and_releases(backends: Backends) {
+    let mut broker = Broker::start().await;
+    let mut deployment = Deployment::new(backends, &[]).await;
+    deployment.kafka_url = broker.url();
+    let gateway = deployment.gateway().await;
+    let _worker = deployment.worker().await;
+    let sale = gateway.live_sale(30, 1).await;
+
+    for n in 0..10 {
+        let reply = gateway
+            .purchase(&sale, json!({"user_id": format!("before-{n}")}), None)
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    broker.kill9().await;
+    for n in 0..5 {
+        let started = Instant::now();
+        let reply = gateway
+            .purchase(&sale, json!({"user_id": format!("during-{n}")}), None)
+            .await;
+        reply.assert_problem(503, "unavailable");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "503 within the deadline"
+        );
+    }
+    let view = gateway.get(&format!("/api/sales/{sale}")).await;
+    assert_eq!(
+        view.body["remaining"], 20,
+        "reservations of failed purchases are back"
+    );
+
+    broker.resume().await;
+    let mut sold = 10;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0.. {
+        let reply = gateway
+            .purchase(&sale, json!({"user_id": format!("after-{n}")}), None)
+            .await;
+        match reply.status.as_u16() {
+            202 => sold += 1,
+            503 => assert!(Instant::now() < deadline, "the bus did not recover"),
+            _ => {
+                reply.assert_problem(409, "sold_out");
+                break;
+            }
+        }
+    }
+    assert_eq!(sold, 30);
+    let stored = gateway.settled_orders(&sale).await;
+    assert_eq!(stored.len(), 30, "exactly the stock in PostgreSQL");
+}
+
+backend_tests!(kafka: worker_killed_mid_stream_loses_and_duplicates_nothing, broker_outage_answers_503_and_releases);
