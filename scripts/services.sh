@@ -70,10 +70,12 @@ kafka_up() {
     mkdir -p "$SERVICES_DIR/tansu"
     # tansu reads ./.env from its working directory: give it an empty one of its own.
     : > "$SERVICES_DIR/tansu/.env"
-    (cd "$SERVICES_DIR/tansu" && nohup "$bin" broker \
+    # exec: no shell stays behind holding the caller's stdout.
+    (cd "$SERVICES_DIR/tansu" && exec setsid "$bin" broker \
         --listener-url tcp://127.0.0.1:$KAFKA_PORT \
         --advertised-listener-url tcp://127.0.0.1:$KAFKA_PORT \
-        --storage-engine "$TANSU_STORAGE" > broker.log 2>&1 & echo $! > broker.pid)
+        --storage-engine "$TANSU_STORAGE" > broker.log 2>&1 < /dev/null) &
+    echo $! > "$SERVICES_DIR/tansu/broker.pid"
     wait_for $KAFKA_PORT "tansu broker (log: $SERVICES_DIR/tansu/broker.log)"
 }
 

@@ -37,7 +37,7 @@ async fn worker_killed_mid_stream_loses_and_duplicates_nothing(backends: Backend
     let started = Instant::now();
     while gateway.stored_orders(&sale).await.len() < 100 {
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < Duration::from_secs(3),
             "worker stores nothing"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -81,7 +81,8 @@ async fn broker_outage_answers_503_and_releases(backends: Backends) {
         reply.assert_problem(503, "unavailable");
         assert!(
             started.elapsed() < Duration::from_secs(3),
-            "503 within the deadline"
+            "503 within the deadline, took {:?}",
+            started.elapsed()
         );
     }
     let view = gateway.get(&format!("/api/sales/{sale}")).await;

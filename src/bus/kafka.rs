@@ -3,17 +3,23 @@
 //! every in-sync replica. A failed delivery says whether the message may have been
 //! written (librdkafka's persistence status), so that only orders surely not in the log
 //! have their reservation released.
+//!
+//! After a failed delivery the producer is replaced by a fresh one (a new producer id):
+//! an idempotent producer whose broker restarted keeps its old id and sequence numbers,
+//! which a restarted broker may refuse (tansu 0.6's SQLite engine even fails on them).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::RwLock;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::bindings::{rd_kafka_message_status, rd_kafka_msg_status_t};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::oneshot;
 
@@ -53,8 +59,12 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+type OrderProducer = ThreadedProducer<DeliveryContext>;
+
 pub struct KafkaBus {
-    producer: ThreadedProducer<DeliveryContext>,
+    producer: RwLock<Arc<OrderProducer>>,
+    brokers: String,
+    timeout: Duration,
     topics: Topics,
 }
 
@@ -94,11 +104,37 @@ impl KafkaBus {
         timeout: Duration,
     ) -> Result<KafkaBus, BusError> {
         ensure_topics(brokers, &topics, partitions, timeout).await?;
-        let producer = producer_config(brokers, timeout)
-            .create_with_context(DeliveryContext)
-            .map_err(|e| BusError::NotStored(format!("kafka producer: {e}")))?;
-        Ok(KafkaBus { producer, topics })
+        let producer = RwLock::new(Arc::new(new_producer(brokers, timeout)?));
+        Ok(KafkaBus {
+            producer,
+            brokers: brokers.to_string(),
+            timeout,
+            topics,
+        })
     }
+
+    /// Swaps in a fresh producer after a failure of `failed`, unless another request
+    /// did it already. The old one's queue is purged: those orders fail at once.
+    fn replace_producer(&self, failed: &Arc<OrderProducer>) {
+        let mut current = self.producer.write();
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        match new_producer(&self.brokers, self.timeout) {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *current, Arc::new(fresh));
+                old.purge(PurgeConfig::default().queue());
+                tracing::warn!("kafka producer replaced after a failed delivery");
+            }
+            Err(e) => tracing::error!(error = %e, "could not replace the kafka producer"),
+        }
+    }
+}
+
+fn new_producer(brokers: &str, timeout: Duration) -> Result<OrderProducer, BusError> {
+    producer_config(brokers, timeout)
+        .create_with_context(DeliveryContext)
+        .map_err(|e| BusError::NotStored(format!("kafka producer: {e}")))
 }
 
 /// Creates the topics of DESIGN.md §4 when they are missing.
@@ -143,24 +179,27 @@ impl OrderBus for KafkaBus {
         let record = BaseRecord::with_opaque_to(&self.topics.orders, Box::new(reply))
             .key(&key)
             .payload(&payload);
-        if let Err((error, _)) = self.producer.send(record) {
+        let producer = self.producer.read().clone();
+        if let Err((error, _)) = producer.send(record) {
             // Never handed to librdkafka (e.g. its queue is full): surely not written.
             return Err(match error {
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => BusError::Full,
                 other => BusError::NotStored(other.to_string()),
             });
         }
-        match delivered.await {
-            Ok(Delivered::Persisted) => Ok(()),
-            Ok(Delivered::NotPersisted(reason)) => Err(BusError::NotStored(reason)),
-            Ok(Delivered::PossiblyPersisted(reason)) => Err(BusError::Unknown(reason)),
-            Err(_) => Err(BusError::Unknown("delivery report lost".into())),
-        }
+        let outcome = match delivered.await {
+            Ok(Delivered::Persisted) => return Ok(()),
+            Ok(Delivered::NotPersisted(reason)) => BusError::NotStored(reason),
+            Ok(Delivered::PossiblyPersisted(reason)) => BusError::Unknown(reason),
+            Err(_) => BusError::Unknown("delivery report lost".into()),
+        };
+        self.replace_producer(&producer);
+        Err(outcome)
     }
 }
 
 impl Drop for KafkaBus {
     fn drop(&mut self) {
-        let _ = self.producer.flush(Duration::from_secs(5));
+        let _ = self.producer.read().flush(Duration::from_secs(5));
     }
 }

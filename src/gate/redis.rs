@@ -323,7 +323,7 @@ impl StockGate for RedisGate {
             .key(&idem)
             .arg(&order.user_id)
             .arg(&order.id)
-            .arg(forget_key as u8)
+            .arg((forget_key && order.idempotency_key.is_some()) as u8)
             .arg(&sale.id);
         for (item, units) in order.units(sale) {
             call.arg(item).arg(units);

@@ -53,6 +53,9 @@ pub async fn run(
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // A killed worker's partitions move to the others within seconds.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
         .create()?;
     consumer.subscribe(&[&config.topics.orders])?;
     let dlq: FutureProducer = producer_config(&config.brokers, Duration::from_secs(10)).create()?;

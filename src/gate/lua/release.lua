@@ -1,7 +1,7 @@
 -- Gives an order's units back and tells every gateway that stock is back.
 -- KEYS: 1 meta, 2 stock, 3 buyers, 4 idempotency key of the order (or meta when none).
--- ARGV: 1 user, 2 order id, 3 forget the key (0/1), 4 sale id (for the restock message),
---       then pairs (item index, units).
+-- ARGV: 1 user, 2 order id, 3 forget the key (0/1; 0 when the order has no key),
+--       4 sale id (for the restock message), then pairs (item index, units).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
