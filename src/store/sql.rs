@@ -3,7 +3,7 @@
 //! mode with synchronous=FULL, so a committed batch survives a power cut, not only a
 //! crash. A batch is one transaction with a savepoint per order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -133,6 +133,124 @@ impl SqlStore {
     }
 }
 
+/// Rows per multi-row INSERT (10 parameters each at most; SQLite allows 32,766).
+const ROWS_PER_INSERT: usize = 1000;
+
+impl SqlStore {
+    /// The batch as a few multi-row statements: the orders, then units sold per item and
+    /// per buyer, summed. `None` when an item is unknown (the slow path names the order).
+    async fn insert_batch(
+        conn: &mut AnyConnection,
+        orders: &[Order],
+    ) -> Result<Option<Vec<InsertOutcome>>, sqlx::Error> {
+        let mut inserted: HashSet<String> = HashSet::with_capacity(orders.len());
+        for chunk in orders.chunks(ROWS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO orders (id, sale_id, user_id, items, units, status, created_at, \
+                 expires_at, idempotency_key, fingerprint) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let p = i * 10;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7,
+                    p + 8,
+                    p + 9,
+                    p + 10
+                ));
+            }
+            sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
+            // Only placeholders are generated; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for order in chunk {
+                query = query
+                    .bind(order.id.clone())
+                    .bind(order.sale_id.clone())
+                    .bind(order.user_id.clone())
+                    .bind(serde_json::to_string(&order.items).expect("a map of strings to numbers"))
+                    .bind(order.total_units() as i64)
+                    .bind(order.status.as_str())
+                    .bind(order.created_at)
+                    .bind(order.expires_at)
+                    .bind(order.idempotency_key.clone())
+                    .bind(order.fingerprint.clone());
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                inserted.insert(row.try_get("id")?);
+            }
+        }
+        let mut outcomes = Vec::with_capacity(orders.len());
+        let mut per_item: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        let mut per_buyer: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for order in orders {
+            // remove(): a second copy of the same order in one batch is a redelivery.
+            if !inserted.remove(&order.id) {
+                outcomes.push(InsertOutcome::AlreadyStored);
+                continue;
+            }
+            outcomes.push(InsertOutcome::Stored);
+            if order.status.holds_stock() {
+                for (item, units) in &order.items {
+                    *per_item.entry((&order.sale_id, item)).or_default() += *units as i64;
+                }
+                *per_buyer
+                    .entry((&order.sale_id, &order.user_id))
+                    .or_default() += order.total_units() as i64;
+            }
+        }
+        for ((sale_id, item), units) in per_item {
+            let updated = sqlx::query(
+                "UPDATE sale_items SET sold = sold + $1 WHERE sale_id = $2 AND item_id = $3",
+            )
+            .bind(units)
+            .bind(sale_id)
+            .bind(item)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if updated != 1 {
+                return Ok(None);
+            }
+        }
+        let buyers: Vec<_> = per_buyer.into_iter().collect();
+        for chunk in buyers.chunks(ROWS_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
+                .collect();
+            // VALUES columns are column1.. in both SQLite and PostgreSQL; SQLite needs
+            // the WHERE to tell the upsert's ON CONFLICT from a join's.
+            let sql = format!(
+                "INSERT INTO buyers (sale_id, user_id, units, max_units) \
+                 SELECT b.column1, b.column2, b.column3, s.per_user_limit \
+                 FROM (VALUES {}) AS b JOIN sales s ON s.id = b.column1 WHERE true \
+                 ON CONFLICT (sale_id, user_id) DO UPDATE SET units = buyers.units + excluded.units",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for ((sale_id, user_id), units) in chunk {
+                query = query
+                    .bind(sale_id.to_string())
+                    .bind(user_id.to_string())
+                    .bind(*units);
+            }
+            let stored = query.execute(&mut *conn).await?.rows_affected();
+            if stored as usize != chunk.len() {
+                return Ok(None); // a sale that does not exist
+            }
+        }
+        Ok(Some(outcomes))
+    }
+}
+
 fn order_from_row(row: &AnyRow) -> Result<Order, StoreError> {
     let items: String = row.try_get("items")?;
     let items: BTreeMap<String, u32> =
@@ -245,6 +363,26 @@ impl OrderStore for SqlStore {
 
     async fn insert_orders(&self, orders: &[Order]) -> Result<Vec<InsertOutcome>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Fast path: the whole batch in a handful of statements. If the schema refuses
+        // anything in it, fall back to one savepoint per order to find the culprits.
+        sqlx::query("SAVEPOINT whole_batch")
+            .execute(&mut *tx)
+            .await?;
+        match Self::insert_batch(&mut tx, orders).await {
+            Ok(Some(outcomes)) => {
+                sqlx::query("RELEASE SAVEPOINT whole_batch")
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                return Ok(outcomes);
+            }
+            Ok(None) => {}
+            Err(sqlx::Error::Database(e)) if is_constraint(&*e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        sqlx::query("ROLLBACK TO SAVEPOINT whole_batch")
+            .execute(&mut *tx)
+            .await?;
         let mut outcomes = Vec::with_capacity(orders.len());
         for order in orders {
             sqlx::query("SAVEPOINT one_order").execute(&mut *tx).await?;
@@ -391,6 +529,48 @@ mod tests {
         let again = store.insert_orders(&batch[..1]).await.unwrap();
         assert_eq!(again, [InsertOutcome::AlreadyStored]);
         assert_eq!(store.sale_orders("sale1").await.unwrap().len(), 2);
+    }
+
+    async fn fast_path_dedupes_and_sums_units_per_buyer(dialect: Dialect) {
+        let (store, _dir) = store(dialect).await;
+        let s = sale(10, 2);
+        store.create_sale(&s).await.unwrap();
+        let o1 = order(&s, "o1", "a", 1);
+        let batch = [
+            o1.clone(),
+            o1,
+            order(&s, "o2", "a", 1),
+            order(&s, "o3", "b", 2),
+        ];
+        let outcomes = store.insert_orders(&batch).await.unwrap();
+        use InsertOutcome::*;
+        assert_eq!(outcomes, [Stored, AlreadyStored, Stored, Stored]);
+        // a holds 2 of 2 and b 2 of 2: the schema refuses one more unit for either.
+        let more = store
+            .insert_orders(&[order(&s, "o4", "a", 1), order(&s, "o5", "c", 1)])
+            .await
+            .unwrap();
+        assert!(matches!(more[0], Rejected(_)), "{more:?}");
+        assert_eq!(more[1], Stored);
+        let units: u32 = store
+            .sale_orders("sale1")
+            .await
+            .unwrap()
+            .iter()
+            .map(|o| o.total_units())
+            .sum();
+        assert_eq!(units, 5);
+    }
+
+    #[tokio::test]
+    async fn sqlite_fast_path_dedupes_and_sums_units_per_buyer() {
+        fast_path_dedupes_and_sums_units_per_buyer(Dialect::Sqlite).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+    async fn postgres_fast_path_dedupes_and_sums_units_per_buyer() {
+        fast_path_dedupes_and_sums_units_per_buyer(Dialect::Postgres).await;
     }
 
     #[tokio::test]

@@ -86,8 +86,20 @@ pub async fn run(
                 Err(_) => break,
             }
         }
+        let consumed = deadline.elapsed();
+        let stored_at = tokio::time::Instant::now();
         store_batch(&batch, store.as_ref(), &dlq, &config.topics.dlq).await;
-        if let Err(e) = consumer.commit(&offsets_after(&batch), CommitMode::Sync) {
+        let store_time = stored_at.elapsed();
+        let committed_at = tokio::time::Instant::now();
+        let commit = consumer.commit(&offsets_after(&batch), CommitMode::Sync);
+        tracing::debug!(
+            size = batch.len(),
+            ?consumed,
+            ?store_time,
+            commit_time = ?committed_at.elapsed(),
+            "batch done"
+        );
+        if let Err(e) = commit {
             // E.g. the partition moved to another worker: it re-delivers, harmlessly.
             tracing::warn!(error = %e, "offset commit failed");
         }
