@@ -345,3 +345,33 @@ backend_tests!(
     admin_token_guards_sale_creation,
     health_and_readiness,
 );
+
+/// A build without the `kafka` feature says how to get it instead of failing obscurely.
+#[cfg(not(feature = "kafka"))]
+#[test]
+fn kafka_bus_without_the_feature_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("x.db").display());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--bus",
+            "kafka://127.0.0.1:9092",
+        ])
+        .args(["--store", &store])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--features kafka"), "{stderr}");
+    let worker = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["worker", "--bus", "kafka://127.0.0.1:9092"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!worker.status.success());
+    assert!(String::from_utf8_lossy(&worker.stderr).contains("--features kafka"));
+}
