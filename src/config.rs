@@ -27,6 +27,8 @@ pub struct Config {
     /// Longest wait for the gate or the bus within a request, in ms; past it the buyer
     /// gets 503 `unavailable`.
     pub backend_timeout_ms: u64,
+    /// How often the sweeper expires unpaid orders and finishes interrupted releases, in ms.
+    pub sweep_interval_ms: u64,
     /// Prefix of the Kafka topic names (`<prefix>flashsale.orders`, …).
     pub topic_prefix: String,
     /// Partitions of the Kafka topics when flashsale creates them.
@@ -52,6 +54,7 @@ impl Default for Config {
             batch_max: 1024,
             replay_wait_ms: 2000,
             backend_timeout_ms: 1000,
+            sweep_interval_ms: 1000,
             topic_prefix: String::new(),
             kafka_partitions: 4,
             worker_group: "flashsale-workers".into(),

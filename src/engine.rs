@@ -10,7 +10,8 @@ use parking_lot::RwLock;
 
 use crate::bus::OrderBus;
 use crate::domain::{
-    NewSale, Order, PurchaseRequest, Refusal, Sale, SaleError, now_millis, validate_purchase,
+    NewSale, Order, OrderEvent, OrderStatus, PurchaseRequest, Refusal, Sale, SaleError, now_millis,
+    validate_purchase,
 };
 use crate::gate::{Decision, GateError, KeyAnswer, SaleSnapshot, StockGate};
 use crate::store::{OrderStore, StoreError};
@@ -29,6 +30,9 @@ pub enum EngineError {
     KeyReused,
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The order is in a status that does not allow the step (e.g. paying an expired order).
+    #[error("the order is {}", .0.as_str())]
+    OrderIs(OrderStatus),
 }
 
 impl From<StoreError> for EngineError {
@@ -57,6 +61,15 @@ pub struct Engine {
     sales: RwLock<HashMap<String, Arc<Sale>>>,
     /// How long a retry waits for the first request with its key to finish.
     replay_wait: Duration,
+    /// Status changes, for whoever listens in this process (live pages, tests).
+    events: tokio::sync::broadcast::Sender<OrderEvent>,
+}
+
+/// What one pass of the sweeper did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub expired: usize,
+    pub released: usize,
 }
 
 /// A sale with its remaining stock per item.
@@ -74,12 +87,14 @@ impl Engine {
         store: Arc<dyn OrderStore>,
         replay_wait: Duration,
     ) -> Result<Engine, EngineError> {
+        let (events, _) = tokio::sync::broadcast::channel(1024);
         let engine = Engine {
             gate,
             bus,
             store,
             sales: RwLock::new(HashMap::new()),
             replay_wait,
+            events,
         };
         for sale in engine.store.list_sales().await? {
             engine.load_into_gate(&sale).await?;
@@ -94,7 +109,123 @@ impl Engine {
         }
         let orders = self.store.sale_orders(&sale.id).await?;
         self.gate.restore(sale, &snapshot(sale, &orders)).await?;
+        // The snapshot counts only live orders: releases still pending are done.
+        for order in self
+            .store
+            .pending_releases(Some(&sale.id), i64::MAX)
+            .await?
+        {
+            self.store.mark_released(&order.id).await?;
+        }
         Ok(())
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<OrderEvent> {
+        self.events.subscribe()
+    }
+
+    /// Confirms payment of a pending order. Paying twice is harmless; paying after the
+    /// payment window is refused (`expired`), and expires the order if nobody did yet.
+    pub async fn pay(&self, id: &str) -> Result<Order, EngineError> {
+        let order = self.order(id).await?;
+        let now = now_millis();
+        if order.is_overdue(now) {
+            let ended = self.end_order(&order, OrderStatus::Expired, now).await?;
+            return Err(EngineError::OrderIs(ended.status));
+        }
+        let transition = self
+            .store
+            .transition(id, OrderStatus::Paid, now)
+            .await?
+            .ok_or_else(|| EngineError::OrderNotFound(id.to_string()))?;
+        if transition.moved {
+            self.announce(&transition.order, now).await;
+        }
+        match transition.order.status {
+            OrderStatus::Paid => Ok(transition.order),
+            // The window passed between the read and the update: expire it now.
+            OrderStatus::Pending => {
+                let ended = self
+                    .end_order(&transition.order, OrderStatus::Expired, now)
+                    .await?;
+                Err(EngineError::OrderIs(ended.status))
+            }
+            other => Err(EngineError::OrderIs(other)),
+        }
+    }
+
+    /// Cancels a pending order and puts its units back on sale. Cancelling twice is
+    /// harmless; a paid or expired order cannot be cancelled.
+    pub async fn cancel(&self, id: &str) -> Result<Order, EngineError> {
+        let order = self.order(id).await?;
+        let ended = self
+            .end_order(&order, OrderStatus::Cancelled, now_millis())
+            .await?;
+        match ended.status {
+            OrderStatus::Cancelled => Ok(ended),
+            other => Err(EngineError::OrderIs(other)),
+        }
+    }
+
+    /// Moves a pending order to cancelled or expired; the call that moved it gives the
+    /// units back to the gate (the sweeper retries if that fails half-way).
+    async fn end_order(
+        &self,
+        order: &Order,
+        to: OrderStatus,
+        now: crate::domain::Millis,
+    ) -> Result<Order, EngineError> {
+        let transition = self
+            .store
+            .transition(&order.id, to, now)
+            .await?
+            .ok_or_else(|| EngineError::OrderNotFound(order.id.clone()))?;
+        if transition.moved {
+            self.announce(&transition.order, now).await;
+            if let Err(e) = self.release_ended(&transition.order).await {
+                tracing::warn!(order = %order.id, error = %e, "release deferred to the sweeper");
+            }
+        }
+        Ok(transition.order)
+    }
+
+    async fn release_ended(&self, order: &Order) -> Result<(), EngineError> {
+        let sale = self.sale(&order.sale_id).await?;
+        self.gate.release(&sale, order, false).await?;
+        self.store.mark_released(&order.id).await?;
+        Ok(())
+    }
+
+    async fn announce(&self, order: &Order, now: crate::domain::Millis) {
+        let event = OrderEvent::of(order, now);
+        let _ = self.events.send(event.clone());
+        if let Err(e) = self.bus.publish_event(&event).await {
+            tracing::warn!(order = %order.id, error = %e, "status event not published");
+        }
+    }
+
+    /// One pass of the expiry sweeper: expires orders whose payment window has passed
+    /// and finishes releases a crash interrupted. Safe with several sweepers at once:
+    /// the store lets one transition win, and the gate releases an order once.
+    pub async fn sweep(&self) -> Result<Sweep, EngineError> {
+        let now = now_millis();
+        let mut sweep = Sweep::default();
+        for order in self.store.overdue_orders(now, 500).await? {
+            let ended = self.end_order(&order, OrderStatus::Expired, now).await?;
+            sweep.expired += (ended.status == OrderStatus::Expired) as usize;
+        }
+        for order in self.store.pending_releases(None, 500).await? {
+            self.release_ended(&order).await?;
+            sweep.released += 1;
+        }
+        Ok(sweep)
+    }
+
+    pub async fn order_history(
+        &self,
+        id: &str,
+    ) -> Result<Vec<(OrderStatus, crate::domain::Millis)>, EngineError> {
+        Ok(self.store.order_history(id).await?)
     }
 
     pub async fn ping(&self) -> Result<(), EngineError> {

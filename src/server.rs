@@ -44,6 +44,7 @@ pub struct Server {
     shutdown: tokio::sync::oneshot::Sender<()>,
     http: JoinHandle<std::io::Result<()>>,
     writer: Option<JoinHandle<()>>,
+    sweeper: JoinHandle<()>,
 }
 
 impl Server {
@@ -79,6 +80,10 @@ impl Server {
             admin_token: config.admin_token.as_deref().map(Arc::from),
         };
         let app = api::router(state, config.body_limit);
+        let sweeper = tokio::spawn(sweep_forever(
+            engine.clone(),
+            Duration::from_millis(config.sweep_interval_ms.max(10)),
+        ));
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let http = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -93,12 +98,15 @@ impl Server {
             shutdown,
             http,
             writer,
+            sweeper,
         })
     }
 
     /// Stops accepting, lets requests in flight finish, then drains the order writer.
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
+        self.sweeper.abort();
+        let _ = self.sweeper.await;
         if let Err(e) = self.http.await {
             tracing::error!(error = %e, "http server task failed");
         }
@@ -106,6 +114,22 @@ impl Server {
         drop(self.engine);
         if let Some(writer) = self.writer {
             let _ = writer.await;
+        }
+    }
+}
+
+/// The expiry sweeper of this process; every gateway runs one (they do not collide).
+async fn sweep_forever(engine: Arc<Engine>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match engine.sweep().await {
+            Ok(sweep) if sweep.expired + sweep.released > 0 => {
+                tracing::debug!(?sweep, "sweep");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep failed; trying again"),
         }
     }
 }

@@ -57,6 +57,10 @@ impl From<EngineError> for ApiError {
             EngineError::Unavailable(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
             }
+            // The code is the status that stands in the way: `expired`, `cancelled`, `paid`.
+            EngineError::OrderIs(status) => {
+                Self::new(StatusCode::CONFLICT, status.as_str(), detail)
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use error::ApiError;
-pub use views::{OrderView, SaleView};
+pub use views::{OrderDetail, OrderView, SaleView};
 
 use crate::domain::{NewSale, PurchaseRequest};
 use crate::engine::Engine;
@@ -33,6 +33,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/api/sales/{id}", get(get_sale))
         .route("/api/sales/{id}/purchase", post(purchase))
         .route("/api/orders/{id}", get(get_order))
+        .route("/api/orders/{id}/pay", post(pay_order))
+        .route("/api/orders/{id}/cancel", post(cancel_order))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -110,8 +112,33 @@ async fn purchase(
 async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<OrderView>, ApiError> {
-    Ok(Json(OrderView::from(&state.engine.order(&id).await?)))
+) -> Result<Json<OrderDetail>, ApiError> {
+    let order = state.engine.order(&id).await?;
+    detail(&state, order).await
+}
+
+async fn pay_order(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderDetail>, ApiError> {
+    let order = state.engine.pay(&id).await?;
+    detail(&state, order).await
+}
+
+async fn cancel_order(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderDetail>, ApiError> {
+    let order = state.engine.cancel(&id).await?;
+    detail(&state, order).await
+}
+
+async fn detail(
+    state: &AppState,
+    order: crate::domain::Order,
+) -> Result<Json<OrderDetail>, ApiError> {
+    let history = state.engine.order_history(&order.id).await?;
+    Ok(Json(OrderDetail::new(&order, history)))
 }
 
 /// A constant answer: the reference route of the HTTP ceiling benchmark.

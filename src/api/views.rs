@@ -91,3 +91,38 @@ impl From<&Order> for OrderView {
         }
     }
 }
+
+#[derive(Serialize)]
+pub struct HistoryEntry {
+    pub status: OrderStatus,
+    pub at: String,
+}
+
+/// An order with the history of its status: placed, then each change.
+#[derive(Serialize)]
+pub struct OrderDetail {
+    #[serde(flatten)]
+    pub order: OrderView,
+    pub history: Vec<HistoryEntry>,
+}
+
+impl OrderDetail {
+    pub fn new(order: &Order, changes: Vec<(OrderStatus, Millis)>) -> Self {
+        let placed = if order.expires_at.is_some() {
+            OrderStatus::Pending
+        } else {
+            OrderStatus::Paid
+        };
+        let history = std::iter::once((placed, order.created_at))
+            .chain(changes)
+            .map(|(status, at)| HistoryEntry {
+                status,
+                at: rfc3339(at),
+            })
+            .collect();
+        OrderDetail {
+            order: OrderView::from(order),
+            history,
+        }
+    }
+}

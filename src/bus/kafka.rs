@@ -24,7 +24,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::oneshot;
 
 use super::{BusError, OrderBus, OrderMessage, Topics};
-use crate::domain::Order;
+use crate::domain::{Order, OrderEvent};
 
 /// What the delivery report said.
 #[derive(Debug)]
@@ -195,6 +195,24 @@ impl OrderBus for KafkaBus {
         };
         self.replace_producer(&producer);
         Err(outcome)
+    }
+
+    async fn publish_event(&self, event: &OrderEvent) -> Result<(), BusError> {
+        let (reply, delivered) = oneshot::channel();
+        let payload = serde_json::to_vec(event).expect("events serialize");
+        let record = BaseRecord::with_opaque_to(&self.topics.events, Box::new(reply))
+            .key(&event.order_id)
+            .payload(&payload);
+        let producer = self.producer.read().clone();
+        producer
+            .send(record)
+            .map_err(|(e, _)| BusError::NotStored(e.to_string()))?;
+        match delivered.await {
+            Ok(Delivered::Persisted) => Ok(()),
+            Ok(Delivered::NotPersisted(reason)) => Err(BusError::NotStored(reason)),
+            Ok(Delivered::PossiblyPersisted(reason)) => Err(BusError::Unknown(reason)),
+            Err(_) => Err(BusError::Unknown("delivery report lost".into())),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use memory::{Envelope, MemoryBus};
 
-use crate::domain::Order;
+use crate::domain::{Order, OrderEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -34,7 +34,14 @@ impl BusError {
 
 #[async_trait]
 pub trait OrderBus: Send + Sync + 'static {
+    /// Resolves once the order is durable.
     async fn publish(&self, order: &Order) -> Result<(), BusError>;
+
+    /// Publishes a status change for other processes (the in-process bus has no one to
+    /// tell: the engine's own broadcast covers it).
+    async fn publish_event(&self, _event: &OrderEvent) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 /// The Kafka topics of DESIGN.md §4, behind an optional prefix (one cluster can then

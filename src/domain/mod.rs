@@ -5,8 +5,8 @@ mod purchase;
 mod sale;
 
 pub use purchase::{
-    Order, OrderStatus, PurchaseError, PurchaseRequest, Units, ValidPurchase, valid_user_id,
-    validate_purchase,
+    Order, OrderEvent, OrderStatus, PurchaseError, PurchaseRequest, Units, ValidPurchase,
+    valid_user_id, validate_purchase,
 };
 pub use sale::{DEFAULT_ITEM, Item, NewItem, NewSale, Sale, SaleError, SaleStatus};
 

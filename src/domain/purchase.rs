@@ -137,9 +137,41 @@ impl OrderStatus {
         })
     }
 
+    /// Whether moving to this status gives the units back.
+    pub fn releases_stock(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Cancelled | OrderStatus::Expired | OrderStatus::Failed
+        )
+    }
+
     /// Whether the order's units count as sold (held or paid).
     pub fn holds_stock(self) -> bool {
         matches!(self, OrderStatus::Pending | OrderStatus::Paid)
+    }
+}
+
+/// A status change of an order (DESIGN.md: every status change is an event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    pub v: u32,
+    pub order_id: String,
+    pub sale_id: String,
+    pub user_id: String,
+    pub status: OrderStatus,
+    pub at: Millis,
+}
+
+impl OrderEvent {
+    pub fn of(order: &Order, at: Millis) -> OrderEvent {
+        OrderEvent {
+            v: 1,
+            order_id: order.id.clone(),
+            sale_id: order.sale_id.clone(),
+            user_id: order.user_id.clone(),
+            status: order.status,
+            at,
+        }
     }
 }
 
@@ -193,6 +225,11 @@ impl Order {
 
     pub fn total_units(&self) -> u32 {
         self.items.values().sum()
+    }
+
+    /// Whether an unpaid order's payment window has passed at `now`.
+    pub fn is_overdue(&self, now: Millis) -> bool {
+        self.status == OrderStatus::Pending && self.expires_at.is_some_and(|t| now >= t)
     }
 
     /// The order's units as item indices of `sale` (items unknown to the sale are skipped).

@@ -3,7 +3,7 @@
 //! so buyers of different shards never wait for each other. Once every item is gone,
 //! requests without a key are refused from the sold-out flag without taking any lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -26,6 +26,8 @@ struct SaleState {
     remaining: Box<[AtomicU32]>,
     sold_out: AtomicBool,
     shards: Box<[Mutex<Shard>]>,
+    /// Orders whose units were given back: a release happens once per order.
+    released: Mutex<HashSet<Box<str>>>,
 }
 
 #[derive(Default)]
@@ -47,6 +49,7 @@ impl SaleState {
             remaining: remaining.map(AtomicU32::new).collect(),
             sold_out: AtomicBool::new(false),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            released: Mutex::default(),
         };
         state.refresh_sold_out();
         state
@@ -206,6 +209,9 @@ impl LocalGate {
         forget_key: bool,
     ) -> Result<(), GateError> {
         let state = self.state(sale)?;
+        if !state.released.lock().insert(order.id.as_str().into()) {
+            return Ok(());
+        }
         let units = order.units(sale);
         let mut shard = self.shard(&state, &order.user_id).lock();
         if let Some(held) = shard.units.get_mut(order.user_id.as_str()) {

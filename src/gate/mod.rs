@@ -99,8 +99,9 @@ pub trait StockGate: Send + Sync + 'static {
     /// The order is durable: its key now replays it.
     async fn confirm(&self, sale: &Sale, order: &Order) -> Result<(), GateError>;
 
-    /// Gives the order's units back. With `forget_key`, its idempotency key is dropped
-    /// too, so that a retry is decided afresh (the order was never placed).
+    /// Gives the order's units back, once per order id whatever the number of calls.
+    /// With `forget_key`, its idempotency key is dropped too, so that a retry is decided
+    /// afresh (the order was never placed).
     async fn release(&self, sale: &Sale, order: &Order, forget_key: bool) -> Result<(), GateError>;
 
     /// The current answer of a buyer's idempotency key, if it was used.

@@ -41,6 +41,7 @@ struct SaleKeys {
     meta: String,
     stock: String,
     buyers: String,
+    released: String,
 }
 
 impl SaleKeys {
@@ -49,6 +50,7 @@ impl SaleKeys {
             meta: format!("{{sale:{sale_id}}}:meta"),
             stock: format!("{{sale:{sale_id}}}:stock"),
             buyers: format!("{{sale:{sale_id}}}:buyers"),
+            released: format!("{{sale:{sale_id}}}:released"),
         }
     }
 
@@ -321,6 +323,7 @@ impl StockGate for RedisGate {
         call.key(&keys.stock)
             .key(&keys.buyers)
             .key(&idem)
+            .key(&keys.released)
             .arg(&order.user_id)
             .arg(&order.id)
             .arg((forget_key && order.idempotency_key.is_some()) as u8)

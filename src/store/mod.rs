@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 pub use sql::{Dialect, SqlStore};
 
-use crate::domain::{Order, Sale};
+use crate::domain::{Millis, Order, OrderStatus, Sale};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +53,39 @@ pub trait OrderStore: Send + Sync + 'static {
 
     async fn get_order(&self, id: &str) -> Result<Option<Order>, StoreError>;
     async fn sale_orders(&self, sale_id: &str) -> Result<Vec<Order>, StoreError>;
+
+    /// Moves a pending order to `to`, only if it is still pending (and, to pay, still
+    /// within its payment window at `now`): of a late payment and an expiry, one wins.
+    /// Cancel and expiry take the units off the store's counters in the same
+    /// transaction and leave the order `release_pending` until the gate has them back.
+    /// `None` if there is no such order.
+    async fn transition(
+        &self,
+        id: &str,
+        to: OrderStatus,
+        now: Millis,
+    ) -> Result<Option<Transition>, StoreError>;
+
+    /// Pending orders whose payment window has passed at `now`.
+    async fn overdue_orders(&self, now: Millis, limit: i64) -> Result<Vec<Order>, StoreError>;
+    /// Cancelled or expired orders whose units the gate may not have back yet.
+    async fn pending_releases(
+        &self,
+        sale_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Order>, StoreError>;
+    async fn mark_released(&self, id: &str) -> Result<(), StoreError>;
+    /// Status changes of an order after it was placed, oldest first.
+    async fn order_history(&self, id: &str) -> Result<Vec<(OrderStatus, Millis)>, StoreError>;
+}
+
+/// What `transition` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The order after the call.
+    pub order: Order,
+    /// Whether this call moved it (false: it was not pending, or too late to pay).
+    pub moved: bool,
 }
 
 pub async fn connect(url: &str) -> Result<Arc<dyn OrderStore>, StoreError> {

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 
-use super::{InsertOutcome, OrderStore, StoreError};
-use crate::domain::{Item, Order, OrderStatus, Sale};
+use super::{InsertOutcome, OrderStore, StoreError, Transition};
+use crate::domain::{Item, Millis, Order, OrderStatus, Sale};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -431,6 +431,129 @@ impl OrderStore for SqlStore {
         .iter()
         .map(order_from_row)
         .collect()
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        to: OrderStatus,
+        now: Millis,
+    ) -> Result<Option<Transition>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE orders SET status = $1, release_pending = $2 WHERE id = $3 \
+             AND status = 'pending' AND ($4 = 0 OR expires_at IS NULL OR expires_at > $5)",
+        )
+        .bind(to.as_str())
+        .bind(to.releases_stock() as i64)
+        .bind(id)
+        .bind((to == OrderStatus::Paid) as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let Some(row) = sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let order = order_from_row(&row)?;
+        if moved {
+            if to.releases_stock() {
+                for (item, units) in &order.items {
+                    sqlx::query(
+                        "UPDATE sale_items SET sold = sold - $1 WHERE sale_id = $2 AND item_id = $3",
+                    )
+                    .bind(*units as i64)
+                    .bind(&order.sale_id)
+                    .bind(item)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "UPDATE buyers SET units = units - $1 WHERE sale_id = $2 AND user_id = $3",
+                )
+                .bind(order.total_units() as i64)
+                .bind(&order.sale_id)
+                .bind(&order.user_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("INSERT INTO order_events (order_id, status, at) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(to.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Transition { order, moved }))
+    }
+
+    async fn overdue_orders(&self, now: Millis, limit: i64) -> Result<Vec<Order>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(order_from_row)
+        .collect()
+    }
+
+    async fn pending_releases(
+        &self,
+        sale_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Order>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE release_pending = 1 AND ($1 = '' OR sale_id = $1) LIMIT $2"
+        ))
+        .bind(sale_id.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(order_from_row)
+        .collect()
+    }
+
+    async fn mark_released(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE orders SET release_pending = 0 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn order_history(&self, id: &str) -> Result<Vec<(OrderStatus, Millis)>, StoreError> {
+        sqlx::query("SELECT status, at FROM order_events WHERE order_id = $1 ORDER BY at, status")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                let at: i64 = row.try_get("at")?;
+                Ok((
+                    OrderStatus::parse(&status).ok_or(StoreError::Corrupt(status))?,
+                    at,
+                ))
+            })
+            .collect()
     }
 }
 

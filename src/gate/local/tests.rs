@@ -257,6 +257,8 @@ enum Op {
     Settle { n: usize, durable: bool },
     /// Cancel the n-th confirmed order (its units go back, its key keeps replaying).
     Cancel { n: usize },
+    /// Release the n-th released order again (a sweeper retrying): must change nothing.
+    ReleaseAgain { n: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -265,6 +267,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(user, units, key)| Op::Purchase { user, units, key }),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(n, durable)| Op::Settle { n, durable }),
         1 => any::<usize>().prop_map(|n| Op::Cancel { n }),
+        1 => any::<usize>().prop_map(|n| Op::ReleaseAgain { n }),
     ]
 }
 
@@ -287,6 +290,7 @@ proptest! {
         let gate = gate_with(&s);
         let mut in_flight: Vec<Order> = Vec::new();
         let mut confirmed: Vec<Order> = Vec::new();
+        let mut released: Vec<Order> = Vec::new();
         let mut keys: HashMap<(String, String), (String, Expected)> = HashMap::new();
         let mut next_id = 0;
 
@@ -346,11 +350,18 @@ proptest! {
                         if let Some(k) = &o.idempotency_key {
                             keys.remove(&(o.user_id.clone(), k.clone()));
                         }
+                        released.push(o);
                     }
                 }
                 Op::Cancel { n } => {
                     if confirmed.is_empty() { continue; }
                     let o = confirmed.remove(n % confirmed.len());
+                    gate.release_sync(&s, &o, false).unwrap();
+                    released.push(o);
+                }
+                Op::ReleaseAgain { n } => {
+                    if released.is_empty() { continue; }
+                    let o = released[n % released.len()].clone();
                     gate.release_sync(&s, &o, false).unwrap();
                 }
             }
