@@ -132,6 +132,7 @@ impl Deployment {
             ])
             .current_dir(self.dir.path())
             .env("RUST_LOG", "warn")
+            .env("FLASHSALE_SWEEP_INTERVAL_MS", "100")
             .env("FLASHSALE_TOPIC_PREFIX", &self.topic_prefix)
             .env(
                 "FLASHSALE_WORKER_GROUP",
@@ -358,6 +359,33 @@ impl TestServer {
         }
     }
 
+    /// `POST /api/orders/{id}/{action}` (pay, cancel), once the order is in the store.
+    pub async fn order_action(&self, id: &str, action: &str) -> Reply {
+        assert_eq!(
+            self.order(id).await.status,
+            200,
+            "order {id} never reached the store"
+        );
+        self.send(
+            self.client
+                .post(self.url(&format!("/api/orders/{id}/{action}"))),
+        )
+        .await
+    }
+
+    /// Waits until the order has this status (up to 30 s) and returns it.
+    pub async fn wait_for_status(&self, id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let order = self.order(id).await.body;
+            if order["status"] == status || tokio::time::Instant::now() >= deadline {
+                assert_eq!(order["status"], status, "order {id}");
+                return order;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Orders of a sale as the store holds them now (read from the database directly).
     pub async fn stored_orders(&self, sale_id: &str) -> Vec<flashsale::domain::Order> {
         let store = flashsale::store::connect(&self.store_url())
@@ -366,15 +394,19 @@ impl TestServer {
         store.sale_orders(sale_id).await.expect("read orders")
     }
 
-    /// Orders of a sale once the bus is drained: the store holds as many units as the
-    /// gate has sold (at once with the in-process bus; the Kafka worker may lag).
+    /// Orders of a sale once the bus is drained: live orders in the store hold as many
+    /// units as the gate has sold (at once with the in-process bus; the Kafka worker may lag).
     pub async fn settled_orders(&self, sale_id: &str) -> Vec<flashsale::domain::Order> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let sale = self.get(&format!("/api/sales/{sale_id}")).await.body;
             let sold = sale["stock"].as_u64().unwrap() - sale["remaining"].as_u64().unwrap();
             let orders = self.stored_orders(sale_id).await;
-            let units: u64 = orders.iter().map(|o| o.total_units() as u64).sum();
+            let units: u64 = orders
+                .iter()
+                .filter(|o| o.status.holds_stock())
+                .map(|o| o.total_units() as u64)
+                .sum();
             if units >= sold || tokio::time::Instant::now() >= deadline {
                 return orders;
             }
