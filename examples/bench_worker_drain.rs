@@ -60,8 +60,9 @@ async fn main() -> anyhow::Result<()> {
     let store = store::connect(&worker_db).await?;
     store.create_sale(&sale).await?;
     let topics = Topics::with_prefix(&format!("bench-{}.", uuid::Uuid::new_v4().simple()));
-    let bus =
-        Arc::new(KafkaBus::connect(BROKERS, topics.clone(), 4, Duration::from_secs(10)).await?);
+    let bus = Arc::new(
+        KafkaBus::connect(BROKERS, topics.clone(), "bench", 4, Duration::from_secs(10)).await?,
+    );
     let mut publishing = tokio::task::JoinSet::new();
     for chunk in orders.chunks(orders_n.div_ceil(64)) {
         let (bus, chunk) = (bus.clone(), chunk.to_vec());

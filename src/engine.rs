@@ -63,6 +63,10 @@ pub struct Engine {
     replay_wait: Duration,
     /// Status changes, for whoever listens in this process (live pages, tests).
     events: tokio::sync::broadcast::Sender<OrderEvent>,
+    /// Sales being rebuilt in the gate right now.
+    recovering: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// How long a recovery waits for the bus to drain.
+    recovery_wait: Duration,
 }
 
 /// What one pass of the sweeper did.
@@ -95,29 +99,67 @@ impl Engine {
             sales: RwLock::new(HashMap::new()),
             replay_wait,
             events,
+            recovering: Default::default(),
+            recovery_wait: Duration::from_secs(30),
         };
         for sale in engine.store.list_sales().await? {
-            engine.load_into_gate(&sale).await?;
+            // A sale that cannot be restored yet (its bus not drained) is restored by
+            // the first request that needs it.
+            if let Err(e) = engine.load_into_gate(&sale).await {
+                tracing::warn!(sale = %sale.id, error = %e, "sale not restored at start");
+            }
             engine.sales.write().insert(sale.id.clone(), Arc::new(sale));
         }
         Ok(engine)
     }
 
+    /// Makes sure the gate holds the sale; rebuilds it from the store when it does not
+    /// (first start, restart of the embedded engine, or Redis lost its data).
     async fn load_into_gate(&self, sale: &Sale) -> Result<(), EngineError> {
         if self.gate.has_sale(sale).await? {
             return Ok(());
         }
-        let orders = self.store.sale_orders(&sale.id).await?;
-        self.gate.restore(sale, &snapshot(sale, &orders)).await?;
-        // The snapshot counts only live orders: releases still pending are done.
-        for order in self
-            .store
-            .pending_releases(Some(&sale.id), i64::MAX)
-            .await?
-        {
-            self.store.mark_released(&order.id).await?;
+        self.recover(sale).await
+    }
+
+    /// Rebuilds a sale in the gate from the store, once every order already on the bus
+    /// is in the store (else units sold but not stored yet would be sold again). One
+    /// recovery per sale at a time; purchases meanwhile are answered 503.
+    async fn recover(&self, sale: &Sale) -> Result<(), EngineError> {
+        if !self.recovering.lock().insert(sale.id.clone()) {
+            return Err(EngineError::Unavailable(
+                "the sale is being restored".into(),
+            ));
         }
-        Ok(())
+        let result = async {
+            tracing::warn!(sale = %sale.id, "the gate lost this sale: rebuilding it from the store");
+            self.bus.drained(self.recovery_wait).await.map_err(|e| {
+                EngineError::Unavailable(format!("cannot restore the sale yet: {e}"))
+            })?;
+            let orders = self.store.sale_orders(&sale.id).await?;
+            self.gate.restore(sale, &snapshot(sale, &orders)).await?;
+            // The snapshot counts only live orders: releases still pending are done.
+            for order in self.store.pending_releases(Some(&sale.id), i64::MAX).await? {
+                self.store.mark_released(&order.id).await?;
+            }
+            tracing::info!(sale = %sale.id, "sale restored in the gate");
+            Ok(())
+        }
+        .await;
+        self.recovering.lock().remove(&sale.id);
+        result
+    }
+
+    /// A gate error for a sale the store knows: the gate lost it, so restore it and
+    /// tell the buyer to come back.
+    async fn gate_lost(&self, sale: &Sale, error: GateError) -> EngineError {
+        match error {
+            GateError::UnknownSale(_) => match self.recover(sale).await {
+                Ok(()) => EngineError::Unavailable("the sale was restored; retry".into()),
+                Err(e) => e,
+            },
+            other => other.into(),
+        }
     }
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<OrderEvent> {
@@ -263,8 +305,10 @@ impl Engine {
 
     pub async fn sale_state(&self, id: &str) -> Result<SaleState, EngineError> {
         let sale = self.sale(id).await?;
-        let remaining = self.gate.remaining(&sale).await?;
-        Ok(SaleState { sale, remaining })
+        match self.gate.remaining(&sale).await {
+            Ok(remaining) => Ok(SaleState { sale, remaining }),
+            Err(e) => Err(self.gate_lost(&sale, e).await),
+        }
     }
 
     pub async fn order(&self, id: &str) -> Result<Order, EngineError> {
@@ -287,11 +331,15 @@ impl Engine {
             validate_purchase(&sale, request).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let order_id = uuid::Uuid::now_v7().simple().to_string();
         let now = now_millis();
-        match self
+        let decision = match self
             .gate
             .reserve(&sale, &purchase, key.as_deref(), &order_id, now)
-            .await?
+            .await
         {
+            Ok(decision) => decision,
+            Err(e) => return Err(self.gate_lost(&sale, e).await),
+        };
+        match decision {
             Decision::Refused(refusal) => Err(EngineError::Refused(refusal)),
             Decision::KeyReused => Err(EngineError::KeyReused),
             Decision::Replay(answer) => {

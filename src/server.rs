@@ -141,8 +141,14 @@ async fn kafka_bus(
     timeout: Duration,
 ) -> Result<Arc<dyn OrderBus>, StartError> {
     let topics = bus::Topics::with_prefix(&config.topic_prefix);
-    let bus =
-        bus::kafka::KafkaBus::connect(brokers, topics, config.kafka_partitions, timeout).await?;
+    let bus = bus::kafka::KafkaBus::connect(
+        brokers,
+        topics,
+        &config.worker_group,
+        config.kafka_partitions,
+        timeout,
+    )
+    .await?;
     Ok(Arc::new(bus))
 }
 

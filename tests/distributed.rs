@@ -82,3 +82,94 @@ async fn two_gateways_sell_exactly_the_stock(backends: Backends) {
 }
 
 backend_tests!(distributed: two_gateways_sell_exactly_the_stock);
+
+/// Redis loses its data in the middle of a sale: the gate is rebuilt from the store
+/// (after the bus drained), purchases answer 503 meanwhile, and the sale completes with
+/// exactly its stock, one unit per buyer.
+async fn redis_flushed_mid_sale_recovers_without_oversell(backends: Backends) {
+    let mut deployment = Deployment::new(backends, &[]).await;
+    // A database of its own: flushing it leaves the other tests' sales alone.
+    deployment.redis_url = format!("{}/9", flashsale::testing::redis_url());
+    let gateway = Arc::new(deployment.gateway().await);
+    let mut worker = match backends {
+        Backends::RedisKafkaPostgres => Some(deployment.worker().await),
+        _ => None,
+    };
+    let sale = gateway.live_sale(40, 1).await;
+    let mut early = Vec::new();
+    for n in 0..15 {
+        if n == 10 {
+            // On Kafka, the last early orders stay on the bus, not in the store: the
+            // recovery must wait for them.
+            if let Some(mut w) = worker.take() {
+                w.kill().await.unwrap();
+            }
+        }
+        let user = format!("early-{n}");
+        let reply = gateway
+            .purchase(&sale, json!({"user_id": user}), None)
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        early.push(user);
+    }
+
+    let client = redis::Client::open(deployment.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+
+    // Everybody, early buyers included, keeps trying until the sale is sold out.
+    let mut buyers: Vec<String> = early.clone();
+    buyers.extend((0..60).map(|n| format!("late-{n}")));
+    let mut tasks = tokio::task::JoinSet::new();
+    for user in buyers {
+        let (gateway, sale) = (gateway.clone(), sale.clone());
+        tasks.spawn(async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let reply = gateway
+                    .purchase(&sale, json!({"user_id": user}), None)
+                    .await;
+                match reply.status.as_u16() {
+                    503 => {
+                        assert!(std::time::Instant::now() < deadline, "never recovered");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    status => return (user, status, reply.code().to_string()),
+                }
+            }
+        });
+    }
+    if backends == Backends::RedisKafkaPostgres {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        assert!(
+            gateway.stored_orders(&sale).await.len() < 15,
+            "orders left on the bus"
+        );
+        worker = Some(deployment.worker().await);
+    }
+    let mut late_sold = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (user, status, code) = done.unwrap();
+        if user.starts_with("early-") {
+            // Never a second unit (sold_out wins over limit_reached once none is left).
+            assert_eq!(status, 409, "{user} bought twice");
+            assert!(code == "limit_reached" || code == "sold_out", "{code}");
+        } else if status == 202 {
+            late_sold += 1;
+        } else {
+            assert_eq!((status, code.as_str()), (409, "sold_out"));
+        }
+    }
+    assert_eq!(late_sold, 25, "exactly the rest of the stock");
+    let stored = gateway.settled_orders(&sale).await;
+    assert_eq!(stored.len(), 40);
+    let users: HashSet<_> = stored.iter().map(|o| &o.user_id).collect();
+    assert_eq!(users.len(), 40);
+    assert_eq!(
+        gateway.get(&format!("/api/sales/{sale}")).await.body["remaining"],
+        0
+    );
+    drop(worker);
+}
+
+backend_tests!(distributed: redis_flushed_mid_sale_recovers_without_oversell);

@@ -17,10 +17,12 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::bindings::{rd_kafka_message_status, rd_kafka_msg_status_t};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use super::{BusError, OrderBus, OrderMessage, Topics};
@@ -66,6 +68,8 @@ pub struct KafkaBus {
     brokers: String,
     timeout: Duration,
     topics: Topics,
+    /// The workers' consumer group: the bus is drained when it has no lag.
+    worker_group: String,
 }
 
 /// Settings shared by every client of the bus.
@@ -100,6 +104,7 @@ impl KafkaBus {
     pub async fn connect(
         brokers: &str,
         topics: Topics,
+        worker_group: &str,
         partitions: i32,
         timeout: Duration,
     ) -> Result<KafkaBus, BusError> {
@@ -110,6 +115,7 @@ impl KafkaBus {
             brokers: brokers.to_string(),
             timeout,
             topics,
+            worker_group: worker_group.to_string(),
         })
     }
 
@@ -197,6 +203,30 @@ impl OrderBus for KafkaBus {
         Err(outcome)
     }
 
+    /// Waits out the delivery timeout (nothing sent before can land later), then until
+    /// the workers' group has committed every message of the orders topic.
+    async fn drained(&self, deadline: Duration) -> Result<(), BusError> {
+        let until = tokio::time::Instant::now() + deadline;
+        tokio::time::sleep(self.timeout).await;
+        loop {
+            let (brokers, group, topic) = (
+                self.brokers.clone(),
+                self.worker_group.clone(),
+                self.topics.orders.clone(),
+            );
+            let lag = tokio::task::spawn_blocking(move || consumer_lag(&brokers, &group, &topic))
+                .await
+                .map_err(|e| BusError::Unknown(e.to_string()))??;
+            if lag == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(BusError::Unknown(format!("{lag} orders not stored yet")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn publish_event(&self, event: &OrderEvent) -> Result<(), BusError> {
         let (reply, delivered) = oneshot::channel();
         let payload = serde_json::to_vec(event).expect("events serialize");
@@ -220,4 +250,39 @@ impl Drop for KafkaBus {
     fn drop(&mut self) {
         let _ = self.producer.read().flush(Duration::from_secs(5));
     }
+}
+
+/// Messages of `topic` the consumer `group` has not committed yet (blocking).
+pub fn consumer_lag(brokers: &str, group: &str, topic: &str) -> Result<i64, BusError> {
+    let failed = |e: KafkaError| BusError::Unknown(format!("reading consumer lag: {e}"));
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(failed)?;
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(failed)?;
+    let mut partitions = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            partitions.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer
+        .committed_offsets(partitions, timeout)
+        .map_err(failed)?;
+    let mut lag = 0;
+    for element in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, element.partition(), timeout)
+            .map_err(failed)?;
+        let done = match element.offset() {
+            Offset::Offset(n) => n,
+            _ => low,
+        };
+        lag += (high - done).max(0);
+    }
+    Ok(lag)
 }

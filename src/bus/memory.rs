@@ -1,6 +1,10 @@
 //! In-process bus: a bounded channel to the group-commit writer (`crate::worker`). Each
 //! order carries a one-shot reply that the writer sends after the commit holding it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,18 +19,43 @@ pub struct Envelope {
 
 pub struct MemoryBus {
     tx: mpsc::Sender<Envelope>,
+    /// Orders handed to the writer and not answered yet.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl MemoryBus {
     pub fn new(capacity: usize) -> (MemoryBus, mpsc::Receiver<Envelope>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (MemoryBus { tx }, rx)
+        (
+            MemoryBus {
+                tx,
+                in_flight: Arc::default(),
+            },
+            rx,
+        )
+    }
+}
+
+/// Counts an order in flight until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 #[async_trait]
 impl OrderBus for MemoryBus {
     async fn publish(&self, order: &Order) -> Result<(), BusError> {
+        let _in_flight = InFlight::new(&self.in_flight);
         let (reply, answer) = oneshot::channel();
         self.tx
             .try_send(Envelope {
@@ -46,6 +75,21 @@ impl OrderBus for MemoryBus {
                 "the order writer dropped the order".into(),
             )),
         }
+    }
+
+    /// Only this process's orders are visible here: with several gateways on the
+    /// in-process bus, the store's own stock check covers the others' last milliseconds.
+    async fn drained(&self, deadline: Duration) -> Result<(), BusError> {
+        let until = tokio::time::Instant::now() + deadline;
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= until {
+                return Err(BusError::Unknown(
+                    "orders still on their way to the store".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
     }
 }
 

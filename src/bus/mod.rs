@@ -37,6 +37,10 @@ pub trait OrderBus: Send + Sync + 'static {
     /// Resolves once the order is durable.
     async fn publish(&self, order: &Order) -> Result<(), BusError>;
 
+    /// Waits until every order published on this bus so far is in the store (or the
+    /// deadline passes: `Err`). The gate is rebuilt from the store only after that.
+    async fn drained(&self, deadline: std::time::Duration) -> Result<(), BusError>;
+
     /// Publishes a status change for other processes (the in-process bus has no one to
     /// tell: the engine's own broadcast covers it).
     async fn publish_event(&self, _event: &OrderEvent) -> Result<(), BusError> {

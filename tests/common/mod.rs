@@ -88,6 +88,7 @@ pub struct Deployment {
     /// Unique per test, so that parallel tests never read each other's messages.
     pub topic_prefix: String,
     pub kafka_url: String,
+    pub redis_url: String,
     pub extra_args: Vec<String>,
 }
 
@@ -104,6 +105,7 @@ impl Deployment {
             store_url,
             topic_prefix: format!("test-{}.", uuid::Uuid::new_v4().simple()),
             kafka_url: KAFKA_URL.to_string(),
+            redis_url: flashsale::testing::redis_url(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -111,10 +113,8 @@ impl Deployment {
     fn command(&self, role: &str, log_name: &str) -> Command {
         let (gate, bus) = match self.backends {
             Backends::Embedded => ("local".to_string(), "memory"),
-            Backends::RedisMemoryPostgres => (flashsale::testing::redis_url(), "memory"),
-            Backends::RedisKafkaPostgres => {
-                (flashsale::testing::redis_url(), self.kafka_url.as_str())
-            }
+            Backends::RedisMemoryPostgres => (self.redis_url.clone(), "memory"),
+            Backends::RedisKafkaPostgres => (self.redis_url.clone(), self.kafka_url.as_str()),
         };
         let log = std::fs::OpenOptions::new()
             .create(true)
