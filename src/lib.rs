@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bus;
+pub mod check;
 pub mod config;
 pub mod demo;
 pub mod domain;

@@ -30,6 +30,8 @@ enum Command {
     Worker(BackendArgs),
     /// Apply the store's migrations and exit.
     Migrate(BackendArgs),
+    /// Reconcile gate, bus and store; print every violation; exit 1 if there is one.
+    Check(CheckArgs),
     /// Run a flash sale against an embedded engine over real HTTP and report.
     Demo(DemoArgs),
 }
@@ -44,6 +46,21 @@ struct ServeArgs {
     admin_token: Option<String>,
     #[command(flatten)]
     backends: BackendArgs,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    backends: BackendArgs,
+    /// Only this sale (default: every sale).
+    #[arg(long)]
+    sale: Option<String>,
+    /// A running gateway, to read an in-process (local) gate through its API.
+    #[arg(long)]
+    url: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -110,6 +127,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(&cli.config, args).await,
             Command::Worker(args) => worker(&cli.config, args).await,
             Command::Migrate(args) => migrate(&cli.config, args).await,
+            Command::Check(args) => check(&cli.config, args).await,
             Command::Demo(args) => run_demo(args).await,
         }
     })
@@ -141,6 +159,109 @@ async fn migrate(config_file: &std::path::Path, args: BackendArgs) -> anyhow::Re
         .context("migrating the store")?;
     println!("migrations applied to {}", config.store);
     Ok(())
+}
+
+async fn check(config_file: &std::path::Path, args: CheckArgs) -> anyhow::Result<()> {
+    use flashsale::check::{self, Report};
+    let config =
+        Config::load(config_file, &args.backends.overrides()).context("reading settings")?;
+    let store = flashsale::store::connect(&config.store)
+        .await
+        .context("opening the store")?;
+    let sales = match &args.sale {
+        Some(id) => vec![
+            store
+                .get_sale(id)
+                .await?
+                .with_context(|| format!("no sale {id}"))?,
+        ],
+        None => store.list_sales().await?,
+    };
+    let mut report = Report {
+        bus_lag: bus_lag(&config).await?,
+        ..Report::default()
+    };
+    if report.bus_lag.is_none() {
+        report
+            .notes
+            .push("in-process bus: assumed drained (it drains within milliseconds)".into());
+    }
+    let quiescent = report.bus_lag.unwrap_or(0) == 0;
+    let gate = match (&args.url, config.gate.as_str()) {
+        (None, "local") => None,
+        (None, url) => Some(
+            flashsale::gate::connect(url, std::time::Duration::from_secs(5))
+                .await
+                .context("opening the gate")?,
+        ),
+        (Some(_), _) => None,
+    };
+    for sale in &sales {
+        let view = match (&args.url, &gate) {
+            (Some(url), _) => check::gate_over_http(url, sale).await,
+            (None, Some(gate)) => gate.remaining(sale).await.map_err(|e| e.to_string()),
+            (None, None) => Err("in-process gate: give --url of the running gateway".into()),
+        };
+        check::check_sale(store.as_ref(), sale, view, quiescent, &mut report).await?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for v in &report.violations {
+            println!(
+                "VIOLATION {} sale {}: {} orders: [{}]",
+                v.invariant,
+                v.sale_id,
+                v.detail,
+                v.orders.join(", ")
+            );
+        }
+        for note in &report.notes {
+            println!("note: {note}");
+        }
+        let lag = report
+            .bus_lag
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "n/a".into());
+        println!(
+            "checked {} sales, {} orders, bus lag {lag}: {}",
+            report.sales,
+            report.orders,
+            if report.ok() {
+                "OK"
+            } else {
+                "VIOLATIONS FOUND"
+            }
+        );
+    }
+    if !report.ok() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[cfg(feature = "kafka")]
+async fn bus_lag(config: &Config) -> anyhow::Result<Option<i64>> {
+    let Some(brokers) = flashsale::bus::kafka_brokers(&config.bus) else {
+        return Ok(None);
+    };
+    let topic = flashsale::bus::Topics::with_prefix(&config.topic_prefix).orders;
+    let (brokers, group) = (brokers.to_string(), config.worker_group.clone());
+    let lag = tokio::task::spawn_blocking(move || {
+        flashsale::bus::kafka::consumer_lag(&brokers, &group, &topic)
+    })
+    .await??;
+    Ok(Some(lag))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn bus_lag(config: &Config) -> anyhow::Result<Option<i64>> {
+    if flashsale::bus::kafka_brokers(&config.bus).is_some() {
+        anyhow::bail!(
+            "this build has no Kafka support: build with `cargo build --release --features kafka`"
+        );
+    }
+    Ok(None)
 }
 
 #[cfg(feature = "kafka")]

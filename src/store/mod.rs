@@ -75,6 +75,8 @@ pub trait OrderStore: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<Order>, StoreError>;
     async fn mark_released(&self, id: &str) -> Result<(), StoreError>;
+    /// The store's own `sold` counter of each item of a sale, by item id.
+    async fn sold_counters(&self, sale_id: &str) -> Result<Vec<(String, i64)>, StoreError>;
     /// Status changes of an order after it was placed, oldest first.
     async fn order_history(&self, id: &str) -> Result<Vec<(OrderStatus, Millis)>, StoreError>;
 }

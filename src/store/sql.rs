@@ -539,6 +539,16 @@ impl OrderStore for SqlStore {
         Ok(())
     }
 
+    async fn sold_counters(&self, sale_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query("SELECT item_id, sold FROM sale_items WHERE sale_id = $1 ORDER BY position")
+            .bind(sale_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("item_id")?, row.try_get("sold")?)))
+            .collect()
+    }
+
     async fn order_history(&self, id: &str) -> Result<Vec<(OrderStatus, Millis)>, StoreError> {
         sqlx::query("SELECT status, at FROM order_events WHERE order_id = $1 ORDER BY at, status")
             .bind(id)

@@ -168,6 +168,16 @@ impl Deployment {
         (child, rest)
     }
 
+    /// Runs a one-shot command (`check`, `dlq`, …) on this deployment's backends.
+    pub async fn run(&self, role: &str, args: &[&str]) -> std::process::Output {
+        let mut command = self.command(role, &format!("{role}.log"));
+        command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command.output().await.expect("run flashsale")
+    }
+
     pub async fn gateway(&self) -> TestServer {
         let n = uuid::Uuid::new_v4().simple().to_string();
         let log_name = format!("gateway-{n}.log");
