@@ -32,6 +32,9 @@ enum Command {
     Migrate(BackendArgs),
     /// Reconcile gate, bus and store; print every violation; exit 1 if there is one.
     Check(CheckArgs),
+    /// Dead-lettered orders (Kafka bus): list them, or replay them into the store.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Run a flash sale against an embedded engine over real HTTP and report.
     Demo(DemoArgs),
 }
@@ -46,6 +49,23 @@ struct ServeArgs {
     admin_token: Option<String>,
     #[command(flatten)]
     backends: BackendArgs,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Show the letters not replayed yet, with their reason.
+    List {
+        #[command(flatten)]
+        backends: BackendArgs,
+        /// Also the letters replayed before.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Drive the letters through the store again; failures go back with their reason.
+    Replay {
+        #[command(flatten)]
+        backends: BackendArgs,
+    },
 }
 
 #[derive(Args)]
@@ -128,6 +148,7 @@ fn main() -> anyhow::Result<()> {
             Command::Worker(args) => worker(&cli.config, args).await,
             Command::Migrate(args) => migrate(&cli.config, args).await,
             Command::Check(args) => check(&cli.config, args).await,
+            Command::Dlq(command) => dlq(&cli.config, command).await,
             Command::Demo(args) => run_demo(args).await,
         }
     })
@@ -238,6 +259,57 @@ async fn check(config_file: &std::path::Path, args: CheckArgs) -> anyhow::Result
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[cfg(feature = "kafka")]
+async fn dlq(config_file: &std::path::Path, command: DlqCommand) -> anyhow::Result<()> {
+    use flashsale::worker::dlq;
+    let (backends, all, replay) = match command {
+        DlqCommand::List { backends, all } => (backends, all, false),
+        DlqCommand::Replay { backends } => (backends, false, true),
+    };
+    let config = Config::load(config_file, &backends.overrides()).context("reading settings")?;
+    let brokers = flashsale::bus::kafka_brokers(&config.bus)
+        .context("dead letters live on the Kafka bus: give --bus kafka://host:port")?;
+    let topics = flashsale::bus::Topics::with_prefix(&config.topic_prefix);
+    if !replay {
+        let letters = dlq::list(brokers, &topics, &config.worker_group, all).await?;
+        for l in &letters {
+            let order = flashsale::bus::OrderMessage::decode(l.letter.payload.as_bytes())
+                .map(|o| o.id)
+                .unwrap_or_else(|_| "(undecodable)".into());
+            println!(
+                "{}:{} order {order}: {}",
+                l.partition, l.offset, l.letter.reason
+            );
+        }
+        println!("{} dead letters", letters.len());
+        return Ok(());
+    }
+    let store = flashsale::store::connect(&config.store)
+        .await
+        .context("opening the store")?;
+    let report = dlq::replay(brokers, &topics, &config.worker_group, store.as_ref()).await?;
+    for id in &report.stored {
+        println!("stored {id}");
+    }
+    for (what, reason) in &report.failed {
+        println!("failed again {what}: {reason}");
+    }
+    println!(
+        "replayed: {} stored, {} failed again",
+        report.stored.len(),
+        report.failed.len()
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn dlq(_: &std::path::Path, _: DlqCommand) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "dead letters live on the Kafka bus; this build has no Kafka support: \
+         build with `cargo build --release --features kafka`"
+    )
 }
 
 #[cfg(feature = "kafka")]

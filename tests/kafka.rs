@@ -113,3 +113,80 @@ async fn broker_outage_answers_503_and_releases(backends: Backends) {
 }
 
 backend_tests!(kafka: worker_killed_mid_stream_loses_and_duplicates_nothing, broker_outage_answers_503_and_releases);
+
+/// What the worker cannot store goes to the dead-letter topic with its reason;
+/// `flashsale dlq list` shows it and `flashsale dlq replay` stores it once it can be.
+async fn dead_letters_are_listed_and_replayed(backends: Backends) {
+    use flashsale::bus::{OrderMessage, Topics};
+    use flashsale::domain::{Order, OrderStatus};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let deployment = Deployment::new(backends, &[]).await;
+    let gateway = deployment.gateway().await;
+    let _worker = deployment.worker().await;
+    // An order of a sale the store does not know (yet), and a message that is not JSON.
+    let order = Order {
+        id: "dlq-order-1".into(),
+        sale_id: "late-sale".into(),
+        user_id: "u1".into(),
+        items: [("default".to_string(), 1)].into_iter().collect(),
+        status: OrderStatus::Paid,
+        created_at: 1,
+        expires_at: None,
+        idempotency_key: None,
+        fingerprint: "default:1".into(),
+    };
+    let topics = Topics::with_prefix(&deployment.topic_prefix);
+    let producer: FutureProducer =
+        flashsale::bus::kafka::producer_config("127.0.0.1:9092", Duration::from_secs(5))
+            .create()
+            .unwrap();
+    for payload in [OrderMessage::encode(&order), b"not json".to_vec()] {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&topics.orders).payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+
+    let started = Instant::now();
+    let listed = loop {
+        let out = deployment.run("dlq list", &[]).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if stdout.contains("2 dead letters") {
+            break stdout;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{stdout}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(listed.contains("order dlq-order-1"), "{listed}");
+    assert!(listed.contains("undecodable"), "{listed}");
+
+    // The sale arrives; the replay stores the order and sends the garbage back.
+    let sale = "INSERT INTO sales (id, name, per_user_limit, starts_at, payment_window, created_at) \
+                VALUES ('late-sale', 'late', 1, 0, 0, 0); \
+                INSERT INTO sale_items (sale_id, item_id, position, stock) VALUES ('late-sale', 'default', 0, 5);";
+    gateway.execute_sql(sale, sale).await;
+    let out = deployment.run("dlq replay", &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("replayed: 1 stored, 1 failed again"),
+        "{stdout}"
+    );
+    assert_eq!(gateway.order("dlq-order-1").await.status, 200);
+    let after = deployment.run("dlq list", &[]).await;
+    let stdout = String::from_utf8_lossy(&after.stdout);
+    assert!(
+        stdout.contains("1 dead letters") && stdout.contains("undecodable"),
+        "{stdout}"
+    );
+}
+
+backend_tests!(kafka: dead_letters_are_listed_and_replayed);

@@ -3,6 +3,8 @@
 //! them in one transaction and only then answers each of them.
 
 #[cfg(feature = "kafka")]
+pub mod dlq;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 
 use std::sync::Arc;

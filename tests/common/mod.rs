@@ -123,7 +123,7 @@ impl Deployment {
             .expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
         command
-            .arg(role)
+            .args(role.split_whitespace())
             .args(["--store", &self.store_url, "--gate", &gate, "--bus", bus])
             // A settings file in the test's cwd must not leak in.
             .args([
@@ -170,7 +170,7 @@ impl Deployment {
 
     /// Runs a one-shot command (`check`, `dlq`, …) on this deployment's backends.
     pub async fn run(&self, role: &str, args: &[&str]) -> std::process::Output {
-        let mut command = self.command(role, &format!("{role}.log"));
+        let mut command = self.command(role, &format!("{}.log", role.replace(" ", "-")));
         command
             .args(args)
             .stdout(Stdio::piped())
