@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 SERVICES_DIR=${SERVICES_DIR:-$PWD/.services}
 TANSU_VERSION=0.6.0
-TANSU_STORAGE=${TANSU_STORAGE:-memory://tansu/}
+TANSU_STORAGE=${TANSU_STORAGE:-sqlite://tansu.db}
 KAFKA_PORT=9092
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

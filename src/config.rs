@@ -27,6 +27,9 @@ pub struct Config {
     /// Longest wait for the gate or the bus within a request, in ms; past it the buyer
     /// gets 503 `unavailable`.
     pub backend_timeout_ms: u64,
+    /// How old a reservation without an answer from the bus must be before the sweeper
+    /// takes its gateway for dead and gives the units back, in ms.
+    pub hold_grace_ms: u64,
     /// How often the sweeper expires unpaid orders and finishes interrupted releases, in ms.
     pub sweep_interval_ms: u64,
     /// Prefix of the Kafka topic names (`<prefix>flashsale.orders`, …).
@@ -55,6 +58,7 @@ impl Default for Config {
             replay_wait_ms: 2000,
             backend_timeout_ms: 1000,
             sweep_interval_ms: 1000,
+            hold_grace_ms: 10_000,
             topic_prefix: String::new(),
             kafka_partitions: 4,
             worker_group: "flashsale-workers".into(),

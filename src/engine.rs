@@ -67,6 +67,9 @@ pub struct Engine {
     recovering: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// How long a recovery waits for the bus to drain.
     recovery_wait: Duration,
+    /// How old a reservation without an answer from the bus must be before the sweeper
+    /// takes its gateway for dead.
+    hold_grace: Duration,
 }
 
 /// What one pass of the sweeper did.
@@ -74,6 +77,8 @@ pub struct Engine {
 pub struct Sweep {
     pub expired: usize,
     pub released: usize,
+    /// Reservations given back because their order never reached the bus.
+    pub orphans: usize,
 }
 
 /// A sale with its remaining stock per item.
@@ -101,6 +106,7 @@ impl Engine {
             events,
             recovering: Default::default(),
             recovery_wait: Duration::from_secs(30),
+            hold_grace: Duration::from_secs(10),
         };
         for sale in engine.store.list_sales().await? {
             // A sale that cannot be restored yet (its bus not drained) is restored by
@@ -122,8 +128,8 @@ impl Engine {
         self.recover(sale).await
     }
 
-    /// Rebuilds a sale in the gate from the store, once every order already on the bus
-    /// is in the store (else units sold but not stored yet would be sold again). One
+    /// Rebuilds a sale in the gate from the store plus the orders still on the bus (else
+    /// units sold but not stored yet would be sold again). One
     /// recovery per sale at a time; purchases meanwhile are answered 503.
     async fn recover(&self, sale: &Sale) -> Result<(), EngineError> {
         if !self.recovering.lock().insert(sale.id.clone()) {
@@ -133,10 +139,12 @@ impl Engine {
         }
         let result = async {
             tracing::warn!(sale = %sale.id, "the gate lost this sale: rebuilding it from the store");
-            self.bus.drained(self.recovery_wait).await.map_err(|e| {
+            let on_the_bus = self.bus.undelivered(&sale.id, self.recovery_wait).await.map_err(|e| {
                 EngineError::Unavailable(format!("cannot restore the sale yet: {e}"))
             })?;
-            let orders = self.store.sale_orders(&sale.id).await?;
+            let mut orders = self.store.sale_orders(&sale.id).await?;
+            let stored: std::collections::HashSet<String> = orders.iter().map(|o| o.id.clone()).collect();
+            orders.extend(on_the_bus.into_iter().filter(|o| !stored.contains(&o.id)));
             self.gate.restore(sale, &snapshot(sale, &orders)).await?;
             // The snapshot counts only live orders: releases still pending are done.
             for order in self.store.pending_releases(Some(&sale.id), i64::MAX).await? {
@@ -160,6 +168,11 @@ impl Engine {
             },
             other => other.into(),
         }
+    }
+
+    pub fn with_hold_grace(mut self, grace: Duration) -> Self {
+        self.hold_grace = grace;
+        self
     }
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<OrderEvent> {
@@ -260,7 +273,35 @@ impl Engine {
             self.release_ended(&order).await?;
             sweep.released += 1;
         }
+        sweep.orphans = self.sweep_orphans(now).await?;
         Ok(sweep)
+    }
+
+    /// Returns reservations whose gateway died between the gate and the bus's answer:
+    /// an order in neither the store nor the bus after the delivery timeout never will be.
+    async fn sweep_orphans(&self, now: crate::domain::Millis) -> Result<usize, EngineError> {
+        let older_than = now - self.hold_grace.as_millis() as i64;
+        let sales: Vec<Arc<Sale>> = self.sales.read().values().cloned().collect();
+        let mut released = 0;
+        for sale in sales {
+            let stale = self.gate.stale_holds(&sale, older_than).await?;
+            if stale.is_empty() {
+                continue;
+            }
+            let Ok(on_the_bus) = self.bus.undelivered(&sale.id, self.hold_grace).await else {
+                continue; // cannot tell yet: try again next time
+            };
+            for order_id in stale {
+                let stored = self.store.get_order(&order_id).await?.is_some()
+                    || on_the_bus.iter().any(|o| o.id == order_id);
+                self.gate.drop_hold(&sale, &order_id, !stored).await?;
+                if !stored {
+                    tracing::warn!(order = %order_id, sale = %sale.id, "orphan reservation released");
+                    released += 1;
+                }
+            }
+        }
+        Ok(released)
     }
 
     pub async fn order_history(
@@ -347,6 +388,7 @@ impl Engine {
                 self.replay(&sale, &purchase.user_id, &key, answer).await
             }
             Decision::Reserved => {
+                crash_here_if_asked("after-reserve");
                 let order = Arc::new(Order::new(order_id, &sale, &purchase, key, now));
                 // The rest runs in its own task: if the buyer hangs up, the reservation is
                 // still confirmed or released, never left behind.
@@ -389,6 +431,14 @@ impl Engine {
                 }
             };
         }
+    }
+}
+
+/// Test-only failpoint: `FLASHSALE_FAILPOINT=after-reserve` kills the process right
+/// after the gate reserved and before the bus has the order (as a `kill -9` would).
+fn crash_here_if_asked(point: &str) {
+    if std::env::var("FLASHSALE_FAILPOINT").is_ok_and(|p| p == point) {
+        std::process::abort();
     }
 }
 

@@ -68,7 +68,10 @@ impl Server {
             },
         };
         let replay_wait = Duration::from_millis(config.replay_wait_ms);
-        let engine = Arc::new(Engine::start(gate, bus, store, replay_wait).await?);
+        let engine = Engine::start(gate, bus, store, replay_wait)
+            .await?
+            .with_hold_grace(Duration::from_millis(config.hold_grace_ms));
+        let engine = Arc::new(engine);
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| StartError::Listen(config.listen.clone(), e))?;

@@ -118,3 +118,33 @@ async fn crash_mid_sale_keeps_every_acknowledged_order_and_the_right_stock() {
     let users: HashSet<_> = stored.iter().map(|o| &o.user_id).collect();
     assert_eq!(users.len() as u64, STOCK, "one order per buyer");
 }
+
+/// Embedded: the process dies between the gate and the store (test failpoint); the gate
+/// is rebuilt from the store at restart, so the unit is on sale again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_gate_and_store_loses_no_unit() {
+    let deployment = common::Deployment::new(common::Backends::Embedded, &[]).await;
+    let crashing = deployment
+        .gateway_with_env(&[("FLASHSALE_FAILPOINT", "after-reserve")])
+        .await;
+    let sale = crashing.live_sale(1, 1).await;
+    let died = crashing
+        .client
+        .post(crashing.url(&format!("/api/sales/{sale}/purchase")))
+        .json(&json!({"user_id": "unlucky"}))
+        .send()
+        .await;
+    assert!(died.is_err(), "the gateway died before answering");
+    let app = deployment.gateway().await;
+    assert_eq!(
+        app.get(&format!("/api/sales/{sale}")).await.body["remaining"],
+        1
+    );
+    assert_eq!(
+        app.purchase(&sale, json!({"user_id": "unlucky"}), None)
+            .await
+            .status,
+        202
+    );
+    assert!(app.stored_orders(&sale).await.len() == 1);
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
+use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::bindings::{rd_kafka_message_status, rd_kafka_msg_status_t};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -203,28 +204,30 @@ impl OrderBus for KafkaBus {
         Err(outcome)
     }
 
-    /// Waits out the delivery timeout (nothing sent before can land later), then until
-    /// the workers' group has committed every message of the orders topic.
-    async fn drained(&self, deadline: Duration) -> Result<(), BusError> {
-        let until = tokio::time::Instant::now() + deadline;
+    /// Waits out the delivery timeout (nothing sent before can land later), then reads
+    /// the orders topic after the workers' committed offsets: what is there is on its
+    /// way to the store.
+    async fn undelivered(
+        &self,
+        sale_id: &str,
+        _deadline: Duration,
+    ) -> Result<Vec<Order>, BusError> {
         tokio::time::sleep(self.timeout).await;
-        loop {
-            let (brokers, group, topic) = (
-                self.brokers.clone(),
-                self.worker_group.clone(),
-                self.topics.orders.clone(),
-            );
-            let lag = tokio::task::spawn_blocking(move || consumer_lag(&brokers, &group, &topic))
-                .await
-                .map_err(|e| BusError::Unknown(e.to_string()))??;
-            if lag == 0 {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= until {
-                return Err(BusError::Unknown(format!("{lag} orders not stored yet")));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (brokers, group, topic) = (
+            self.brokers.clone(),
+            self.worker_group.clone(),
+            self.topics.orders.clone(),
+        );
+        let (messages, _) = tokio::task::spawn_blocking(move || {
+            read_after_committed(&brokers, &topic, &group, false)
+        })
+        .await
+        .map_err(|e| BusError::Unknown(e.to_string()))??;
+        Ok(messages
+            .iter()
+            .filter_map(|m| OrderMessage::decode(&m.payload).ok())
+            .filter(|o| o.sale_id == sale_id)
+            .collect())
     }
 
     async fn publish_event(&self, event: &OrderEvent) -> Result<(), BusError> {
@@ -285,4 +288,79 @@ pub fn consumer_lag(brokers: &str, group: &str, topic: &str) -> Result<i64, BusE
         lag += (high - done).max(0);
     }
     Ok(lag)
+}
+
+/// A message read back from a topic.
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Every message of `topic` after `group`'s committed offsets (from the start of each
+/// partition with `from_start`, or where nothing was committed), up to the end as it is
+/// now, and the offsets that follow them. Blocking.
+pub fn read_after_committed(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    from_start: bool,
+) -> Result<(Vec<Read>, TopicPartitionList), BusError> {
+    let failed = |e: KafkaError| BusError::Unknown(format!("reading {topic}: {e}"));
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(failed)?;
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(failed)?;
+    let mut partitions = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            partitions.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer
+        .committed_offsets(partitions, timeout)
+        .map_err(failed)?;
+    let mut messages = Vec::new();
+    let mut next = TopicPartitionList::new();
+    for element in committed.elements() {
+        let partition = element.partition();
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(failed)?;
+        let start = match element.offset() {
+            Offset::Offset(n) if !from_start => n.max(low),
+            _ => low,
+        };
+        if start >= high {
+            continue;
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(start))
+            .map_err(failed)?;
+        consumer.assign(&assignment).map_err(failed)?;
+        let mut position = start;
+        while position < high {
+            match consumer.poll(timeout) {
+                Some(Ok(message)) => {
+                    position = message.offset() + 1;
+                    messages.push(Read {
+                        partition,
+                        offset: message.offset(),
+                        payload: message.payload().unwrap_or_default().to_vec(),
+                    });
+                }
+                Some(Err(e)) => return Err(failed(e)),
+                None => return Err(BusError::Unknown(format!("reading {topic}: timed out"))),
+            }
+        }
+        next.add_partition_offset(topic, partition, Offset::Offset(position))
+            .map_err(failed)?;
+    }
+    Ok((messages, next))
 }

@@ -77,9 +77,15 @@ impl OrderBus for MemoryBus {
         }
     }
 
-    /// Only this process's orders are visible here: with several gateways on the
-    /// in-process bus, the store's own stock check covers the others' last milliseconds.
-    async fn drained(&self, deadline: Duration) -> Result<(), BusError> {
+    /// Waits for this process's orders to be answered by the writer: then every order
+    /// it acknowledged is in the store. Only this process's orders are visible here:
+    /// with several gateways on the in-process bus, the store's own stock check covers
+    /// the others' last milliseconds.
+    async fn undelivered(
+        &self,
+        _sale_id: &str,
+        deadline: Duration,
+    ) -> Result<Vec<Order>, BusError> {
         let until = tokio::time::Instant::now() + deadline;
         while self.in_flight.load(Ordering::SeqCst) > 0 {
             if tokio::time::Instant::now() >= until {
@@ -89,7 +95,7 @@ impl OrderBus for MemoryBus {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 }
 

@@ -37,9 +37,14 @@ pub trait OrderBus: Send + Sync + 'static {
     /// Resolves once the order is durable.
     async fn publish(&self, order: &Order) -> Result<(), BusError>;
 
-    /// Waits until every order published on this bus so far is in the store (or the
-    /// deadline passes: `Err`). The gate is rebuilt from the store only after that.
-    async fn drained(&self, deadline: std::time::Duration) -> Result<(), BusError>;
+    /// Orders of a sale published on this bus so far and not yet in the store (they
+    /// will be): with the store's, they are what the gate must hold when rebuilt.
+    /// `Err` if that cannot be known within `deadline`.
+    async fn undelivered(
+        &self,
+        sale_id: &str,
+        deadline: std::time::Duration,
+    ) -> Result<Vec<Order>, BusError>;
 
     /// Publishes a status change for other processes (the in-process bus has no one to
     /// tell: the engine's own broadcast covers it).

@@ -112,6 +112,28 @@ pub trait StockGate: Send + Sync + 'static {
         key: &str,
     ) -> Result<Option<KeyAnswer>, GateError>;
 
+    /// Reservations made before `older_than` whose order never got an answer from the
+    /// bus (neither confirmed nor released): their gateway may have died in between.
+    /// A gate that lives and dies with its gateway has none.
+    async fn stale_holds(
+        &self,
+        _sale: &Sale,
+        _older_than: Millis,
+    ) -> Result<Vec<String>, GateError> {
+        Ok(Vec::new())
+    }
+
+    /// Ends such a reservation: only forgets it (`release` false: the order did reach
+    /// the bus), or gives its units back too.
+    async fn drop_hold(
+        &self,
+        _sale: &Sale,
+        _order_id: &str,
+        _release: bool,
+    ) -> Result<(), GateError> {
+        Ok(())
+    }
+
     /// Remaining units per item index.
     async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError>;
 }

@@ -32,6 +32,7 @@ pub struct RedisGate {
     release: Script,
     confirm: Script,
     open: Script,
+    drop_hold: Script,
     /// sale id → when this gateway saw it sold out.
     sold_out: Arc<RwLock<HashMap<String, Instant>>>,
 }
@@ -42,6 +43,8 @@ struct SaleKeys {
     stock: String,
     buyers: String,
     released: String,
+    holds: String,
+    hold_details: String,
 }
 
 impl SaleKeys {
@@ -51,6 +54,8 @@ impl SaleKeys {
             stock: format!("{{sale:{sale_id}}}:stock"),
             buyers: format!("{{sale:{sale_id}}}:buyers"),
             released: format!("{{sale:{sale_id}}}:released"),
+            holds: format!("{{sale:{sale_id}}}:holds"),
+            hold_details: format!("{{sale:{sale_id}}}:hold-details"),
         }
     }
 
@@ -88,6 +93,7 @@ impl RedisGate {
             release: Script::new(include_str!("lua/release.lua")),
             confirm: Script::new(include_str!("lua/confirm.lua")),
             open: Script::new(include_str!("lua/open.lua")),
+            drop_hold: Script::new(include_str!("lua/drop_hold.lua")),
             sold_out,
         })
     }
@@ -261,6 +267,8 @@ impl StockGate for RedisGate {
         call.key(&keys.stock)
             .key(&keys.buyers)
             .key(&idem)
+            .key(&keys.holds)
+            .key(&keys.hold_details)
             .arg(now)
             .arg(&purchase.user_id)
             .arg(&purchase.fingerprint)
@@ -299,14 +307,19 @@ impl StockGate for RedisGate {
     }
 
     async fn confirm(&self, sale: &Sale, order: &Order) -> Result<(), GateError> {
-        let Some(key) = order.idempotency_key.as_deref() else {
-            return Ok(());
-        };
+        let keys = SaleKeys::new(&sale.id);
+        let idem = order
+            .idempotency_key
+            .as_deref()
+            .map(|k| SaleKeys::idempotency(&sale.id, &order.user_id, k))
+            .unwrap_or_else(|| keys.holds.clone());
         let json = serde_json::to_string(order).expect("orders serialize");
-        let mut call = self
-            .confirm
-            .key(SaleKeys::idempotency(&sale.id, &order.user_id, key));
-        call.arg(&order.id).arg(json);
+        let mut call = self.confirm.key(&keys.holds);
+        call.key(&keys.hold_details)
+            .key(idem)
+            .arg(&order.id)
+            .arg(json)
+            .arg(order.idempotency_key.is_some() as u8);
         let mut conn = self.conn.clone();
         self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
         Ok(())
@@ -324,6 +337,8 @@ impl StockGate for RedisGate {
             .key(&keys.buyers)
             .key(&idem)
             .key(&keys.released)
+            .key(&keys.holds)
+            .key(&keys.hold_details)
             .arg(&order.user_id)
             .arg(&order.id)
             .arg((forget_key && order.idempotency_key.is_some()) as u8)
@@ -354,6 +369,41 @@ impl StockGate for RedisGate {
                 parse_answer(answer)
             })
             .transpose()
+    }
+
+    async fn stale_holds(&self, sale: &Sale, older_than: Millis) -> Result<Vec<String>, GateError> {
+        let mut conn = self.conn.clone();
+        let holds = SaleKeys::new(&sale.id).holds;
+        self.bounded(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(holds)
+                .arg("-inf")
+                .arg(older_than)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(500)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn drop_hold(&self, sale: &Sale, order_id: &str, release: bool) -> Result<(), GateError> {
+        let keys = SaleKeys::new(&sale.id);
+        let mut call = self.drop_hold.key(&keys.meta);
+        call.key(&keys.stock)
+            .key(&keys.buyers)
+            .key(&keys.holds)
+            .key(&keys.hold_details)
+            .key(&keys.released)
+            .arg(order_id)
+            .arg(release as u8)
+            .arg(&sale.id);
+        let mut conn = self.conn.clone();
+        self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
+        if release {
+            self.sold_out.write().remove(&sale.id);
+        }
+        Ok(())
     }
 
     async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError> {

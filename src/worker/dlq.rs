@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use rdkafka::Message;
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::bus::kafka::{client_config, producer_config};
+use crate::bus::kafka::{client_config, producer_config, read_after_committed};
 use crate::bus::{BusError, DeadLetter, OrderMessage, Topics};
 use crate::store::{InsertOutcome, OrderStore};
 
@@ -45,75 +44,25 @@ fn read(
     group: &str,
     all: bool,
 ) -> Result<(Vec<Letter>, TopicPartitionList), BusError> {
-    let consumer: BaseConsumer = client_config(brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(kafka)?;
-    let timeout = Duration::from_secs(5);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(kafka)?;
-    let mut partitions = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            partitions.add_partition(topic, p.id());
-        }
-    }
-    let committed = consumer
-        .committed_offsets(partitions, timeout)
-        .map_err(kafka)?;
-    let mut letters = Vec::new();
-    let mut next = TopicPartitionList::new();
-    for element in committed.elements() {
-        let partition = element.partition();
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(kafka)?;
-        let start = match element.offset() {
-            Offset::Offset(n) if !all => n.max(low),
-            _ => low,
-        };
-        if start >= high {
-            continue;
-        }
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic, partition, Offset::Offset(start))
-            .map_err(kafka)?;
-        consumer.assign(&assignment).map_err(kafka)?;
-        let mut position = start;
-        while position < high {
-            match consumer.poll(timeout) {
-                Some(Ok(message)) => {
-                    position = message.offset() + 1;
-                    let letter = serde_json::from_slice(message.payload().unwrap_or_default())
-                        .unwrap_or_else(|e| DeadLetter {
-                            v: 1,
-                            reason: format!("unreadable dead letter: {e}"),
-                            payload: String::from_utf8_lossy(message.payload().unwrap_or_default())
-                                .into(),
-                            topic: topic.to_string(),
-                            partition,
-                            offset: message.offset(),
-                        });
-                    letters.push(Letter {
-                        partition,
-                        offset: message.offset(),
-                        letter,
-                    });
-                }
-                Some(Err(e)) => return Err(kafka(e)),
-                None => {
-                    return Err(BusError::Unknown(
-                        "dead-letter topic: read timed out".into(),
-                    ));
-                }
+    let (messages, next) = read_after_committed(brokers, topic, group, all)?;
+    let letters = messages
+        .into_iter()
+        .map(|m| {
+            let letter = serde_json::from_slice(&m.payload).unwrap_or_else(|e| DeadLetter {
+                v: 1,
+                reason: format!("unreadable dead letter: {e}"),
+                payload: String::from_utf8_lossy(&m.payload).into(),
+                topic: topic.to_string(),
+                partition: m.partition,
+                offset: m.offset,
+            });
+            Letter {
+                partition: m.partition,
+                offset: m.offset,
+                letter,
             }
-        }
-        next.add_partition_offset(topic, partition, Offset::Offset(position))
-            .map_err(kafka)?;
-    }
+        })
+        .collect();
     Ok((letters, next))
 }
 

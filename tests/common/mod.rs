@@ -94,7 +94,10 @@ pub struct Deployment {
 
 impl Deployment {
     pub async fn new(backends: Backends, extra_args: &[&str]) -> Deployment {
-        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut dir = tempfile::tempdir().expect("temp dir");
+        // FLASHSALE_TEST_KEEP=1 keeps every test's directory (logs) for a post-mortem.
+        dir.disable_cleanup(std::env::var_os("FLASHSALE_TEST_KEEP").is_some());
+        let dir = Arc::new(dir);
         let store_url = match backends {
             Backends::Embedded => format!("sqlite://{}", dir.path().join("flashsale.db").display()),
             _ => flashsale::testing::fresh_postgres_database().await,
@@ -131,8 +134,13 @@ impl Deployment {
                 self.dir.path().join("none.toml").to_str().unwrap(),
             ])
             .current_dir(self.dir.path())
-            .env("RUST_LOG", "warn")
+            // FLASHSALE_TEST_LOG=flashsale=debug for a post-mortem (with FLASHSALE_TEST_KEEP).
+            .env(
+                "RUST_LOG",
+                std::env::var("FLASHSALE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("FLASHSALE_SWEEP_INTERVAL_MS", "100")
+            .env("FLASHSALE_HOLD_GRACE_MS", "1000")
             .env("FLASHSALE_TOPIC_PREFIX", &self.topic_prefix)
             .env(
                 "FLASHSALE_WORKER_GROUP",
@@ -179,9 +187,15 @@ impl Deployment {
     }
 
     pub async fn gateway(&self) -> TestServer {
+        self.gateway_with_env(&[]).await
+    }
+
+    /// A gateway with extra environment (e.g. a test failpoint).
+    pub async fn gateway_with_env(&self, env: &[(&str, &str)]) -> TestServer {
         let n = uuid::Uuid::new_v4().simple().to_string();
         let log_name = format!("gateway-{n}.log");
         let mut command = self.command("serve", &log_name);
+        command.envs(env.iter().copied());
         command
             .args(["--listen", "127.0.0.1:0"])
             .args(&self.extra_args);

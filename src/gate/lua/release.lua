@@ -1,11 +1,13 @@
 -- Gives an order's units back, once per order, and tells every gateway that stock is back.
 -- KEYS: 1 meta, 2 stock, 3 buyers, 4 idempotency key of the order (or meta when none),
---       5 set of released order ids.
+--       5 set of released order ids, 6 holds, 7 hold details.
 -- ARGV: 1 user, 2 order id, 3 forget the key (0/1; 0 when the order has no key),
 --       4 sale id (for the restock message), then pairs (item index, units).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
+redis.call('ZREM', KEYS[6], ARGV[2])
+redis.call('HDEL', KEYS[7], ARGV[2])
 if redis.call('SADD', KEYS[5], ARGV[2]) == 0 then
   return 0
 end

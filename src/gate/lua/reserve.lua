@@ -2,7 +2,8 @@
 -- of every item (all or nothing).
 -- KEYS: 1 meta (hash), 2 stock (hash item index -> remaining), 3 buyers (hash user -> units),
 --       4 idempotency key of this buyer (string "fingerprint\nanswer"), or the meta key again
---       when the request has no key.
+--       when the request has no key, 5 holds (sorted set: order id by reservation time),
+--       6 hold details (hash: order id -> "user\nkey\nindex:units,...").
 -- ARGV: 1 now (ms), 2 user, 3 fingerprint, 4 order id, 5 key ttl (ms), 6 has key (0/1),
 --       then pairs (item index, units).
 -- Returns {"unknown"} | {"key_reused"} | {"replay", answer} | {"refused", code, left}
@@ -57,6 +58,16 @@ if not refusal then
   end
   redis.call('HINCRBY', KEYS[1], 'left', -want)
   redis.call('HINCRBY', KEYS[3], ARGV[2], want)
+  -- Held until the bus has the order (confirm) or it is released; a sweeper returns
+  -- holds whose gateway died in between.
+  local units = {}
+  for i = 7, #ARGV, 2 do
+    units[#units + 1] = ARGV[i] .. ':' .. ARGV[i + 1]
+  end
+  local key = ''
+  if has_key then key = KEYS[4] end
+  redis.call('ZADD', KEYS[5], ARGV[1], ARGV[4])
+  redis.call('HSET', KEYS[6], ARGV[4], ARGV[2] .. '\n' .. key .. '\n' .. table.concat(units, ','))
 end
 if has_key then
   local answer
