@@ -5,8 +5,9 @@
 #
 #   scripts/services.sh up|down|status
 #
-# Environment: TANSU_STORAGE (default memory://tansu/; sqlite://PATH keeps messages
-# across broker restarts), SERVICES_DIR (default .services in the repository).
+# Environment: TANSU_STORAGE (default sqlite://tansu.db: durable, and its offsets are
+# right; memory://tansu/ is faster but answers wrong "latest offsets"), SERVICES_DIR
+# (default .services in the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
