@@ -190,3 +190,41 @@ async fn dead_letters_are_listed_and_replayed(backends: Backends) {
 }
 
 backend_tests!(kafka: dead_letters_are_listed_and_replayed);
+
+/// On the Kafka bus every status change is also a message on `flashsale.order-events`.
+async fn status_changes_are_published(backends: Backends) {
+    let deployment = Deployment::new(backends, &[]).await;
+    let gateway = deployment.gateway().await;
+    let _worker = deployment.worker().await;
+    let sale = gateway
+        .create_sale(json!({"name": "events", "stock": 2, "payment_window": 60}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = gateway
+        .purchase(&sale, json!({"user_id": "e1"}), None)
+        .await;
+    let order = reply.body["id"].as_str().unwrap().to_string();
+    assert_eq!(gateway.order_action(&order, "cancel").await.status, 200);
+
+    let topic = flashsale::bus::Topics::with_prefix(&deployment.topic_prefix).events;
+    let (messages, _) = tokio::task::spawn_blocking(move || {
+        flashsale::bus::kafka::read_after_committed("127.0.0.1:9092", &topic, "events-reader", true)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let events: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["order_id"] == order.as_str() && e["status"] == "cancelled"),
+        "{events:?}"
+    );
+}
+
+backend_tests!(kafka: status_changes_are_published);

@@ -148,3 +148,33 @@ async fn crash_between_gate_and_store_loses_no_unit() {
     );
     assert!(app.stored_orders(&sale).await.len() == 1);
 }
+
+/// The sweeper works from the store, not from timers in memory: an order left pending
+/// by a crashed server still expires after the restart, and its unit sells again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaid_order_expires_after_a_restart() {
+    let app = TestServer::spawn().await;
+    let sale = app
+        .create_sale(json!({"name": "restart", "stock": 1, "payment_window": 1}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = app
+        .purchase(&sale, json!({"user_id": "sleepy"}), None)
+        .await;
+    assert_eq!(reply.body["status"], "pending");
+    let order = reply.body["id"].as_str().unwrap().to_string();
+    let app = app.crash_and_restart().await;
+    app.wait_for_status(&order, "expired").await;
+    assert_eq!(
+        app.get(&format!("/api/sales/{sale}")).await.body["remaining"],
+        1
+    );
+    assert_eq!(
+        app.purchase(&sale, json!({"user_id": "next"}), None)
+            .await
+            .status,
+        202
+    );
+}
