@@ -255,9 +255,16 @@ impl Drop for KafkaBus {
     }
 }
 
-/// Messages of `topic` the consumer `group` has not committed yet (blocking).
-pub fn consumer_lag(brokers: &str, group: &str, topic: &str) -> Result<i64, BusError> {
-    let failed = |e: KafkaError| BusError::Unknown(format!("reading consumer lag: {e}"));
+/// Where `group` stands on each partition of `topic`, with a consumer of that group
+/// that has not joined it (it reads, it never takes partitions away). Blocking.
+struct Positions {
+    consumer: BaseConsumer,
+    /// (partition, committed offset if any, low watermark, high watermark)
+    partitions: Vec<(i32, Option<i64>, i64, i64)>,
+}
+
+fn positions(brokers: &str, topic: &str, group: &str) -> Result<Positions, BusError> {
+    let failed = |e: KafkaError| BusError::Unknown(format!("reading {topic}: {e}"));
     let consumer: BaseConsumer = client_config(brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -267,27 +274,38 @@ pub fn consumer_lag(brokers: &str, group: &str, topic: &str) -> Result<i64, BusE
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(failed)?;
-    let mut partitions = TopicPartitionList::new();
+    let mut list = TopicPartitionList::new();
     for t in metadata.topics() {
         for p in t.partitions() {
-            partitions.add_partition(topic, p.id());
+            list.add_partition(topic, p.id());
         }
     }
-    let committed = consumer
-        .committed_offsets(partitions, timeout)
-        .map_err(failed)?;
-    let mut lag = 0;
+    let committed = consumer.committed_offsets(list, timeout).map_err(failed)?;
+    let mut partitions = Vec::new();
     for element in committed.elements() {
         let (low, high) = consumer
             .fetch_watermarks(topic, element.partition(), timeout)
             .map_err(failed)?;
         let done = match element.offset() {
-            Offset::Offset(n) => n,
-            _ => low,
+            Offset::Offset(n) => Some(n),
+            _ => None,
         };
-        lag += (high - done).max(0);
+        partitions.push((element.partition(), done, low, high));
     }
-    Ok(lag)
+    Ok(Positions {
+        consumer,
+        partitions,
+    })
+}
+
+/// Messages of `topic` the consumer `group` has not committed yet (blocking).
+pub fn consumer_lag(brokers: &str, group: &str, topic: &str) -> Result<i64, BusError> {
+    let positions = positions(brokers, topic, group)?;
+    Ok(positions
+        .partitions
+        .iter()
+        .map(|&(_, done, low, high)| (high - done.unwrap_or(low)).max(0))
+        .sum())
 }
 
 /// A message read back from a topic.
@@ -307,33 +325,16 @@ pub fn read_after_committed(
     from_start: bool,
 ) -> Result<(Vec<Read>, TopicPartitionList), BusError> {
     let failed = |e: KafkaError| BusError::Unknown(format!("reading {topic}: {e}"));
-    let consumer: BaseConsumer = client_config(brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(failed)?;
     let timeout = Duration::from_secs(5);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(failed)?;
-    let mut partitions = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            partitions.add_partition(topic, p.id());
-        }
-    }
-    let committed = consumer
-        .committed_offsets(partitions, timeout)
-        .map_err(failed)?;
+    let Positions {
+        consumer,
+        partitions,
+    } = positions(brokers, topic, group)?;
     let mut messages = Vec::new();
     let mut next = TopicPartitionList::new();
-    for element in committed.elements() {
-        let partition = element.partition();
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(failed)?;
-        let start = match element.offset() {
-            Offset::Offset(n) if !from_start => n.max(low),
+    for (partition, done, low, high) in partitions {
+        let start = match done {
+            Some(n) if !from_start => n.max(low),
             _ => low,
         };
         if start >= high {
