@@ -142,7 +142,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         base_url: base_url.clone(),
         sale_id: sale_id.clone(),
         buyers: options.buyers,
-        connections: options.connections,
+        attempts: options.buyers,
+        schedule: load::Schedule::Closed {
+            connections: options.connections,
+        },
+        progress: false,
         retry_ratio: options.retry_ratio,
         double_click_ratio: options.double_click_ratio,
         quantity: 1,

@@ -37,6 +37,8 @@ enum Command {
     Dlq(DlqCommand),
     /// Run a flash sale against an embedded engine over real HTTP and report.
     Demo(DemoArgs),
+    /// Load generator against a running gateway (closed or open loop).
+    Load(LoadArgs),
 }
 
 #[derive(Args)]
@@ -108,6 +110,37 @@ impl BackendArgs {
 }
 
 #[derive(Args)]
+struct LoadArgs {
+    /// The gateway, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    /// The sale to buy from.
+    #[arg(long)]
+    sale: String,
+    /// Distinct buyers (ids shuffled; they come back when attempts exceed them).
+    #[arg(long, default_value_t = 10_000)]
+    buyers: u64,
+    /// Buyer attempts in all (default: one per buyer).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Closed loop: concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64, conflicts_with = "rate")]
+    connections: usize,
+    /// Open loop: attempts per second, latency counted from when each was due.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Share of attempts that retry with the same Idempotency-Key.
+    #[arg(long, default_value_t = 0.1)]
+    retry_ratio: f64,
+    /// Share of attempts that double-click (two requests at once, same key).
+    #[arg(long, default_value_t = 0.05)]
+    double_click_ratio: f64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct DemoArgs {
     /// Units on sale.
     #[arg(long, default_value_t = 100)]
@@ -150,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             Command::Check(args) => check(&cli.config, args).await,
             Command::Dlq(command) => dlq(&cli.config, command).await,
             Command::Demo(args) => run_demo(args).await,
+            Command::Load(args) => run_load(args).await,
         }
     })
 }
@@ -363,6 +397,73 @@ async fn worker(_: &std::path::Path, _: BackendArgs) -> anyhow::Result<()> {
     anyhow::bail!(
         "this build has no Kafka support: build with `cargo build --release --features kafka`"
     )
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    use flashsale::load::{self, LoadPlan, Schedule, Summary};
+    let plan = LoadPlan {
+        base_url: args.url.clone(),
+        sale_id: args.sale.clone(),
+        buyers: args.buyers,
+        attempts: args.requests.unwrap_or(args.buyers),
+        schedule: match args.rate {
+            Some(rate) => Schedule::Open { rate },
+            None => Schedule::Closed {
+                connections: args.connections,
+            },
+        },
+        retry_ratio: args.retry_ratio,
+        double_click_ratio: args.double_click_ratio,
+        quantity: 1,
+        progress: !args.json,
+    };
+    let report = load::run(plan.clone()).await?;
+    let sale: serde_json::Value = reqwest::get(format!(
+        "{}/api/sales/{}",
+        args.url.trim_end_matches('/'),
+        args.sale
+    ))
+    .await?
+    .error_for_status()?
+    .json()
+    .await?;
+    let summary = Summary::new(&plan, &report, &sale);
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        let l = &summary.latency_ms;
+        println!(
+            "{} requests in {:.2} s: {:.0} req/s{}",
+            summary.requests,
+            summary.elapsed_s,
+            summary.throughput_rps,
+            summary
+                .offered_rps
+                .map(|r| format!(" (offered {r:.0} attempts/s)"))
+                .unwrap_or_default()
+        );
+        println!(
+            "accepted {} orders ({} units of {} in stock)",
+            summary.accepted, summary.acknowledged, summary.audit.stock
+        );
+        println!("rejected {:?}", summary.rejected);
+        println!(
+            "latency p50 {:.2} ms · p90 {:.2} · p99 {:.2} · p99.9 {:.2} · max {:.2}",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        println!("per second {:?}", summary.per_second);
+        println!(
+            "audit: oversold {} · buyers over the limit {} · replay mismatches {} → {}",
+            summary.audit.oversold,
+            summary.audit.buyers_over_limit,
+            summary.audit.replay_mismatches,
+            if summary.audit.ok { "OK" } else { "BROKEN" }
+        );
+    }
+    if !summary.audit.ok {
+        anyhow::bail!("the answers break an invariant");
+    }
+    Ok(())
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {

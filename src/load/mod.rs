@@ -9,20 +9,43 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
+/// How requests are offered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Schedule {
+    /// `connections` keep-alive connections, each sending as soon as its answer came.
+    Closed { connections: usize },
+    /// A fixed offered rate (attempts per second), whatever the answers; latency counts
+    /// from the moment an attempt was due, not sent, so queueing is never hidden.
+    Open { rate: f64 },
+}
+
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
     pub base_url: String,
     pub sale_id: String,
-    /// Distinct buyers; each tries to buy once (plus its retries).
+    /// Distinct buyers; their ids are shuffled.
     pub buyers: u64,
-    /// Concurrent keep-alive connections (closed loop).
-    pub connections: usize,
-    /// Share of buyers that send their request again, with the same key, after the answer.
+    /// Buyer attempts in all (a retry or double click is part of its attempt); beyond
+    /// `buyers`, buyers come back.
+    pub attempts: u64,
+    pub schedule: Schedule,
+    /// Share of attempts that send their request again, same key, after the answer.
     pub retry_ratio: f64,
-    /// Share of buyers that send two requests at once with the same key.
+    /// Share of attempts that send two requests at once with the same key.
     pub double_click_ratio: f64,
     /// Units asked per purchase.
     pub quantity: u32,
+    /// Show a progress bar on the terminal.
+    pub progress: bool,
+}
+
+impl LoadPlan {
+    fn connections(&self) -> usize {
+        match self.schedule {
+            Schedule::Closed { connections } => connections.max(1),
+            Schedule::Open { rate } => (rate as usize / 10).clamp(16, 1024),
+        }
+    }
 }
 
 /// The answer to one purchase request, as the buyer saw it.
@@ -58,6 +81,8 @@ pub struct LoadReport {
     pub replay_mismatches: u64,
     /// Latency of every request, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Requests answered in each second of the run.
+    pub per_second: Vec<u64>,
     pub elapsed: Duration,
 }
 
@@ -74,13 +99,17 @@ impl LoadReport {
 
 struct BuyerRun {
     requests: u64,
+    /// Latency of each of its requests, in microseconds.
+    latencies_us: Vec<u64>,
     answers: Vec<(String, Answer)>,
     mismatch: bool,
+    /// Second of the run in which the attempt ended.
+    second: usize,
 }
 
 pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadReport> {
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.connections * 2)
+        .pool_max_idle_per_host(plan.connections() * 2)
         .timeout(Duration::from_secs(30))
         .build()?;
     let url = format!(
@@ -88,33 +117,69 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadReport> {
         plan.base_url.trim_end_matches('/'),
         plan.sale_id
     );
-    let plan = Arc::new(plan);
-    let order = Arc::new(shuffled(plan.buyers));
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-
-    let mut tasks = Vec::with_capacity(plan.connections);
-    for _ in 0..plan.connections.max(1) {
-        let (client, url, plan, order, next) = (
-            client.clone(),
-            url.clone(),
-            plan.clone(),
-            order.clone(),
-            next.clone(),
+    let progress = if plan.progress {
+        let bar = indicatif::ProgressBar::new(plan.attempts);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} attempts, {per_sec} {msg}",
+            )
+            .expect("valid template"),
         );
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = latency_histogram();
-            let mut runs = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= plan.buyers {
-                    break;
-                }
-                let user = format!("buyer-{}", order[i as usize]);
-                runs.push(buy(&client, &url, &plan, user, &mut histogram).await);
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let plan = Arc::new(plan);
+    let order = Arc::new(shuffled(plan.buyers.max(1)));
+    let user_of = move |i: u64| format!("buyer-{}", order[(i % order.len() as u64) as usize]);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    match plan.schedule {
+        Schedule::Closed { connections } => {
+            let next = Arc::new(AtomicU64::new(0));
+            for _ in 0..connections.max(1) {
+                let (client, url, plan, next, user_of, progress) = (
+                    client.clone(),
+                    url.clone(),
+                    plan.clone(),
+                    next.clone(),
+                    user_of.clone(),
+                    progress.clone(),
+                );
+                tasks.spawn(async move {
+                    let mut runs = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= plan.attempts {
+                            break;
+                        }
+                        runs.push(buy(&client, &url, &plan, user_of(i), None, started).await);
+                        progress.inc(1);
+                    }
+                    runs
+                });
             }
-            (histogram, runs)
-        }));
+        }
+        Schedule::Open { rate } => {
+            let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+            for i in 0..plan.attempts {
+                let due = started + interval.mul_f64(i as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let (client, url, plan, user, progress) = (
+                    client.clone(),
+                    url.clone(),
+                    plan.clone(),
+                    user_of(i),
+                    progress.clone(),
+                );
+                tasks.spawn(async move {
+                    let run = buy(&client, &url, &plan, user, Some(due), started).await;
+                    progress.inc(1);
+                    vec![run]
+                });
+            }
+        }
     }
 
     let mut report = LoadReport {
@@ -123,15 +188,21 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadReport> {
         rejected: BTreeMap::new(),
         replay_mismatches: 0,
         latency_us: latency_histogram(),
+        per_second: Vec::new(),
         elapsed: Duration::ZERO,
     };
     let mut seen = std::collections::HashSet::new();
-    for task in tasks {
-        let (histogram, runs) = task.await?;
-        report.latency_us.add(histogram)?;
-        for run in runs {
+    while let Some(task) = tasks.join_next().await {
+        for run in task? {
+            for &us in &run.latencies_us {
+                report.latency_us.saturating_record(us);
+            }
             report.requests += run.requests;
             report.replay_mismatches += run.mismatch as u64;
+            if report.per_second.len() <= run.second {
+                report.per_second.resize(run.second + 1, 0);
+            }
+            report.per_second[run.second] += run.requests;
             for (user_id, answer) in run.answers {
                 match answer {
                     Answer::Accepted { order_id, units } => {
@@ -150,7 +221,13 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadReport> {
                 }
             }
         }
+        progress.set_message(format!(
+            "{} requests, {} orders",
+            report.requests,
+            report.accepted.len()
+        ));
     }
+    progress.finish_and_clear();
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -161,9 +238,11 @@ async fn buy(
     url: &str,
     plan: &LoadPlan,
     user: String,
-    histogram: &mut Histogram<u64>,
+    due: Option<Instant>,
+    started: Instant,
 ) -> BuyerRun {
     let body = json!({ "user_id": user, "quantity": plan.quantity });
+    let sent_at = Instant::now();
     let roll = fastrand::f64();
     let key = uuid::Uuid::new_v4().to_string();
     let (answers, mismatch) = if roll < plan.double_click_ratio {
@@ -182,16 +261,25 @@ async fn buy(
         let key = fastrand::bool().then_some(key.as_str());
         (vec![send(client, url, &body, key).await], false)
     };
-    for (_, took) in &answers {
-        histogram.saturating_record(took.as_micros() as u64);
-    }
+    // On the open loop, the first request's wait for its turn counts as latency.
+    let latencies_us = answers
+        .iter()
+        .enumerate()
+        .map(|(i, (_, took))| match due {
+            Some(due) if i == 0 => (sent_at + *took).saturating_duration_since(due),
+            _ => *took,
+        })
+        .map(|d| d.as_micros() as u64)
+        .collect();
     BuyerRun {
         requests: answers.len() as u64,
+        latencies_us,
         answers: answers
             .into_iter()
             .map(|(a, _)| (user.clone(), a))
             .collect(),
         mismatch,
+        second: started.elapsed().as_secs() as usize,
     }
 }
 
@@ -246,4 +334,88 @@ fn shuffled(n: u64) -> Vec<u64> {
 /// Microseconds from 1 µs to 10 minutes, 3 significant digits.
 fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+/// What `flashsale load --json` prints: the report, and an audit made from the answers
+/// alone (the store is not at hand from the client side).
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub requests: u64,
+    pub attempts: u64,
+    /// Offered attempts per second (open loop only).
+    pub offered_rps: Option<f64>,
+    pub throughput_rps: f64,
+    pub elapsed_s: f64,
+    pub accepted: u64,
+    /// Units acknowledged with 202.
+    pub acknowledged: u64,
+    pub rejected: BTreeMap<String, u64>,
+    pub latency_ms: LatencySummary,
+    /// Requests answered in each second of the run.
+    pub per_second: Vec<u64>,
+    pub audit: Audit,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct LatencySummary {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Audit {
+    pub stock: u64,
+    /// More units acknowledged than the sale has.
+    pub oversold: u64,
+    /// Buyers acknowledged more units than the per-user limit.
+    pub buyers_over_limit: u64,
+    pub replay_mismatches: u64,
+    pub ok: bool,
+}
+
+impl Summary {
+    /// `sale` is the sale as `GET /api/sales/{id}` shows it.
+    pub fn new(plan: &LoadPlan, report: &LoadReport, sale: &serde_json::Value) -> Summary {
+        let acknowledged: u64 = report.accepted.iter().map(|a| a.units as u64).sum();
+        let stock = sale["stock"].as_u64().unwrap_or(0);
+        let limit = sale["per_user_limit"].as_u64().unwrap_or(1);
+        let mut per_buyer: std::collections::HashMap<&str, u64> = Default::default();
+        for a in &report.accepted {
+            *per_buyer.entry(&a.user_id).or_default() += a.units as u64;
+        }
+        let oversold = acknowledged.saturating_sub(stock);
+        let buyers_over_limit = per_buyer.values().filter(|&&u| u > limit).count() as u64;
+        let q = |x| report.latency_ms(x);
+        Summary {
+            requests: report.requests,
+            attempts: plan.attempts,
+            offered_rps: match plan.schedule {
+                Schedule::Open { rate } => Some(rate),
+                Schedule::Closed { .. } => None,
+            },
+            throughput_rps: report.throughput_rps(),
+            elapsed_s: report.elapsed.as_secs_f64(),
+            accepted: report.accepted.len() as u64,
+            acknowledged,
+            rejected: report.rejected.clone(),
+            latency_ms: LatencySummary {
+                p50: q(0.5),
+                p90: q(0.9),
+                p99: q(0.99),
+                p999: q(0.999),
+                max: report.latency_us.max() as f64 / 1000.0,
+            },
+            per_second: report.per_second.clone(),
+            audit: Audit {
+                stock,
+                oversold,
+                buyers_over_limit,
+                replay_mismatches: report.replay_mismatches,
+                ok: oversold == 0 && buyers_over_limit == 0 && report.replay_mismatches == 0,
+            },
+        }
+    }
 }
