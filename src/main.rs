@@ -109,6 +109,17 @@ impl BackendArgs {
     }
 }
 
+/// How the simulated buyers behave, shared by `demo` and `load`.
+#[derive(Args)]
+struct BuyerMix {
+    /// Share of buyers that retry with the same Idempotency-Key.
+    #[arg(long, default_value_t = 0.1)]
+    retry_ratio: f64,
+    /// Share of buyers that double-click (two requests at once, same key).
+    #[arg(long, default_value_t = 0.05)]
+    double_click_ratio: f64,
+}
+
 #[derive(Args)]
 struct LoadArgs {
     /// The gateway, e.g. http://127.0.0.1:8080.
@@ -129,12 +140,8 @@ struct LoadArgs {
     /// Open loop: attempts per second, latency counted from when each was due.
     #[arg(long)]
     rate: Option<f64>,
-    /// Share of attempts that retry with the same Idempotency-Key.
-    #[arg(long, default_value_t = 0.1)]
-    retry_ratio: f64,
-    /// Share of attempts that double-click (two requests at once, same key).
-    #[arg(long, default_value_t = 0.05)]
-    double_click_ratio: f64,
+    #[command(flatten)]
+    mix: BuyerMix,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -154,12 +161,8 @@ struct DemoArgs {
     /// Units each buyer may buy.
     #[arg(long, default_value_t = 1)]
     per_user_limit: u32,
-    /// Share of buyers that retry with the same Idempotency-Key.
-    #[arg(long, default_value_t = 0.1)]
-    retry_ratio: f64,
-    /// Share of buyers that double-click (two requests at once, same key).
-    #[arg(long, default_value_t = 0.05)]
-    double_click_ratio: f64,
+    #[command(flatten)]
+    mix: BuyerMix,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -412,8 +415,8 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
                 connections: args.connections,
             },
         },
-        retry_ratio: args.retry_ratio,
-        double_click_ratio: args.double_click_ratio,
+        retry_ratio: args.mix.retry_ratio,
+        double_click_ratio: args.mix.double_click_ratio,
         quantity: 1,
         progress: !args.json,
     };
@@ -472,8 +475,8 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         buyers: args.buyers,
         connections: args.connections,
         per_user_limit: args.per_user_limit,
-        retry_ratio: args.retry_ratio,
-        double_click_ratio: args.double_click_ratio,
+        retry_ratio: args.mix.retry_ratio,
+        double_click_ratio: args.mix.double_click_ratio,
     })
     .await?;
     if args.json {
