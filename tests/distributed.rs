@@ -84,12 +84,18 @@ async fn two_gateways_sell_exactly_the_stock(backends: Backends) {
 backend_tests!(distributed: two_gateways_sell_exactly_the_stock);
 
 /// Redis loses its data in the middle of a sale: the gate is rebuilt from the store
-/// (after the bus drained), purchases answer 503 meanwhile, and the sale completes with
+/// plus the orders still on the bus, purchases answer 503 meanwhile, and the sale completes with
 /// exactly its stock, one unit per buyer.
 async fn redis_flushed_mid_sale_recovers_without_oversell(backends: Backends) {
     let mut deployment = Deployment::new(backends, &[]).await;
-    // A database of its own: flushing it leaves the other tests' sales alone.
-    deployment.redis_url = format!("{}/9", flashsale::testing::redis_url());
+    // A database of its own (one per variant, they run at once): flushing it leaves
+    // the other tests' sales alone.
+    let db = if backends == Backends::RedisKafkaPostgres {
+        10
+    } else {
+        9
+    };
+    deployment.redis_url = format!("{}/{db}", flashsale::testing::redis_url());
     let gateway = Arc::new(deployment.gateway().await);
     let worker = match backends {
         Backends::RedisKafkaPostgres => Some(deployment.worker().await),
