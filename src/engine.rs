@@ -138,6 +138,11 @@ impl Engine {
             ));
         }
         let result = async {
+            // Another request may have restored it since this one found it missing: a
+            // second restore would overwrite reservations made in between.
+            if self.gate.has_sale(sale).await? {
+                return Ok(());
+            }
             tracing::warn!(sale = %sale.id, "the gate lost this sale: rebuilding it from the store");
             let on_the_bus = self.bus.undelivered(&sale.id, self.recovery_wait).await.map_err(|e| {
                 EngineError::Unavailable(format!("cannot restore the sale yet: {e}"))
