@@ -8,6 +8,10 @@ use flashsale::config::{Config, Overrides};
 use flashsale::demo::{self, DemoOptions};
 use flashsale::server::Server;
 
+// glibc's malloc showed up at ~7% of a sold-out purchase's CPU (BENCHMARKS.md, bench 1).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "flashsale",
