@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::load::{self, LoadPlan, LoadReport};
+use crate::load::{self, LatencySummary, LoadPlan, LoadReport};
 use crate::server::Server;
 use crate::store;
 
@@ -19,15 +19,6 @@ pub struct DemoOptions {
     pub per_user_limit: u32,
     pub retry_ratio: f64,
     pub double_click_ratio: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Latency {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,7 +46,7 @@ pub struct DemoReport {
     pub replay_mismatches: u64,
     pub throughput_rps: f64,
     pub elapsed_s: f64,
-    pub latency_ms: Latency,
+    pub latency_ms: LatencySummary,
 }
 
 impl DemoReport {
@@ -150,6 +141,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         retry_ratio: options.retry_ratio,
         double_click_ratio: options.double_click_ratio,
         quantity: 1,
+        duration: None,
+        probe: None,
     })
     .await?;
 
@@ -183,14 +176,13 @@ fn audit(
     }
     let stored_ids: HashSet<&str> = stored.iter().map(|o| o.id.as_str()).collect();
     let acked_ids: HashSet<&str> = load.accepted.iter().map(|a| a.order_id.as_str()).collect();
-    let q = |x: f64| load.latency_ms(x);
     DemoReport {
         stock: options.stock,
         buyers: options.buyers,
         per_user_limit: options.per_user_limit,
         requests: load.requests,
         sold,
-        acknowledged: load.accepted.iter().map(|a| a.units as u64).sum(),
+        acknowledged: load.accepted.iter().map(|a| a.units() as u64).sum(),
         rejected: load.rejected.clone(),
         oversold: sold.saturating_sub(options.stock as u64),
         duplicates: per_buyer
@@ -203,12 +195,6 @@ fn audit(
         replay_mismatches: load.replay_mismatches,
         throughput_rps: load.throughput_rps(),
         elapsed_s: load.elapsed.as_secs_f64(),
-        latency_ms: Latency {
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-            p999: q(0.999),
-            max: load.latency_us.max() as f64 / 1000.0,
-        },
+        latency_ms: LatencySummary::of(&load),
     }
 }

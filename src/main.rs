@@ -130,14 +130,28 @@ struct LoadArgs {
     #[arg(long)]
     url: String,
     /// The sale to buy from.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "probe", default_value = "")]
     sale: String,
     /// Distinct buyers (ids shuffled; they come back when attempts exceed them).
     #[arg(long, default_value_t = 10_000)]
     buyers: u64,
-    /// Buyer attempts in all (default: one per buyer).
+    /// Buyer attempts in all (default: one per buyer, or unbounded with --duration).
     #[arg(long)]
     requests: Option<u64>,
+    /// Stop offering attempts after this long, e.g. 30s, 2m, 500ms.
+    #[arg(long, value_parser = flashsale::load::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Units per purchase on a single-item sale (sales with several items get one unit
+    /// each of a random set of items).
+    #[arg(long, default_value_t = 1)]
+    quantity: u32,
+    /// GET this path instead of purchasing (e.g. /healthz): the HTTP ceiling, measured
+    /// with the same client and connections.
+    #[arg(long, value_name = "PATH")]
+    probe: Option<String>,
+    /// Also write the report as one self-contained HTML page (charts inline, no CDN).
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
     /// Closed loop: concurrent keep-alive connections.
     #[arg(long, default_value_t = 64, conflicts_with = "rate")]
     connections: usize,
@@ -408,11 +422,17 @@ async fn worker(_: &std::path::Path, _: BackendArgs) -> anyhow::Result<()> {
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     use flashsale::load::{self, LoadPlan, Schedule, Summary};
+    let attempts = match (args.requests, args.duration) {
+        (Some(n), _) => n,
+        (None, Some(_)) => u64::MAX,
+        (None, None) => args.buyers,
+    };
     let plan = LoadPlan {
         base_url: args.url.clone(),
         sale_id: args.sale.clone(),
         buyers: args.buyers,
-        attempts: args.requests.unwrap_or(args.buyers),
+        attempts,
+        duration: args.duration,
         schedule: match args.rate {
             Some(rate) => Schedule::Open { rate },
             None => Schedule::Closed {
@@ -421,20 +441,16 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         },
         retry_ratio: args.mix.retry_ratio,
         double_click_ratio: args.mix.double_click_ratio,
-        quantity: 1,
+        quantity: args.quantity,
+        probe: args.probe.clone(),
         progress: !args.json,
     };
     let report = load::run(plan.clone()).await?;
-    let sale: serde_json::Value = reqwest::get(format!(
-        "{}/api/sales/{}",
-        args.url.trim_end_matches('/'),
-        args.sale
-    ))
-    .await?
-    .error_for_status()?
-    .json()
-    .await?;
-    let summary = Summary::new(&plan, &report, &sale);
+    let summary = Summary::new(&plan, &report);
+    if let Some(path) = &args.report {
+        load::write_html(path, &plan, &report, &summary)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -454,6 +470,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             summary.accepted, summary.acknowledged, summary.audit.stock
         );
         println!("rejected {:?}", summary.rejected);
+        println!("by status {:?}", summary.by_status);
         println!(
             "latency p50 {:.2} ms · p90 {:.2} · p99 {:.2} · p99.9 {:.2} · max {:.2}",
             l.p50, l.p90, l.p99, l.p999, l.max
@@ -466,6 +483,9 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             summary.audit.replay_mismatches,
             if summary.audit.ok { "OK" } else { "BROKEN" }
         );
+        if let Some(path) = &args.report {
+            println!("report written to {}", path.display());
+        }
     }
     if !summary.audit.ok {
         anyhow::bail!("the answers break an invariant");

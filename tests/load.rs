@@ -64,3 +64,91 @@ async fn open_and_closed_loop_reports() {
     assert_eq!(closed["accepted"], 0);
     assert_eq!(closed["audit"]["ok"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duration_multi_item_sale_and_html_report() {
+    let app = TestServer::spawn().await;
+    let sale = app
+        .create_sale(serde_json::json!({
+            "name": "three colours",
+            "items": [{"id": "red", "stock": 10}, {"id": "blue", "stock": 20}, {"id": "green", "stock": 30}],
+            "per_user_limit": 2,
+        }))
+        .await;
+    let sale = sale["id"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("run.html");
+    let run = load(
+        &app,
+        &[
+            "--sale",
+            sale,
+            "--buyers",
+            "5000",
+            "--duration",
+            "1500ms",
+            "--connections",
+            "8",
+            "--report",
+            html.to_str().unwrap(),
+        ],
+    )
+    .await;
+    // Bounded by time, not by a number of attempts.
+    let elapsed = run["elapsed_s"].as_f64().unwrap();
+    assert!((1.5..5.0).contains(&elapsed), "{run}");
+    // Every item sold out, to buyers buying sets of items, within the limit.
+    assert_eq!(run["acknowledged"], 60, "{run}");
+    assert_eq!(run["audit"]["ok"], true);
+    let after = app.get(&format!("/api/sales/{sale}")).await;
+    assert_eq!(after.body["remaining"], 0);
+    let answered: u64 = run["by_status"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(answered, run["requests"].as_u64().unwrap());
+
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!doctype html>"));
+    assert_eq!(page.matches("<svg").count(), 2, "two charts");
+    assert!(page.contains("<polyline"), "the charts have data");
+    // Self-contained: nothing to fetch, nothing to run.
+    for outside in ["<script", "src=", "<link", "@import"] {
+        assert!(!page.contains(outside), "{outside} in the report");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_measures_a_constant_route_with_the_same_client() {
+    let app = TestServer::spawn().await;
+    let run = load(
+        &app,
+        &[
+            "--probe",
+            "/healthz",
+            "--requests",
+            "500",
+            "--connections",
+            "4",
+        ],
+    )
+    .await;
+    assert_eq!(run["requests"], 500);
+    assert_eq!(run["by_status"]["200"], 500, "{run}");
+    assert_eq!(run["accepted"], 0);
+    let missing = load(
+        &app,
+        &[
+            "--probe",
+            "/no-such-route",
+            "--requests",
+            "10",
+            "--connections",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(missing["by_status"]["404"], 10, "{missing}");
+}

@@ -24,9 +24,14 @@ pub async fn run_group_commit(
     // load, orders that arrive during one commit form the next batch.
     while rx.recv_many(&mut batch, max_batch.max(1)).await > 0 {
         let orders: Vec<_> = batch.iter().map(|e| e.order.clone()).collect();
+        let started = std::time::Instant::now();
         match store.insert_orders(&orders).await {
             Ok(outcomes) => {
-                tracing::trace!(size = orders.len(), "batch committed");
+                tracing::debug!(
+                    size = orders.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "batch committed"
+                );
                 for (envelope, outcome) in batch.drain(..).zip(outcomes) {
                     let reply = match outcome {
                         crate::store::InsertOutcome::Rejected(reason) => {
