@@ -395,20 +395,15 @@ async fn bus_lag(config: &Config) -> anyhow::Result<Option<i64>> {
 async fn worker(config_file: &std::path::Path, args: BackendArgs) -> anyhow::Result<()> {
     use flashsale::worker::kafka::{self, KafkaWorkerConfig};
     let config = Config::load(config_file, &args.overrides()).context("reading settings")?;
-    let brokers = flashsale::bus::kafka_brokers(&config.bus)
+    let worker_config = KafkaWorkerConfig::from_config(&config)
         .context("the worker consumes a Kafka bus: give --bus kafka://host:port")?;
     let store = flashsale::store::connect(&config.store)
         .await
         .context("opening the store")?;
-    let worker_config = KafkaWorkerConfig {
-        brokers: brokers.to_string(),
-        topics: flashsale::bus::Topics::with_prefix(&config.topic_prefix),
-        group: config.worker_group.clone(),
-        partitions: config.kafka_partitions,
-        max_batch: config.batch_max,
-        linger: std::time::Duration::from_millis(config.worker_linger_ms),
-    };
-    println!("flashsale worker consuming {brokers} into {}", config.store);
+    println!(
+        "flashsale worker consuming {} into {}",
+        worker_config.brokers, config.store
+    );
     kafka::run(worker_config, store, shutdown_signal()).await?;
     Ok(())
 }

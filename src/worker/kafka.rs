@@ -29,6 +29,20 @@ pub struct KafkaWorkerConfig {
     pub linger: Duration,
 }
 
+impl KafkaWorkerConfig {
+    /// The worker's part of the settings; `None` when the bus is not Kafka.
+    pub fn from_config(config: &crate::config::Config) -> Option<KafkaWorkerConfig> {
+        Some(KafkaWorkerConfig {
+            brokers: crate::bus::kafka_brokers(&config.bus)?.to_string(),
+            topics: Topics::with_prefix(&config.topic_prefix),
+            group: config.worker_group.clone(),
+            partitions: config.kafka_partitions,
+            max_batch: config.batch_max,
+            linger: Duration::from_millis(config.worker_linger_ms),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("kafka: {0}")]

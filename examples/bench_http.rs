@@ -1,0 +1,376 @@
+//! Benchmarks 1, 2 and 5 (BENCHMARKS.md), each a ratio measured in one run:
+//!
+//!   cargo run --release --example bench_http -- ceiling   # 1: sold-out purchase vs /healthz
+//!   cargo run --release --example bench_http -- selling   # 2: selling, durable, vs /healthz
+//!   cargo run --release --example bench_http -- latency   # 5: open loop at half of 2's rate
+//!
+//! The server (embedded: local gate, in-process bus, SQLite in a temporary directory) runs
+//! in this process on a runtime of its own; the client is `flashsale load`'s module on
+//! another. With two or more CPUs the server's threads are pinned to CPU 0 and the
+//! client's to CPU 1, so the two do not steal each other's core (on a 2-core VM, unpinned
+//! runs varied by ±40% from one second to the next). The routes are measured in
+//! alternating rounds and the medians compared. When `wrk` is on PATH, 1 and 2 are also
+//! measured with it (pinned to CPU 1), so the figure does not rest on our client alone.
+//!
+//! `--gate redis://… --bus kafka://… --store postgres://…` (with `--features kafka`, a
+//! worker runs in this process too) measures the distributed deployment instead.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use flashsale::config::Config;
+use flashsale::load::{self, LoadPlan, LoadReport, Schedule};
+use flashsale::server::Server;
+
+#[derive(Parser)]
+struct Args {
+    /// ceiling, selling or latency.
+    bench: String,
+    /// Rounds of each route.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds per round.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Keep-alive connections of the closed loop.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value = "local")]
+    gate: String,
+    #[arg(long, default_value = "memory")]
+    bus: String,
+    /// Default: SQLite in a temporary directory.
+    #[arg(long)]
+    store: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let pinned = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let server_rt = runtime(pinned.then_some(0))?;
+    let client_rt = runtime(pinned.then_some(1))?;
+    let dir = tempfile::tempdir()?;
+    let config = Config {
+        listen: "127.0.0.1:0".into(),
+        gate: args.gate.clone(),
+        bus: args.bus.clone(),
+        store: args
+            .store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display())),
+        ..Config::default()
+    };
+    let server = server_rt.block_on(Server::start(&config))?;
+    let _worker = server_rt.block_on(start_worker(&config))?;
+    let base = format!("http://{}", server.addr);
+    println!(
+        "server: gate {} · bus {} · store {} · {} · client: {} closed-loop connections, {} rounds of {} s",
+        config.gate,
+        config.bus,
+        config.store,
+        if pinned { "server on CPU 0, client on CPU 1" } else { "unpinned (1 CPU)" },
+        args.connections,
+        args.rounds,
+        args.seconds
+    );
+    let bench = Bench {
+        args: &args,
+        base: &base,
+        client_rt: &client_rt,
+        pinned,
+    };
+    match args.bench.as_str() {
+        "ceiling" => bench.ceiling()?,
+        "selling" => {
+            bench.selling()?;
+        }
+        "latency" => bench.latency()?,
+        other => anyhow::bail!("unknown benchmark {other:?}: ceiling, selling or latency"),
+    }
+    server_rt.block_on(server.stop());
+    Ok(())
+}
+
+struct Bench<'a> {
+    args: &'a Args,
+    base: &'a str,
+    client_rt: &'a tokio::runtime::Runtime,
+    pinned: bool,
+}
+
+impl Bench<'_> {
+    /// 1: the purchase route of a sold-out sale against /healthz.
+    fn ceiling(&self) -> anyhow::Result<()> {
+        let sale = self.create_sale(1)?;
+        self.buy_once(&sale)?;
+        let mut healthz = Vec::new();
+        let mut sold_out = Vec::new();
+        for _ in 0..self.args.rounds {
+            healthz.push(self.closed(None, Some("/healthz"))?.throughput_rps());
+            let run = self.closed(Some(&sale), None)?;
+            anyhow::ensure!(
+                run.accepted.is_empty() && run.rejected.keys().all(|k| k == "sold_out"),
+                "the sold-out sale answered something else: {:?}",
+                run.rejected
+            );
+            sold_out.push(run.throughput_rps());
+        }
+        report("flashsale load", "/healthz", &healthz, "sold-out purchase", &sold_out);
+        if let Some(wrk) = self.wrk() {
+            let mut healthz = Vec::new();
+            let mut sold_out = Vec::new();
+            for _ in 0..self.args.rounds {
+                healthz.push(wrk.run(&format!("{}/healthz", self.base), None)?);
+                sold_out.push(wrk.run(&self.purchase_url(&sale), Some(&wrk.script))?);
+            }
+            report("wrk", "/healthz", &healthz, "sold-out purchase", &sold_out);
+        }
+        Ok(())
+    }
+
+    /// 2: purchases that sell (a fresh sale per round, stock that cannot run out, every
+    /// buyer new), each acknowledged after its group commit, against /healthz.
+    fn selling(&self) -> anyhow::Result<f64> {
+        let mut healthz = Vec::new();
+        let mut selling = Vec::new();
+        for _ in 0..self.args.rounds {
+            healthz.push(self.closed(None, Some("/healthz"))?.throughput_rps());
+            let sale = self.create_sale(100_000_000)?;
+            let run = self.closed(Some(&sale), None)?;
+            let refused: u64 = run.rejected.values().sum();
+            anyhow::ensure!(
+                refused * 100 <= run.requests,
+                "more than 1% refused while selling: {:?}",
+                run.rejected
+            );
+            selling.push(run.throughput_rps());
+        }
+        report("flashsale load", "/healthz", &healthz, "selling purchase", &selling);
+        if let Some(wrk) = self.wrk() {
+            let mut healthz = Vec::new();
+            let mut selling = Vec::new();
+            for _ in 0..self.args.rounds {
+                healthz.push(wrk.run(&format!("{}/healthz", self.base), None)?);
+                let sale = self.create_sale(100_000_000)?;
+                selling.push(wrk.run(&self.purchase_url(&sale), Some(&wrk.script))?);
+            }
+            report("wrk", "/healthz", &healthz, "selling purchase", &selling);
+        }
+        Ok(median(&selling))
+    }
+
+    /// 5: the selling rate of 2, then an open loop at half of it: p50/p99/p99.9.
+    fn latency(&self) -> anyhow::Result<()> {
+        let max = self.selling()?;
+        let rate = (max / 2.0).max(1.0);
+        let sale = self.create_sale(100_000_000)?;
+        let seconds = (self.args.seconds * 3.0).max(5.0);
+        let run = self.run(LoadPlan {
+            schedule: Schedule::Open { rate },
+            duration: Some(Duration::from_secs_f64(seconds)),
+            ..self.plan(Some(&sale), None)
+        })?;
+        let q = |x| run.latency_ms(x);
+        println!(
+            "open loop at {rate:.0} purchases/s (half of {max:.0}) for {seconds} s: {} requests, \
+             {:.0}/s answered, {} accepted, refused {:?}",
+            run.requests,
+            run.throughput_rps(),
+            run.accepted.len(),
+            run.rejected
+        );
+        println!(
+            "latency from the due time: p50 {:.2} ms · p99 {:.2} ms · p99.9 {:.2} ms · max {:.2} ms",
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            run.latency_us.max() as f64 / 1000.0
+        );
+        Ok(())
+    }
+
+    fn plan(&self, sale: Option<&str>, probe: Option<&str>) -> LoadPlan {
+        LoadPlan {
+            base_url: self.base.to_string(),
+            sale_id: sale.unwrap_or_default().to_string(),
+            buyers: 10_000_000,
+            attempts: u64::MAX,
+            duration: Some(Duration::from_secs_f64(self.args.seconds)),
+            schedule: Schedule::Closed {
+                connections: self.args.connections,
+            },
+            retry_ratio: 0.0,
+            double_click_ratio: 0.0,
+            quantity: 1,
+            probe: probe.map(String::from),
+            progress: false,
+        }
+    }
+
+    fn closed(&self, sale: Option<&str>, probe: Option<&str>) -> anyhow::Result<LoadReport> {
+        self.run(self.plan(sale, probe))
+    }
+
+    fn run(&self, plan: LoadPlan) -> anyhow::Result<LoadReport> {
+        self.client_rt.block_on(load::run(plan))
+    }
+
+    fn create_sale(&self, stock: u32) -> anyhow::Result<String> {
+        self.client_rt.block_on(async {
+            let sale: serde_json::Value = reqwest::Client::new()
+                .post(format!("{}/api/sales", self.base))
+                .json(&serde_json::json!({"name": "bench", "stock": stock, "per_user_limit": 1}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            Ok(sale["id"].as_str().context("sale id")?.to_string())
+        })
+    }
+
+    fn buy_once(&self, sale: &str) -> anyhow::Result<()> {
+        self.client_rt.block_on(async {
+            reqwest::Client::new()
+                .post(self.purchase_url(sale))
+                .json(&serde_json::json!({"user_id": "first"}))
+                .send()
+                .await?
+                .error_for_status()?;
+            Ok(())
+        })
+    }
+
+    fn purchase_url(&self, sale: &str) -> String {
+        format!("{}/api/sales/{sale}/purchase", self.base)
+    }
+
+    fn wrk(&self) -> Option<Wrk> {
+        if Command::new("wrk").arg("--version").output().is_err() {
+            println!("wrk not found on PATH: the independent client's figures are skipped");
+            return None;
+        }
+        let script = std::env::temp_dir().join(format!("flashsale-bench-{}.lua", std::process::id()));
+        // Random buyers, seeded per run so that rounds do not repeat each other's ids.
+        std::fs::write(
+            &script,
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             math.randomseed(os.time() + math.floor(os.clock() * 1000000))\n\
+             request = function()\n  return wrk.format(nil, nil, nil, \
+             '{\"user_id\":\"w' .. math.random(1, 2000000000) .. '\"}')\nend\n",
+        )
+        .ok()?;
+        Some(Wrk {
+            script: script.display().to_string(),
+            pinned: self.pinned,
+            seconds: self.args.seconds.ceil() as u64,
+            connections: self.args.connections,
+        })
+    }
+}
+
+struct Wrk {
+    script: String,
+    pinned: bool,
+    seconds: u64,
+    connections: usize,
+}
+
+impl Wrk {
+    /// Requests per second wrk reports for one round.
+    fn run(&self, url: &str, script: Option<&str>) -> anyhow::Result<f64> {
+        let mut command = if self.pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "1", "wrk"]);
+            c
+        } else {
+            Command::new("wrk")
+        };
+        command.args([
+            "-t1",
+            &format!("-c{}", self.connections),
+            &format!("-d{}s", self.seconds),
+        ]);
+        if let Some(script) = script {
+            command.args(["-s", script]);
+        }
+        let out = command.arg(url).output().context("running wrk")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+    }
+}
+
+fn runtime(cpu: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(cpu) = cpu {
+        // One core each: one worker thread; threads started from it (SQLite's) inherit it.
+        builder
+            .worker_threads(1)
+            .on_thread_start(move || pin_to(cpu));
+    }
+    builder.build()
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity(0) acts on the
+    // calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn report(client: &str, base_name: &str, base: &[f64], name: &str, measured: &[f64]) {
+    let rounds = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    let pairwise: Vec<f64> = base.iter().zip(measured).map(|(b, m)| m / b).collect();
+    println!("{client}:");
+    println!("  {base_name:<18} median {:>9.0} req/s   rounds: {}", median(base), rounds(base));
+    println!("  {name:<18} median {:>9.0} req/s   rounds: {}", median(measured), rounds(measured));
+    println!(
+        "  ratio {name} / {base_name}: {:.3} (median of the round pairs: {:.3})",
+        median(measured) / median(base),
+        median(&pairwise)
+    );
+}
+
+/// The Kafka bus needs a worker to move orders into the store.
+#[cfg(feature = "kafka")]
+async fn start_worker(config: &Config) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if config.bus == "memory" {
+        return Ok(None);
+    }
+    use flashsale::worker::kafka::{self, KafkaWorkerConfig};
+    let worker = KafkaWorkerConfig::from_config(config).context("a kafka:// bus")?;
+    let store = flashsale::store::connect(&config.store).await?;
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = kafka::run(worker, store, std::future::pending()).await {
+            eprintln!("worker stopped: {e}");
+        }
+    })))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn start_worker(config: &Config) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    anyhow::ensure!(
+        config.bus == "memory",
+        "the Kafka bus needs `--features kafka`"
+    );
+    Ok(None)
+}
