@@ -70,7 +70,11 @@ fn main() -> anyhow::Result<()> {
         config.gate,
         config.bus,
         config.store,
-        if pinned { "server on CPU 0, client on CPU 1" } else { "unpinned (1 CPU)" },
+        if pinned {
+            "server on CPU 0, client on CPU 1"
+        } else {
+            "unpinned (1 CPU)"
+        },
         args.connections,
         args.rounds,
         args.seconds
@@ -117,7 +121,13 @@ impl Bench<'_> {
             );
             sold_out.push(run.throughput_rps());
         }
-        report("flashsale load", "/healthz", &healthz, "sold-out purchase", &sold_out);
+        report(
+            "flashsale load",
+            "/healthz",
+            &healthz,
+            "sold-out purchase",
+            &sold_out,
+        );
         if let Some(wrk) = self.wrk() {
             let mut healthz = Vec::new();
             let mut sold_out = Vec::new();
@@ -147,7 +157,13 @@ impl Bench<'_> {
             );
             selling.push(run.throughput_rps());
         }
-        report("flashsale load", "/healthz", &healthz, "selling purchase", &selling);
+        report(
+            "flashsale load",
+            "/healthz",
+            &healthz,
+            "selling purchase",
+            &selling,
+        );
         if let Some(wrk) = self.wrk() {
             let mut healthz = Vec::new();
             let mut selling = Vec::new();
@@ -252,7 +268,8 @@ impl Bench<'_> {
             println!("wrk not found on PATH: the independent client's figures are skipped");
             return None;
         }
-        let script = std::env::temp_dir().join(format!("flashsale-bench-{}.lua", std::process::id()));
+        let script =
+            std::env::temp_dir().join(format!("flashsale-bench-{}.lua", std::process::id()));
         // Random buyers, seeded per run so that rounds do not repeat each other's ids.
         std::fs::write(
             &script,
@@ -338,11 +355,24 @@ fn median(values: &[f64]) -> f64 {
 }
 
 fn report(client: &str, base_name: &str, base: &[f64], name: &str, measured: &[f64]) {
-    let rounds = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    let rounds = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let pairwise: Vec<f64> = base.iter().zip(measured).map(|(b, m)| m / b).collect();
     println!("{client}:");
-    println!("  {base_name:<18} median {:>9.0} req/s   rounds: {}", median(base), rounds(base));
-    println!("  {name:<18} median {:>9.0} req/s   rounds: {}", median(measured), rounds(measured));
+    println!(
+        "  {base_name:<18} median {:>9.0} req/s   rounds: {}",
+        median(base),
+        rounds(base)
+    );
+    println!(
+        "  {name:<18} median {:>9.0} req/s   rounds: {}",
+        median(measured),
+        rounds(measured)
+    );
     println!(
         "  ratio {name} / {base_name}: {:.3} (median of the round pairs: {:.3})",
         median(measured) / median(base),
