@@ -45,9 +45,10 @@ fn order(sale: &Sale, p: &ValidPurchase, id: &str, key: Option<&str>) -> Order {
 
 fn gate_with(sale: &Sale) -> LocalGate {
     let gate = LocalGate::new();
-    gate.sales.write().insert(
-        sale.id.clone(),
-        Arc::new(SaleState::new(sale.items.iter().map(|i| i.stock))),
+    gate.set_state(
+        sale,
+        || Arc::new(SaleState::new(sale.items.iter().map(|i| i.stock))),
+        true,
     );
     gate
 }
@@ -68,7 +69,7 @@ fn sells_stock_once_then_refuses_sold_out() {
         gate.decide(&s, &p, None, "c", 1_500).unwrap(),
         Decision::Refused(Refusal::SoldOut)
     );
-    assert!(gate.sales.read()["sale"].sold_out.load(Ordering::SeqCst));
+    assert!(gate.sales.load()["sale"].sold_out.load(Ordering::SeqCst));
     assert_eq!(gate.remaining_sync(&s).unwrap(), vec![0]);
 }
 
@@ -125,7 +126,7 @@ fn multi_item_purchase_is_all_or_nothing() {
     );
     // Item 0 still has its 3 units: nothing was taken by the refused purchase.
     assert_eq!(gate.remaining_sync(&s).unwrap(), vec![3, 0]);
-    assert!(!gate.sales.read()["sale"].sold_out.load(Ordering::SeqCst));
+    assert!(!gate.sales.load()["sale"].sold_out.load(Ordering::SeqCst));
 }
 
 #[test]
@@ -172,10 +173,10 @@ fn failed_order_release_forgets_the_key_and_reopens_stock() {
         gate.decide(&s, &p, Some("k"), "o1", 1_500).unwrap(),
         Decision::Reserved
     );
-    assert!(gate.sales.read()["sale"].sold_out.load(Ordering::SeqCst));
+    assert!(gate.sales.load()["sale"].sold_out.load(Ordering::SeqCst));
     gate.release_sync(&s, &order(&s, &p, "o1", Some("k")), true)
         .unwrap();
-    assert!(!gate.sales.read()["sale"].sold_out.load(Ordering::SeqCst));
+    assert!(!gate.sales.load()["sale"].sold_out.load(Ordering::SeqCst));
     assert_eq!(
         gate.decide(&s, &p, Some("k"), "o2", 1_500).unwrap(),
         Decision::Reserved
@@ -231,7 +232,7 @@ fn concurrent_buyers_on_threads_never_oversell() {
     let won: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(won, 100);
     assert_eq!(gate.remaining_sync(&s).unwrap(), vec![0]);
-    let state = &gate.sales.read()["sale"];
+    let state = &gate.sales.load()["sale"];
     let held: u32 = state
         .shards
         .iter()
@@ -380,7 +381,7 @@ proptest! {
             }
             prop_assert!(per_user.values().all(|&u| u <= limit), "{:?}", per_user);
             // The sold-out flag never hides units that are on sale.
-            let flag = gate.sales.read()["sale"].sold_out.load(Ordering::SeqCst);
+            let flag = gate.sales.load()["sale"].sold_out.load(Ordering::SeqCst);
             prop_assert_eq!(flag, remaining.iter().all(|&r| r == 0));
         }
     }
