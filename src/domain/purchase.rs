@@ -31,6 +31,23 @@ impl ValidPurchase {
     pub fn total_units(&self) -> u32 {
         self.units.iter().map(|(_, u)| u).sum()
     }
+
+    /// The purchase a fingerprint stands for (`item:units,…`, as `validate_purchase`
+    /// writes it), so that a gate can keep the short fingerprint instead of the order.
+    pub fn from_fingerprint(sale: &Sale, user_id: &str, fingerprint: &str) -> Option<Self> {
+        let units = fingerprint
+            .split(',')
+            .map(|part| {
+                let (id, n) = part.rsplit_once(':')?;
+                Some((sale.item_index(id)?, n.parse().ok()?))
+            })
+            .collect::<Option<Units>>()?;
+        Some(ValidPurchase {
+            user_id: user_id.to_string(),
+            units,
+            fingerprint: fingerprint.to_string(),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -275,6 +292,24 @@ mod tests {
             items: (!items.is_empty())
                 .then(|| items.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
         }
+    }
+
+    #[test]
+    fn a_fingerprint_gives_back_its_purchase() {
+        let s = sale(&[("red", 5), ("blue", 5), ("a.b", 5)], 9);
+        for items in [
+            &[("blue", 2)][..],
+            &[("red", 1), ("a.b", 3)],
+            &[("blue", 1), ("red", 4)],
+        ] {
+            let p = validate_purchase(&s, req("u", None, items)).unwrap();
+            assert_eq!(
+                ValidPurchase::from_fingerprint(&s, "u", &p.fingerprint),
+                Some(p)
+            );
+        }
+        assert_eq!(ValidPurchase::from_fingerprint(&s, "u", "green:1"), None);
+        assert_eq!(ValidPurchase::from_fingerprint(&s, "u", "red:x"), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 // std's SipHash, which was a third of a decision (benches/gate.rs).
 use foldhash::quality::RandomState;
 use parking_lot::Mutex;
+use uuid::Uuid;
 
 use super::{Decision, GateError, KeyAnswer, SaleSnapshot, StockGate};
 use crate::domain::{Millis, Order, Refusal, Sale, Units, ValidPurchase};
@@ -40,13 +41,121 @@ struct SaleState {
 struct Shard {
     /// Units held per buyer.
     units: HashMap<Box<str>, u32, RandomState>,
-    /// (buyer, key) → what the key stands for.
-    keys: HashMap<(Box<str>, Box<str>), KeyEntry, RandomState>,
+    /// Buyer → the idempotency keys they used (most use one) and what each stands for.
+    keys: HashMap<Box<str>, Vec<(Box<str>, KeyEntry)>, RandomState>,
 }
 
+/// Kept for every key until the gate restarts, so it is small: the order an accepted
+/// key stands for is rebuilt from the fingerprint when a retry asks (bench 7: keeping
+/// the whole order made a keyed buyer cost ~900 bytes).
 struct KeyEntry {
     fingerprint: Box<str>,
-    answer: KeyAnswer,
+    state: KeyState,
+}
+
+enum KeyState {
+    InFlight(OrderRef),
+    Accepted {
+        order_id: OrderRef,
+        created_at: Millis,
+    },
+    Refused(Refusal),
+}
+
+/// An order id: our ids are UUIDs written as 32 lowercase hex digits, kept as their 16
+/// bytes; anything else as text.
+#[derive(PartialEq, Eq)]
+enum OrderRef {
+    Uuid(Uuid),
+    Text(Box<str>),
+}
+
+impl OrderRef {
+    fn new(id: &str) -> OrderRef {
+        let simple = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        match Uuid::try_parse(id) {
+            Ok(uuid) if simple => OrderRef::Uuid(uuid),
+            _ => OrderRef::Text(id.into()),
+        }
+    }
+
+    fn is(&self, id: &str) -> bool {
+        *self == OrderRef::new(id)
+    }
+
+    fn text(&self) -> String {
+        match self {
+            OrderRef::Uuid(uuid) => uuid.simple().to_string(),
+            OrderRef::Text(text) => text.to_string(),
+        }
+    }
+}
+
+impl KeyEntry {
+    fn is_for(&self, order: &Order) -> bool {
+        match &self.state {
+            KeyState::InFlight(mine) | KeyState::Accepted { order_id: mine, .. } => {
+                mine.is(&order.id)
+            }
+            KeyState::Refused(_) => false,
+        }
+    }
+
+    fn answer(&self, sale: &Sale, user_id: &str, key: &str) -> KeyAnswer {
+        match &self.state {
+            KeyState::InFlight(order_id) => KeyAnswer::InFlight {
+                order_id: order_id.text(),
+            },
+            KeyState::Refused(refusal) => KeyAnswer::Refused(*refusal),
+            KeyState::Accepted {
+                order_id,
+                created_at,
+            } => match ValidPurchase::from_fingerprint(sale, user_id, &self.fingerprint) {
+                Some(purchase) => KeyAnswer::Accepted(Arc::new(Order::new(
+                    order_id.text(),
+                    sale,
+                    &purchase,
+                    Some(key.to_string()),
+                    *created_at,
+                ))),
+                // Only a sale whose items changed under it; the buyer retries afresh.
+                None => KeyAnswer::Refused(Refusal::SoldOut),
+            },
+        }
+    }
+}
+
+impl Shard {
+    fn key(&self, user: &str, key: &str) -> Option<&KeyEntry> {
+        let keys = self.keys.get(user)?;
+        keys.iter().find(|(k, _)| **k == *key).map(|(_, e)| e)
+    }
+
+    fn key_mut(&mut self, user: &str, key: &str) -> Option<&mut KeyEntry> {
+        let keys = self.keys.get_mut(user)?;
+        keys.iter_mut().find(|(k, _)| **k == *key).map(|(_, e)| e)
+    }
+
+    fn set_key(&mut self, user: &str, key: &str, entry: KeyEntry) {
+        if let Some(slot) = self.key_mut(user, key) {
+            *slot = entry;
+            return;
+        }
+        let keys = match self.keys.get_mut(user) {
+            Some(keys) => keys,
+            None => self.keys.entry(user.into()).or_default(),
+        };
+        keys.push((key.into(), entry));
+    }
+
+    fn remove_key(&mut self, user: &str, key: &str) {
+        if let Some(keys) = self.keys.get_mut(user) {
+            keys.retain(|(k, _)| **k != *key);
+            if keys.is_empty() {
+                self.keys.remove(user);
+            }
+        }
+    }
 }
 
 impl SaleState {
@@ -158,9 +267,9 @@ impl LocalGate {
         let user = purchase.user_id.as_str();
         let mut shard = self.shard(&state, user).lock();
         if let Some(key) = key {
-            if let Some(entry) = shard.keys.get(&(user.into(), key.into())) {
+            if let Some(entry) = shard.key(user, key) {
                 return Ok(if *entry.fingerprint == *purchase.fingerprint {
-                    Decision::Replay(entry.answer.clone())
+                    Decision::Replay(entry.answer(sale, user, key))
                 } else {
                     Decision::KeyReused
                 });
@@ -192,17 +301,15 @@ impl LocalGate {
             }
         }
         if let Some(key) = key {
-            let answer = match outcome {
-                Ok(()) => KeyAnswer::InFlight {
-                    order_id: order_id.to_string(),
-                },
-                Err(refusal) => KeyAnswer::Refused(refusal),
+            let state = match outcome {
+                Ok(()) => KeyState::InFlight(OrderRef::new(order_id)),
+                Err(refusal) => KeyState::Refused(refusal),
             };
             let entry = KeyEntry {
                 fingerprint: purchase.fingerprint.as_str().into(),
-                answer,
+                state,
             };
-            shard.keys.insert((user.into(), key.into()), entry);
+            shard.set_key(user, key, entry);
         }
         Ok(match outcome {
             Ok(()) => Decision::Reserved,
@@ -216,12 +323,12 @@ impl LocalGate {
         };
         let state = self.state(sale)?;
         let mut shard = self.shard(&state, &order.user_id).lock();
-        if let Some(entry) = shard
-            .keys
-            .get_mut(&(order.user_id.as_str().into(), key.into()))
-        {
-            if matches!(&entry.answer, KeyAnswer::InFlight { order_id } if *order_id == order.id) {
-                entry.answer = KeyAnswer::Accepted(Arc::new(order.clone()));
+        if let Some(entry) = shard.key_mut(&order.user_id, key) {
+            if matches!(&entry.state, KeyState::InFlight(id) if id.is(&order.id)) {
+                entry.state = KeyState::Accepted {
+                    order_id: OrderRef::new(&order.id),
+                    created_at: order.created_at,
+                };
             }
         }
         Ok(())
@@ -247,14 +354,11 @@ impl LocalGate {
         }
         if forget_key {
             if let Some(key) = order.idempotency_key.as_deref() {
-                let k: (Box<str>, Box<str>) = (order.user_id.as_str().into(), key.into());
-                let ours = shard.keys.get(&k).is_some_and(|e| match &e.answer {
-                    KeyAnswer::InFlight { order_id } => *order_id == order.id,
-                    KeyAnswer::Accepted(o) => o.id == order.id,
-                    KeyAnswer::Refused(_) => false,
-                });
+                let ours = shard
+                    .key(&order.user_id, key)
+                    .is_some_and(|e| e.is_for(order));
                 if ours {
-                    shard.keys.remove(&k);
+                    shard.remove_key(&order.user_id, key);
                 }
             }
         }
@@ -301,11 +405,12 @@ impl StockGate for LocalGate {
             let mut shard = self.shard(&state, &order.user_id).lock();
             let entry = KeyEntry {
                 fingerprint: order.fingerprint.as_str().into(),
-                answer: KeyAnswer::Accepted(Arc::new(order.clone())),
+                state: KeyState::Accepted {
+                    order_id: OrderRef::new(&order.id),
+                    created_at: order.created_at,
+                },
             };
-            shard
-                .keys
-                .insert((order.user_id.as_str().into(), key.into()), entry);
+            shard.set_key(&order.user_id, key, entry);
         }
         let state = Arc::new(state);
         self.set_state(sale, || state.clone(), true);
@@ -340,9 +445,8 @@ impl StockGate for LocalGate {
         let state = self.state(sale)?;
         let shard = self.shard(&state, user_id).lock();
         Ok(shard
-            .keys
-            .get(&(user_id.into(), key.into()))
-            .map(|e| e.answer.clone()))
+            .key(user_id, key)
+            .map(|e| e.answer(sale, user_id, key)))
     }
 
     async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError> {
