@@ -141,11 +141,15 @@ impl Shard {
             *slot = entry;
             return;
         }
-        let keys = match self.keys.get_mut(user) {
-            Some(keys) => keys,
-            None => self.keys.entry(user.into()).or_default(),
-        };
-        keys.push((key.into(), entry));
+        match self.keys.get_mut(user) {
+            Some(keys) => keys.push((key.into(), entry)),
+            // Most buyers use one key: room for exactly one (a push would make four).
+            None => {
+                let mut keys = Vec::with_capacity(1);
+                keys.push((key.into(), entry));
+                self.keys.insert(user.into(), keys);
+            }
+        }
     }
 
     fn remove_key(&mut self, user: &str, key: &str) {
