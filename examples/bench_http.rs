@@ -44,6 +44,9 @@ struct Args {
     /// Default: SQLite in a temporary directory.
     #[arg(long)]
     store: Option<String>,
+    /// latency: offer this rate instead of half of the measured selling rate.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -179,8 +182,13 @@ impl Bench<'_> {
 
     /// 5: the selling rate of 2, then an open loop at half of it: p50/p99/p99.9.
     fn latency(&self) -> anyhow::Result<()> {
-        let max = self.selling()?;
-        let rate = (max / 2.0).max(1.0);
+        let (rate, max) = match self.args.rate {
+            Some(rate) => (rate, 2.0 * rate),
+            None => {
+                let max = self.selling()?;
+                ((max / 2.0).max(1.0), max)
+            }
+        };
         let sale = self.create_sale(100_000_000)?;
         let seconds = (self.args.seconds * 3.0).max(5.0);
         let run = self.run(LoadPlan {
