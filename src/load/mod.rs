@@ -317,13 +317,25 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadReport> {
             }
         }
         Schedule::Open { rate } => {
+            // A thread of its own keeps the pace: tokio's timer ticks in whole milliseconds,
+            // so every attempt went out up to 1 ms late and that lateness (rightly counted
+            // from the due time) was the client's, not the server's.
             let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
-            for i in 0..plan.attempts {
-                let due = started + interval.mul_f64(i as f64);
-                if !in_time(due) {
-                    break;
+            let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel();
+            let attempts = plan.attempts;
+            std::thread::spawn(move || {
+                for i in 0..attempts {
+                    let due = started + interval.mul_f64(i as f64);
+                    if !in_time(due) {
+                        break;
+                    }
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    if due_tx.send((i, due)).is_err() {
+                        break;
+                    }
                 }
-                tokio::time::sleep_until(due.into()).await;
+            });
+            while let Some((i, due)) = due_rx.recv().await {
                 offered.fetch_add(1, Ordering::Relaxed);
                 let (client, target, plan, user, progress, live) = (
                     client.clone(),
