@@ -4,8 +4,6 @@
 //! crash. A batch is one transaction with a savepoint per order.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -62,8 +60,6 @@ pub struct SqlStore {
     /// Where batches of new orders are written (the pool itself on PostgreSQL).
     writer: AnyPool,
     dialect: Dialect,
-    /// The SQLite checkpointer runs while this lives.
-    _alive: Arc<()>,
 }
 
 macro_rules! order_columns {
@@ -82,25 +78,19 @@ impl SqlStore {
             Dialect::Sqlite => (url.to_string(), 4),
             Dialect::Postgres => (url.to_string(), 16),
         };
-        let pool = Self::pool(dialect, &url, max_connections, &[]).await?;
+        let pool = Self::pool(dialect, &url, max_connections).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         // SQLite has one writer at a time anyway; a connection of its own keeps the
         // written pages in its cache. Through the shared pool, every batch landed on a
         // connection whose cache another one had made stale, and read its pages again.
-        let alive = Arc::new(());
         let writer = match dialect {
-            Dialect::Sqlite => {
-                tokio::spawn(checkpoint_while(Arc::downgrade(&alive), pool.clone()));
-                const NO_CHECKPOINT_IN_COMMIT: &[&str] = &["PRAGMA wal_autocheckpoint = 0"];
-                Self::pool(dialect, &url, 1, NO_CHECKPOINT_IN_COMMIT).await?
-            }
+            Dialect::Sqlite => Self::pool(dialect, &url, 1).await?,
             Dialect::Postgres => pool.clone(),
         };
         Ok(SqlStore {
             pool,
             writer,
             dialect,
-            _alive: alive,
         })
     }
 
@@ -108,7 +98,6 @@ impl SqlStore {
         dialect: Dialect,
         url: &str,
         max_connections: u32,
-        more_pragmas: &'static [&'static str],
     ) -> Result<AnyPool, sqlx::Error> {
         AnyPoolOptions::new()
             .max_connections(max_connections)
@@ -122,13 +111,8 @@ impl SqlStore {
                             "PRAGMA busy_timeout = 5000",
                             // Savepoint journals in memory, not in a temp file per batch.
                             "PRAGMA temp_store = MEMORY",
-                            // Once checkpointed, the WAL file shrinks back to this.
-                            "PRAGMA journal_size_limit = 67108864",
-                        ]
-                        .iter()
-                        .chain(more_pragmas)
-                        {
-                            conn.execute(*pragma).await?;
+                        ] {
+                            conn.execute(pragma).await?;
                         }
                     }
                     Ok(())
@@ -293,24 +277,6 @@ impl SqlStore {
             }
         }
         Ok(Some(outcomes))
-    }
-}
-
-/// Copies SQLite's WAL back into the database from a pool connection, so that the order
-/// writer never does it: an automatic checkpoint runs inside the commit that crosses
-/// the WAL's size limit and held up every order of that batch (p99 47 ms at half the
-/// selling rate, bench 5). PASSIVE: it never waits for, nor blocks, the writer.
-async fn checkpoint_while(store: Weak<()>, pool: AnyPool) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while store.strong_count() > 0 {
-        tick.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed; trying again");
-        }
     }
 }
 
