@@ -212,6 +212,22 @@ impl Bench<'_> {
             q(0.999),
             run.latency_us.max() as f64 / 1000.0
         );
+        // The same rate on a sold-out sale: the HTTP path without the durable commit.
+        let sold_out = self.create_sale(1)?;
+        self.buy_once(&sold_out)?;
+        let reference = self.run(LoadPlan {
+            schedule: Schedule::Open { rate },
+            duration: Some(Duration::from_secs_f64(seconds)),
+            ..self.plan(Some(&sold_out), None)
+        })?;
+        let q = |x| reference.latency_ms(x);
+        println!(
+            "same rate, sold-out sale (no commit): p50 {:.2} ms · p99 {:.2} ms · p99.9 {:.2} ms · max {:.2} ms",
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            reference.latency_us.max() as f64 / 1000.0
+        );
         Ok(())
     }
 
