@@ -149,7 +149,7 @@ fn throughput_chart(report: &LoadReport) -> String {
     let _ = write!(
         svg,
         "<polyline points=\"{}\" fill=\"none\" stroke=\"#d0582c\" stroke-width=\"2\"/>\
-         <text x=\"{:.0}\" y=\"{:.0}\" fill=\"#7aa6d6\">■ requests answered</text>\
+         <text x=\"{:.0}\" y=\"{:.0}\" style=\"fill:#7aa6d6\">■ requests answered</text>\
          <text x=\"{:.0}\" y=\"{:.0}\" style=\"fill:#d0582c\">— orders accepted (202)</text></svg>",
         points.join(" "),
         WIDTH - 300.0,
@@ -178,10 +178,12 @@ fn latency_chart(report: &LoadReport) -> String {
         (4.0, "99.99%"),
         (5.0, "99.999%"),
     ] {
+        // The last label ends at the axis' end, inside the picture.
+        let anchor = if nines == NINES { "end" } else { "middle" };
         let _ = write!(
             svg,
             "<line class=\"grid\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.0}\" y2=\"{:.0}\"/>\
-             <text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\">{label}</text>",
+             <text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"{anchor}\">{label}</text>",
             MARGIN_TOP,
             HEIGHT - MARGIN_BOTTOM,
             HEIGHT - MARGIN_BOTTOM + 14.0,
