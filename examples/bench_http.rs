@@ -112,72 +112,66 @@ impl Bench<'_> {
     fn ceiling(&self) -> anyhow::Result<()> {
         let sale = self.create_sale(1)?;
         self.buy_once(&sale)?;
-        let mut healthz = Vec::new();
-        let mut sold_out = Vec::new();
-        for _ in 0..self.args.rounds {
-            healthz.push(self.closed(None, Some("/healthz"))?.throughput_rps());
-            let run = self.closed(Some(&sale), None)?;
-            anyhow::ensure!(
-                run.accepted.is_empty() && run.rejected.keys().all(|k| k == "sold_out"),
-                "the sold-out sale answered something else: {:?}",
-                run.rejected
-            );
-            sold_out.push(run.throughput_rps());
-        }
-        report(
-            "flashsale load",
-            "/healthz",
-            &healthz,
+        self.against_healthz(
             "sold-out purchase",
-            &sold_out,
-        );
-        if let Some(wrk) = self.wrk() {
-            let mut healthz = Vec::new();
-            let mut sold_out = Vec::new();
-            for _ in 0..self.args.rounds {
-                healthz.push(wrk.run(&format!("{}/healthz", self.base), None)?);
-                sold_out.push(wrk.run(&self.purchase_url(&sale), Some(&wrk.script))?);
-            }
-            report("wrk", "/healthz", &healthz, "sold-out purchase", &sold_out);
-        }
+            || Ok(sale.clone()),
+            |run| {
+                anyhow::ensure!(
+                    run.accepted.is_empty() && run.rejected.keys().all(|k| k == "sold_out"),
+                    "the sold-out sale answered something else: {:?}",
+                    run.rejected
+                );
+                Ok(())
+            },
+        )?;
         Ok(())
     }
 
     /// 2: purchases that sell (a fresh sale per round, stock that cannot run out, every
     /// buyer new), each acknowledged after its group commit, against /healthz.
     fn selling(&self) -> anyhow::Result<f64> {
-        let mut healthz = Vec::new();
-        let mut selling = Vec::new();
+        self.against_healthz(
+            "selling purchase",
+            || self.create_sale(100_000_000),
+            |run| {
+                let refused: u64 = run.rejected.values().sum();
+                anyhow::ensure!(
+                    refused * 100 <= run.requests,
+                    "more than 1% refused while selling: {:?}",
+                    run.rejected
+                );
+                Ok(())
+            },
+        )
+    }
+
+    /// Rounds of /healthz alternating with purchases from `sale_for_round()`, with our
+    /// client (each run checked by `check`) and then with wrk; prints both comparisons
+    /// and returns our client's median purchase rate.
+    fn against_healthz(
+        &self,
+        name: &str,
+        sale_for_round: impl Fn() -> anyhow::Result<String>,
+        check: impl Fn(&LoadReport) -> anyhow::Result<()>,
+    ) -> anyhow::Result<f64> {
+        let (mut healthz, mut purchase) = (Vec::new(), Vec::new());
         for _ in 0..self.args.rounds {
             healthz.push(self.closed(None, Some("/healthz"))?.throughput_rps());
-            let sale = self.create_sale(100_000_000)?;
-            let run = self.closed(Some(&sale), None)?;
-            let refused: u64 = run.rejected.values().sum();
-            anyhow::ensure!(
-                refused * 100 <= run.requests,
-                "more than 1% refused while selling: {:?}",
-                run.rejected
-            );
-            selling.push(run.throughput_rps());
+            let run = self.closed(Some(&sale_for_round()?), None)?;
+            check(&run)?;
+            purchase.push(run.throughput_rps());
         }
-        report(
-            "flashsale load",
-            "/healthz",
-            &healthz,
-            "selling purchase",
-            &selling,
-        );
+        report("flashsale load", "/healthz", &healthz, name, &purchase);
         if let Some(wrk) = self.wrk() {
-            let mut healthz = Vec::new();
-            let mut selling = Vec::new();
+            let (mut healthz, mut purchase) = (Vec::new(), Vec::new());
             for _ in 0..self.args.rounds {
                 healthz.push(wrk.run(&format!("{}/healthz", self.base), None)?);
-                let sale = self.create_sale(100_000_000)?;
-                selling.push(wrk.run(&self.purchase_url(&sale), Some(&wrk.script))?);
+                let url = self.purchase_url(&sale_for_round()?);
+                purchase.push(wrk.run(&url, Some(&wrk.script))?);
             }
-            report("wrk", "/healthz", &healthz, "selling purchase", &selling);
+            report("wrk", "/healthz", &healthz, name, &purchase);
         }
-        Ok(median(&selling))
+        Ok(median(&purchase))
     }
 
     /// 5: the selling rate of 2, then an open loop at half of it: p50/p99/p99.9.
