@@ -1,23 +1,43 @@
 //! `flashsale check`: reconciles the gate, the bus and the store, and names every
-//! violation of the invariants (DESIGN.md §2) with the orders involved.
+//! violation of the invariants (`crate::audit`) with the orders involved.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::audit::{Audit, Holding, Invariant, SaleFacts};
+use crate::bus::{self, BusError};
+use crate::client::{Client, ClientError};
+use crate::config::Config;
 use crate::domain::{Millis, Order, Sale, now_millis};
-use crate::store::OrderStore;
+use crate::gate::{self, GateError, GateUrl, StockGate};
+use crate::store::{self, OrderStore, StoreError};
 
 /// What the gate says of a sale: remaining units per item, or why it cannot tell.
 pub type GateView = Result<Vec<u32>, String>;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Violation {
-    pub invariant: &'static str,
-    pub sale_id: String,
-    pub detail: String,
-    pub orders: Vec<String>,
+/// How late an unpaid order may be before its reservation counts as leaked (I6):
+/// the sweeper runs every second or so.
+const EXPIRY_GRACE_MS: Millis = 30_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("no sale {0}")]
+    NoSale(String),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct CheckOptions {
+    /// Only this sale (default: every sale).
+    pub sale: Option<String>,
+    /// A running gateway, to read an in-process gate through its API.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -27,18 +47,71 @@ pub struct Report {
     /// Messages on the bus the workers have not stored yet (None: not measurable here).
     pub bus_lag: Option<i64>,
     pub notes: Vec<String>,
-    pub violations: Vec<Violation>,
+    #[serde(flatten)]
+    pub audit: Audit,
 }
 
 impl Report {
     pub fn ok(&self) -> bool {
-        self.violations.is_empty()
+        self.audit.ok()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for v in &self.audit.violations {
+            out.push_str(&format!(
+                "VIOLATION {:?} sale {}: {} orders: [{}]\n",
+                v.invariant,
+                v.sale_id,
+                v.detail,
+                v.orders.join(", ")
+            ));
+        }
+        for note in &self.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
+        let lag = self.bus_lag.map(|l| l.to_string()).unwrap_or_else(|| "n/a".into());
+        out.push_str(&format!(
+            "checked {} sales, {} orders, bus lag {lag}: {}",
+            self.sales,
+            self.orders,
+            if self.ok() { "OK" } else { "VIOLATIONS FOUND" }
+        ));
+        out
     }
 }
 
-/// How late an unpaid order may be before its reservation counts as leaked (I6):
-/// the sweeper runs every second or so.
-const EXPIRY_GRACE_MS: Millis = 30_000;
+/// Checks every sale (or one) of the deployment `config` describes.
+pub async fn run(config: &Config, options: &CheckOptions) -> Result<Report, CheckError> {
+    let store = store::connect(&config.store).await?;
+    let sales = match &options.sale {
+        Some(id) => vec![store.get_sale(id).await?.ok_or_else(|| CheckError::NoSale(id.clone()))?],
+        None => store.list_sales().await?,
+    };
+    let mut report = Report {
+        bus_lag: bus::consumer_lag(&config.bus_settings()).await?,
+        ..Report::default()
+    };
+    if report.bus_lag.is_none() {
+        report
+            .notes
+            .push("in-process bus: assumed drained (it drains within milliseconds)".into());
+    }
+    let quiescent = report.bus_lag.unwrap_or(0) == 0;
+    let gate: Option<std::sync::Arc<dyn StockGate>> = match (&options.url, &config.gate) {
+        (None, GateUrl::Redis(_)) => Some(gate::connect(&config.gate, std::time::Duration::from_secs(5)).await?),
+        _ => None,
+    };
+    for sale in &sales {
+        let view = match (&options.url, &gate) {
+            (Some(url), _) => gate_over_http(url, sale).await,
+            (None, Some(gate)) => gate.remaining(sale).await.map_err(|e| e.to_string()),
+            (None, None) => Err("in-process gate: give --url of the running gateway".into()),
+        };
+        check_sale(store.as_ref(), sale, view, quiescent, &mut report).await?;
+    }
+    Ok(report)
+}
 
 /// Checks one sale against the invariants. `gate` is what the gate holds (if it could
 /// be read) and `quiescent` whether the bus is drained (the gate and the store can only
@@ -49,149 +122,51 @@ pub async fn check_sale(
     gate: GateView,
     quiescent: bool,
     report: &mut Report,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), StoreError> {
     let orders = store.sale_orders(&sale.id).await?;
-    let pending_release = store.pending_releases(Some(&sale.id), i64::MAX).await?;
+    let releasing = store.pending_releases(Some(&sale.id), i64::MAX).await?;
     let counters: HashMap<String, i64> = store.sold_counters(&sale.id).await?.into_iter().collect();
     report.sales += 1;
     report.orders += orders.len();
-    let mut violation = |invariant, detail: String, orders: Vec<&Order>| {
-        report.violations.push(Violation {
-            invariant,
-            sale_id: sale.id.clone(),
-            detail,
-            orders: orders.iter().map(|o| o.id.clone()).collect(),
-        })
-    };
-
+    let facts = SaleFacts::from(sale);
     let live: Vec<&Order> = orders.iter().filter(|o| o.status.holds_stock()).collect();
-    // I1: per item, live units <= stock, and the store's counter agrees with its rows.
+    let mut audit = Audit::default();
+    audit.no_oversell(&facts, live.iter().map(|o| Holding::from(*o)));
+    // I1 also: the store's own counter agrees with its rows.
     for item in &sale.items {
-        let holders: Vec<&Order> = live
+        let holders: Vec<String> = live
             .iter()
-            .copied()
             .filter(|o| o.items.contains_key(&item.id))
+            .map(|o| o.id.clone())
             .collect();
-        let units: i64 = holders.iter().map(|o| o.items[&item.id] as i64).sum();
-        if units > item.stock as i64 {
-            violation(
-                "I1",
-                format!("item {}: {units} units sold of {}", item.id, item.stock),
-                holders.clone(),
-            );
-        }
+        let units: i64 = live.iter().map(|o| o.items.get(&item.id).copied().unwrap_or(0) as i64).sum();
         let counter = counters.get(&item.id).copied().unwrap_or(0);
         if counter != units {
-            violation(
-                "I1",
-                format!(
-                    "item {}: orders hold {units} units but the store's counter says {counter}",
-                    item.id
-                ),
-                holders,
+            let detail = format!(
+                "item {}: orders hold {units} units but the store's counter says {counter}",
+                item.id
             );
+            audit.violation(Invariant::I1, &facts, detail, holders);
         }
     }
-    for order in &orders {
-        if let Some(unknown) = order.items.keys().find(|id| sale.item_index(id).is_none()) {
-            violation(
-                "I1",
-                format!("order of unknown item {unknown}"),
-                vec![order],
-            );
-        }
-    }
-    // I2: per buyer, live units <= the limit.
-    let mut per_buyer: BTreeMap<&str, Vec<&Order>> = BTreeMap::new();
-    for order in &live {
-        per_buyer.entry(&order.user_id).or_default().push(order);
-    }
-    for (user, held) in per_buyer {
-        let units: u32 = held.iter().map(|o| o.total_units()).sum();
-        if units > sale.per_user_limit {
-            violation(
-                "I2",
-                format!(
-                    "buyer {user} holds {units} units (limit {})",
-                    sale.per_user_limit
-                ),
-                held,
-            );
-        }
-    }
-    // I6: no unpaid order outlives its window for long.
-    let now = now_millis();
-    let overdue: Vec<&Order> = orders
-        .iter()
-        .filter(|o| o.is_overdue(now - EXPIRY_GRACE_MS))
-        .collect();
-    if !overdue.is_empty() {
-        violation(
-            "I6",
-            format!(
-                "{} unpaid orders past their window (is a sweeper running?)",
-                overdue.len()
-            ),
-            overdue,
-        );
-    }
-    // I4: units sold according to the gate = units held in the store (plus releases
-    // the store made and the gate has not received yet).
+    audit.within_limit(&facts, live.iter().map(|o| Holding::from(*o)));
+    audit.nothing_leaked(&facts, &orders, now_millis(), EXPIRY_GRACE_MS);
     match gate {
-        Err(why) => report
+        Err(why) => report.notes.push(format!("sale {}: gate not compared: {why}", sale.id)),
+        Ok(_) if !quiescent => report
             .notes
-            .push(format!("sale {}: gate not compared: {why}", sale.id)),
-        Ok(_) if !quiescent => report.notes.push(format!(
-            "sale {}: bus not drained, gate not compared",
-            sale.id
-        )),
-        Ok(remaining) => {
-            for (i, item) in sale.items.iter().enumerate() {
-                let gate_sold = item.stock as i64 - remaining.get(i).copied().unwrap_or(0) as i64;
-                let stored: i64 = live
-                    .iter()
-                    .map(|o| o.items.get(&item.id).copied().unwrap_or(0) as i64)
-                    .sum();
-                let releasing: i64 = pending_release
-                    .iter()
-                    .map(|o| o.items.get(&item.id).copied().unwrap_or(0) as i64)
-                    .sum();
-                if gate_sold != stored + releasing {
-                    violation(
-                        "I4",
-                        format!(
-                            "item {}: the gate has sold {gate_sold} units, the store holds {stored} (+{releasing} being released)",
-                            item.id
-                        ),
-                        vec![],
-                    );
-                }
-            }
-        }
+            .push(format!("sale {}: bus not drained, gate not compared", sale.id)),
+        Ok(remaining) => audit.gate_matches_store(&facts, &remaining, &live, &releasing),
     }
+    report.audit.merge(audit);
     Ok(())
 }
 
 /// Reads a running gateway's view of a sale over HTTP (for an in-process gate).
 pub async fn gate_over_http(base_url: &str, sale: &Sale) -> GateView {
-    let url = format!("{}/api/sales/{}", base_url.trim_end_matches('/'), sale.id);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let body: serde_json::Value = client
-        .get(url)
-        .send()
+    let view = Client::new(base_url)
+        .sale(&sale.id)
         .await
-        .map_err(|e| e.to_string())?
-        .error_for_status()
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    let items = body["items"].as_array().ok_or("no items in the answer")?;
-    Ok(items
-        .iter()
-        .map(|i| i["remaining"].as_u64().unwrap_or(0) as u32)
-        .collect())
+        .map_err(|e: ClientError| e.to_string())?;
+    Ok(view.items.iter().map(|i| i.remaining).collect())
 }

@@ -1,15 +1,31 @@
 //! `flashsale demo`: an embedded engine, a flash sale, many buyers over real HTTP, and
-//! a report whose invariants are checked against the store, not against the answers.
+//! a report whose invariants are checked against the store, not only the answers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
-use serde_json::json;
 
+use crate::audit::{Audit, Holding, SaleFacts};
+use crate::client::{Client, ClientError};
 use crate::config::Config;
-use crate::load::{self, LatencySummary, LoadPlan, LoadReport};
-use crate::server::Server;
-use crate::store;
+use crate::domain::NewSale;
+use crate::load::{self, LatencySummary, LoadError, LoadPlan};
+use crate::server::{Server, StartError};
+use crate::store::{self, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("a temporary directory for the store: {0}")]
+    TempDir(#[from] std::io::Error),
+    #[error("starting the engine: {0}")]
+    Start(#[from] StartError),
+    #[error("talking to the engine: {0}")]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("reading the store: {0}")]
+    Store(#[from] StoreError),
+}
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -32,18 +48,9 @@ pub struct DemoReport {
     /// Units acknowledged to buyers (202).
     pub acknowledged: u64,
     pub rejected: BTreeMap<String, u64>,
-    /// Units in the store beyond the stock (I1).
-    pub oversold: u64,
-    /// Buyers holding more than the per-user limit in the store (I2).
-    pub duplicates: u64,
-    /// Orders acknowledged but not in the store (I3).
-    pub lost: u64,
-    /// Orders in the store nobody was told about (I4).
-    pub phantom: u64,
-    /// Units the gate counts as sold minus units in the store (I4).
-    pub gate_store_gap: i64,
-    /// Retries and double clicks whose answers disagree (I5).
-    pub replay_mismatches: u64,
+    /// I1–I5 from the store, the gate and the answers.
+    #[serde(flatten)]
+    pub audit: Audit,
     pub throughput_rps: f64,
     pub elapsed_s: f64,
     pub latency_ms: LatencySummary,
@@ -51,12 +58,7 @@ pub struct DemoReport {
 
 impl DemoReport {
     pub fn ok(&self) -> bool {
-        self.oversold == 0
-            && self.duplicates == 0
-            && self.lost == 0
-            && self.phantom == 0
-            && self.gate_store_gap == 0
-            && self.replay_mismatches == 0
+        self.audit.ok()
     }
 
     pub fn render(&self) -> String {
@@ -67,13 +69,14 @@ impl DemoReport {
             .collect::<Vec<_>>()
             .join(", ");
         let l = &self.latency_ms;
+        let a = &self.audit;
         format!(
             "flashsale demo: {buyers} buyers raced for {stock} units (limit {limit} per buyer)\n\
              \x20 requests    {requests} in {elapsed:.2} s ({rps:.0} req/s)\n\
              \x20 sold        {sold} of {stock} units ({ack} acknowledged)\n\
              \x20 rejected    {rejected}\n\
              \x20 latency     p50 {p50:.2} ms · p90 {p90:.2} ms · p99 {p99:.2} ms · p99.9 {p999:.2} ms · max {max:.2} ms\n\
-             \x20 invariants  oversold {oversold} · duplicates {dup} · lost {lost} · phantom {phantom} · gate-store gap {gap} · replay mismatches {mm}\n\
+             \x20 invariants  I1 oversold {oversold} · I2 buyers over the limit {over} · I3 lost {lost} · I4 phantom {phantom}, gate-store gap {gap} · I5 replay mismatches {mm}\n\
              \x20 verdict     {verdict}",
             buyers = self.buyers,
             stock = self.stock,
@@ -88,12 +91,12 @@ impl DemoReport {
             p99 = l.p99,
             p999 = l.p999,
             max = l.max,
-            oversold = self.oversold,
-            dup = self.duplicates,
-            lost = self.lost,
-            phantom = self.phantom,
-            gap = self.gate_store_gap,
-            mm = self.replay_mismatches,
+            oversold = a.oversold,
+            over = a.buyers_over_limit,
+            lost = a.lost.unwrap_or(0),
+            phantom = a.phantom.unwrap_or(0),
+            gap = a.gate_store_gap.unwrap_or(0),
+            mm = a.replay_mismatches,
             verdict = if self.ok() {
                 "OK: every invariant holds"
             } else {
@@ -103,9 +106,11 @@ impl DemoReport {
     }
 }
 
-pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
+pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     let dir = tempfile::tempdir()?;
-    let store_url = format!("sqlite://{}", dir.path().join("demo.db").display());
+    let store_url: store::StoreUrl = format!("sqlite://{}", dir.path().join("demo.db").display())
+        .parse()
+        .expect("a sqlite url");
     let config = Config {
         listen: "127.0.0.1:0".into(),
         store: store_url.clone(),
@@ -113,25 +118,19 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
     };
     let server = Server::start(&config).await?;
     let base_url = format!("http://{}", server.addr);
-    let client = reqwest::Client::new();
-
-    let created: serde_json::Value = client
-        .post(format!("{base_url}/api/sales"))
-        .json(&json!({
-            "name": "demo drop",
-            "stock": options.stock,
-            "per_user_limit": options.per_user_limit,
-        }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+    let client = Client::new(&base_url);
+    let sale = client
+        .create_sale(&NewSale {
+            name: "demo drop".into(),
+            stock: Some(options.stock),
+            per_user_limit: Some(options.per_user_limit),
+            ..NewSale::default()
+        })
         .await?;
-    let sale_id = created["id"].as_str().unwrap_or_default().to_string();
 
     let load = load::run(LoadPlan {
-        base_url: base_url.clone(),
-        sale_id: sale_id.clone(),
+        base_url,
+        sale_id: sale.id.clone(),
         buyers: options.buyers,
         attempts: options.buyers,
         schedule: load::Schedule::Closed {
@@ -145,56 +144,30 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         probe: None,
     })
     .await?;
-
-    let after: serde_json::Value = client
-        .get(format!("{base_url}/api/sales/{sale_id}"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let gate_remaining = after["remaining"].as_u64().unwrap_or(0);
+    let gate_remaining: Vec<u32> = client.sale(&sale.id).await?.items.iter().map(|i| i.remaining).collect();
     server.stop().await;
 
     // Audit from the store itself, opened afresh after the server has drained.
-    let store = store::connect(&store_url).await?;
-    let stored = store.sale_orders(&sale_id).await?;
-    Ok(audit(&options, load, stored, gate_remaining))
-}
-
-fn audit(
-    options: &DemoOptions,
-    load: LoadReport,
-    stored: Vec<crate::domain::Order>,
-    gate_remaining: u64,
-) -> DemoReport {
+    let stored = store::connect(&store_url).await?.sale_orders(&sale.id).await?;
     let live: Vec<_> = stored.iter().filter(|o| o.status.holds_stock()).collect();
-    let sold: u64 = live.iter().map(|o| o.total_units() as u64).sum();
-    let mut per_buyer: HashMap<&str, u64> = HashMap::new();
-    for o in &live {
-        *per_buyer.entry(&o.user_id).or_default() += o.total_units() as u64;
-    }
-    let stored_ids: HashSet<&str> = stored.iter().map(|o| o.id.as_str()).collect();
-    let acked_ids: HashSet<&str> = load.accepted.iter().map(|a| a.order_id.as_str()).collect();
-    DemoReport {
+    let facts = SaleFacts::from(&sale);
+    let mut audit = Audit::default();
+    audit.no_oversell(&facts, live.iter().map(|o| Holding::from(*o)));
+    audit.within_limit(&facts, live.iter().map(|o| Holding::from(*o)));
+    audit.acknowledged_equals_stored(&facts, load.accepted.iter().map(|a| a.order_id.as_str()), &stored);
+    audit.gate_matches_store(&facts, &gate_remaining, &live, &[]);
+    audit.replays_agree(&facts, load.replay_mismatches);
+    Ok(DemoReport {
         stock: options.stock,
         buyers: options.buyers,
         per_user_limit: options.per_user_limit,
         requests: load.requests,
-        sold,
+        sold: live.iter().map(|o| o.total_units() as u64).sum(),
         acknowledged: load.accepted.iter().map(|a| a.units() as u64).sum(),
         rejected: load.rejected.clone(),
-        oversold: sold.saturating_sub(options.stock as u64),
-        duplicates: per_buyer
-            .values()
-            .filter(|&&u| u > options.per_user_limit as u64)
-            .count() as u64,
-        lost: acked_ids.difference(&stored_ids).count() as u64,
-        phantom: stored_ids.difference(&acked_ids).count() as u64,
-        gate_store_gap: (options.stock as i64 - gate_remaining as i64) - sold as i64,
-        replay_mismatches: load.replay_mismatches,
+        audit,
         throughput_rps: load.throughput_rps(),
         elapsed_s: load.elapsed.as_secs_f64(),
         latency_ms: LatencySummary::of(&load),
-    }
+    })
 }

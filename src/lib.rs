@@ -2,8 +2,10 @@
 //! the README: a request goes api → engine → gate → bus → worker → store.
 
 pub mod api;
+pub mod audit;
 pub mod bus;
 pub mod check;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod domain;
@@ -12,5 +14,7 @@ pub mod gate;
 pub mod load;
 pub mod server;
 pub mod store;
-pub mod testing;
 pub mod worker;
+
+#[cfg(test)]
+mod test_support;

@@ -29,7 +29,7 @@ fn demo_sells_exactly_the_stock_and_reports_json() {
     assert_eq!(report["acknowledged"], 40);
     for broken in [
         "oversold",
-        "duplicates",
+        "buyers_over_limit",
         "lost",
         "phantom",
         "replay_mismatches",

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use error::ApiError;
-pub use views::{OrderDetail, OrderView, SaleView};
+pub use views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
 
 use crate::domain::{NewSale, PurchaseRequest};
 use crate::engine::Engine;

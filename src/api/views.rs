@@ -1,9 +1,10 @@
-//! What the API shows of sales and orders.
+//! What the API shows of sales and orders. The same types are read back by the typed
+//! client (`crate::client`).
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{Millis, Order, OrderStatus, SaleStatus, now_millis};
 use crate::engine::SaleState;
@@ -14,14 +15,14 @@ pub fn rfc3339(ms: Millis) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemView {
     pub id: String,
     pub stock: u32,
     pub remaining: u32,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SaleView {
     pub id: String,
     pub name: String,
@@ -65,7 +66,7 @@ impl From<SaleState> for SaleView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderView {
     pub id: String,
     pub sale_id: String,
@@ -92,14 +93,14 @@ impl From<&Order> for OrderView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub status: OrderStatus,
     pub at: String,
 }
 
 /// An order with the history of its status: placed, then each change.
-#[derive(Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderDetail {
     #[serde(flatten)]
     pub order: OrderView,

@@ -17,6 +17,9 @@ pub struct Envelope {
     pub reply: oneshot::Sender<Result<(), String>>,
 }
 
+/// The writer's end of the in-process bus.
+pub type OrderInbox = mpsc::Receiver<Envelope>;
+
 pub struct MemoryBus {
     tx: mpsc::Sender<Envelope>,
     /// Orders handed to the writer and not answered yet.
@@ -24,7 +27,7 @@ pub struct MemoryBus {
 }
 
 impl MemoryBus {
-    pub fn new(capacity: usize) -> (MemoryBus, mpsc::Receiver<Envelope>) {
+    pub fn new(capacity: usize) -> (MemoryBus, OrderInbox) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (
             MemoryBus {

@@ -1,16 +1,25 @@
 //! The order bus carries a reserved order to the store. `publish` resolves only once the
-//! order is durable: in embedded mode when the store's transaction holding it committed.
+//! order is durable: in embedded mode when the store's transaction holding it committed,
+//! on Kafka when every in-sync replica has it. `connect` builds either, beside
+//! `gate::connect` and `store::connect`; for the in-process bus it also returns the
+//! inbox the group-commit writer (`crate::worker`) drains.
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
 mod memory;
 
-use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
 
-pub use memory::{Envelope, MemoryBus};
+use async_trait::async_trait;
+
+pub use memory::{Envelope, MemoryBus, OrderInbox};
 
 use crate::domain::{Order, OrderEvent};
+
+/// What a build without Kafka says when asked for it.
+pub const NO_KAFKA: &str =
+    "this build has no Kafka support: build with `cargo build --release --features kafka`";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -23,6 +32,8 @@ pub enum BusError {
     /// Nobody can tell whether the order was stored (e.g. the writer vanished).
     #[error("order outcome unknown: {0}")]
     Unknown(String),
+    #[error("{NO_KAFKA}")]
+    NoKafka,
 }
 
 impl BusError {
@@ -53,109 +64,135 @@ pub trait OrderBus: Send + Sync + 'static {
     }
 }
 
-/// The Kafka topics of DESIGN.md §4, behind an optional prefix (one cluster can then
-/// hold several independent deployments, or tests).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    /// Placed orders (key: sale id + user id).
-    pub orders: String,
-    /// Order status changes.
-    pub events: String,
-    /// Orders the worker could not store, with the reason.
-    pub dlq: String,
+/// Which bus to run, parsed from `memory` or `kafka://host:port[,host:port]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum BusUrl {
+    Memory,
+    Kafka { brokers: String },
 }
 
-impl Topics {
-    pub fn with_prefix(prefix: &str) -> Topics {
-        Topics {
-            orders: format!("{prefix}flashsale.orders"),
-            events: format!("{prefix}flashsale.order-events"),
-            dlq: format!("{prefix}flashsale.orders.dlq"),
+impl std::str::FromStr for BusUrl {
+    type Err = String;
+    fn from_str(url: &str) -> Result<Self, String> {
+        if url == "memory" {
+            return Ok(BusUrl::Memory);
+        }
+        match url.strip_prefix("kafka://").map(|b| b.trim_end_matches('/')) {
+            Some(brokers) if !brokers.is_empty() => Ok(BusUrl::Kafka {
+                brokers: brokers.to_string(),
+            }),
+            _ => Err(format!(
+                "unsupported bus {url:?} (expected memory or kafka://host:port[,host:port])"
+            )),
         }
     }
+}
 
-    pub fn all(&self) -> [&str; 3] {
-        [&self.orders, &self.events, &self.dlq]
+impl TryFrom<String> for BusUrl {
+    type Error = String;
+    fn try_from(url: String) -> Result<Self, String> {
+        url.parse()
     }
 }
 
-/// An order on the bus: versioned JSON; the order id is the dedupe key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OrderMessage {
-    pub v: u32,
-    pub order: Order,
+impl From<BusUrl> for String {
+    fn from(url: BusUrl) -> String {
+        url.to_string()
+    }
 }
 
-/// A message the worker could not store, as it goes to the dead-letter topic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub v: u32,
-    pub reason: String,
-    /// The message as it was read (it may not even be JSON).
-    pub payload: String,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
+impl std::fmt::Display for BusUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusUrl::Memory => f.write_str("memory"),
+            BusUrl::Kafka { brokers } => write!(f, "kafka://{brokers}"),
+        }
+    }
 }
 
-impl OrderMessage {
-    pub const VERSION: u32 = 1;
+/// Everything a bus needs, whichever it is.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    pub url: BusUrl,
+    /// Orders that may wait for the in-process writer; past it, purchases are shed.
+    pub capacity: usize,
+    /// Prefix of the Kafka topic names (`<prefix>flashsale.orders`, …).
+    pub topic_prefix: String,
+    /// The Kafka workers' consumer group.
+    pub worker_group: String,
+    /// Partitions of the Kafka topics when flashsale creates them.
+    pub partitions: i32,
+    /// The longest wait for the broker within a request.
+    pub timeout: Duration,
+}
 
-    pub fn encode(order: &Order) -> Vec<u8> {
-        serde_json::to_vec(&OrderMessage {
-            v: Self::VERSION,
-            order: order.clone(),
+impl BusSettings {
+    /// The Kafka part of the settings; `None` for the in-process bus.
+    #[cfg(feature = "kafka")]
+    pub fn kafka(&self) -> Option<kafka::KafkaSettings> {
+        let BusUrl::Kafka { brokers } = &self.url else {
+            return None;
+        };
+        Some(kafka::KafkaSettings {
+            brokers: brokers.clone(),
+            topics: kafka::Topics::with_prefix(&self.topic_prefix),
+            worker_group: self.worker_group.clone(),
+            partitions: self.partitions,
+            timeout: self.timeout,
         })
-        .expect("orders serialize")
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Order, String> {
-        let message: OrderMessage =
-            serde_json::from_slice(bytes).map_err(|e| format!("undecodable order message: {e}"))?;
-        if message.v != Self::VERSION {
-            return Err(format!("unsupported order message version {}", message.v));
-        }
-        Ok(message.order)
-    }
-
-    /// Key of the message: one buyer's orders of one sale stay in one partition.
-    pub fn key(order: &Order) -> String {
-        format!("{}/{}", order.sale_id, order.user_id)
     }
 }
 
-/// Opens the bus named by `url`. `memory` is handled by the server (it needs the
-/// writer); here: `kafka://host:port[,host:port]`.
-pub fn kafka_brokers(url: &str) -> Option<&str> {
-    url.strip_prefix("kafka://")
-        .map(|rest| rest.trim_end_matches('/'))
+/// Opens the bus, and for the in-process bus the inbox its writer must drain.
+pub async fn connect(
+    settings: &BusSettings,
+) -> Result<(Arc<dyn OrderBus>, Option<OrderInbox>), BusError> {
+    match &settings.url {
+        BusUrl::Memory => {
+            let (bus, inbox) = MemoryBus::new(settings.capacity);
+            Ok((Arc::new(bus), Some(inbox)))
+        }
+        #[cfg(feature = "kafka")]
+        BusUrl::Kafka { .. } => {
+            let kafka = settings.kafka().expect("a Kafka url");
+            Ok((Arc::new(kafka::KafkaBus::connect(kafka).await?), None))
+        }
+        #[cfg(not(feature = "kafka"))]
+        BusUrl::Kafka { .. } => Err(BusError::NoKafka),
+    }
+}
+
+/// Messages on the bus that no worker has stored yet; `None` for the in-process bus
+/// (it drains within milliseconds and is not visible from another process).
+pub async fn consumer_lag(settings: &BusSettings) -> Result<Option<i64>, BusError> {
+    match &settings.url {
+        BusUrl::Memory => Ok(None),
+        #[cfg(feature = "kafka")]
+        BusUrl::Kafka { .. } => {
+            let kafka = settings.kafka().expect("a Kafka url");
+            Ok(Some(kafka.consumer_lag().await?))
+        }
+        #[cfg(not(feature = "kafka"))]
+        BusUrl::Kafka { .. } => Err(BusError::NoKafka),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::OrderStatus;
 
     #[test]
-    fn order_messages_are_versioned_json() {
-        let order = Order {
-            id: "o1".into(),
-            sale_id: "s".into(),
-            user_id: "u".into(),
-            items: [("default".to_string(), 1)].into_iter().collect(),
-            status: OrderStatus::Paid,
-            created_at: 7,
-            expires_at: None,
-            idempotency_key: Some("k".into()),
-            fingerprint: "default:1".into(),
-        };
-        let bytes = OrderMessage::encode(&order);
-        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(json["v"], 1);
-        assert_eq!(json["order"]["id"], "o1");
-        assert_eq!(OrderMessage::decode(&bytes), Ok(order));
-        assert!(OrderMessage::decode(b"not json").is_err());
-        assert!(OrderMessage::decode(br#"{"v": 2, "order": {}}"#).is_err());
-        assert_eq!(kafka_brokers("kafka://a:1,b:2"), Some("a:1,b:2"));
+    fn bus_urls_parse_once() {
+        assert_eq!("memory".parse(), Ok(BusUrl::Memory));
+        assert_eq!(
+            "kafka://a:1,b:2/".parse(),
+            Ok(BusUrl::Kafka {
+                brokers: "a:1,b:2".into()
+            })
+        );
+        assert!("kafka://".parse::<BusUrl>().is_err());
+        assert!("rabbitmq://x".parse::<BusUrl>().is_err());
+        assert_eq!(BusUrl::Kafka { brokers: "a:1".into() }.to_string(), "kafka://a:1");
     }
 }

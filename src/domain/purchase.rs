@@ -9,11 +9,13 @@ use super::{Millis, Sale};
 pub type Units = Vec<(usize, u32)>;
 
 /// Body of `POST /api/sales/{id}/purchase`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
     pub user_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub quantity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<BTreeMap<String, u32>>,
 }
 

@@ -11,20 +11,26 @@ const MAX_STOCK: u32 = 100_000_000;
 const MAX_PER_USER_LIMIT: u32 = 10_000;
 
 /// Body of `POST /api/sales`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewSale {
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stock: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<Vec<NewItem>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub per_user_limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub starts_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ends_at: Option<DateTime<Utc>>,
     /// Seconds a buyer has to pay; 0 (the default) means an order is paid when placed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub payment_window: Option<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewItem {
     pub id: String,
@@ -49,7 +55,7 @@ pub struct Sale {
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SaleStatus {
     Scheduled,

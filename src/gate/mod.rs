@@ -58,20 +58,58 @@ pub enum GateError {
     Unavailable(String),
 }
 
-/// Opens the gate named by `url`: `local`, or `redis://host:port[/db]`.
+/// Which gate to run, parsed from `local` or `redis://host:port[/db]` (also `rediss://`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum GateUrl {
+    Local,
+    Redis(String),
+}
+
+impl std::str::FromStr for GateUrl {
+    type Err = String;
+    fn from_str(url: &str) -> Result<Self, String> {
+        if url == "local" {
+            Ok(GateUrl::Local)
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            Ok(GateUrl::Redis(url.to_string()))
+        } else {
+            Err(format!("unsupported gate {url:?} (expected local or redis://host:port)"))
+        }
+    }
+}
+
+impl TryFrom<String> for GateUrl {
+    type Error = String;
+    fn try_from(url: String) -> Result<Self, String> {
+        url.parse()
+    }
+}
+
+impl From<GateUrl> for String {
+    fn from(url: GateUrl) -> String {
+        url.to_string()
+    }
+}
+
+impl std::fmt::Display for GateUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GateUrl::Local => f.write_str("local"),
+            GateUrl::Redis(url) => f.write_str(url),
+        }
+    }
+}
+
+/// Opens the gate; `deadline` bounds every call to a remote gate.
 pub async fn connect(
-    url: &str,
+    url: &GateUrl,
     deadline: std::time::Duration,
 ) -> Result<Arc<dyn StockGate>, GateError> {
-    if url == "local" {
-        Ok(Arc::new(LocalGate::new()))
-    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-        Ok(Arc::new(RedisGate::connect(url, deadline).await?))
-    } else {
-        Err(GateError::Unavailable(format!(
-            "unsupported gate {url:?} (expected local or redis://…)"
-        )))
-    }
+    Ok(match url {
+        GateUrl::Local => Arc::new(LocalGate::new()),
+        GateUrl::Redis(url) => Arc::new(RedisGate::connect(url, deadline).await?),
+    })
 }
 
 #[async_trait]

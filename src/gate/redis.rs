@@ -35,6 +35,17 @@ pub struct RedisGate {
     drop_hold: Script,
     /// sale id → when this gateway saw it sold out.
     sold_out: Arc<RwLock<HashMap<String, Instant>>>,
+    /// The restock listener; it stops when the gate is dropped.
+    _restock_listener: AbortOnDrop,
+}
+
+/// Owns a background task: aborts it when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The Redis keys of one sale.
@@ -85,7 +96,7 @@ impl RedisGate {
         .map_err(|_| unavailable("timed out connecting to Redis"))?
         .map_err(unavailable)?;
         let sold_out = Arc::new(RwLock::new(HashMap::new()));
-        tokio::spawn(listen_for_restock(client, sold_out.clone()));
+        let listener = tokio::spawn(listen_for_restock(client, sold_out.clone()));
         Ok(RedisGate {
             conn,
             deadline,
@@ -95,6 +106,7 @@ impl RedisGate {
             open: Script::new(include_str!("lua/open.lua")),
             drop_hold: Script::new(include_str!("lua/drop_hold.lua")),
             sold_out,
+            _restock_listener: AbortOnDrop(listener),
         })
     }
 

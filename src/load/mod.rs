@@ -1,10 +1,15 @@
 //! Load generator: many buyers racing for a sale over real HTTP, some retrying or
 //! double-clicking with the same Idempotency-Key. `flashsale load` and `demo` run it;
-//! `report.rs` turns its report into one self-contained HTML page.
+//! `attempt.rs` is one buyer's attempt, `summary.rs` what a run amounts to (with the
+//! audit from the answers), `report.rs` the same as one self-contained HTML page.
 
+mod attempt;
 mod report;
+mod summary;
 
+pub use attempt::{AcceptedOrder, Answer};
 pub use report::write_html;
+pub use summary::{LatencySummary, LoadAudit, Summary};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +17,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde_json::json;
+
+use crate::client::{Client, ClientError, SaleView};
+use attempt::{BuyerRun, Target, buy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading sale {0}: {1}")]
+    Sale(String, #[source] ClientError),
+    #[error("building the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("a buyer task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// How requests are offered.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,36 +77,6 @@ impl LoadPlan {
     }
 }
 
-/// The answer to one request, as the buyer saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    Accepted {
-        order_id: String,
-        items: BTreeMap<String, u32>,
-    },
-    /// A 2xx answer to a probe (`LoadPlan::probe`).
-    Probed,
-    Refused {
-        status: u16,
-        code: String,
-    },
-    /// No HTTP answer at all (connection refused or reset).
-    Transport,
-}
-
-#[derive(Debug, Clone)]
-pub struct AcceptedOrder {
-    pub user_id: String,
-    pub order_id: String,
-    pub items: BTreeMap<String, u32>,
-}
-
-impl AcceptedOrder {
-    pub fn units(&self) -> u32 {
-        self.items.values().sum()
-    }
-}
-
 #[derive(Debug)]
 pub struct LoadReport {
     pub requests: u64,
@@ -111,7 +98,7 @@ pub struct LoadReport {
     pub attempts: u64,
     pub elapsed: Duration,
     /// The sale as `GET /api/sales/{id}` showed it before the run (none for a probe).
-    pub sale: Option<serde_json::Value>,
+    pub sale: Option<SaleView>,
 }
 
 impl LoadReport {
@@ -122,82 +109,6 @@ impl LoadReport {
     /// A latency quantile in milliseconds.
     pub fn latency_ms(&self, quantile: f64) -> f64 {
         self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
-    }
-}
-
-struct BuyerRun {
-    requests: u64,
-    /// Latency of each of its requests, in microseconds.
-    latencies_us: Vec<u64>,
-    answers: Vec<(String, Answer, u16)>,
-    mismatch: bool,
-    /// Second of the run in which the attempt ended.
-    second: usize,
-}
-
-/// What every attempt sends, worked out once before the run.
-struct Target {
-    url: String,
-    probe: bool,
-    /// Item ids, when the sale has several (attempts then buy a set of them).
-    items: Vec<String>,
-    per_user_limit: u32,
-}
-
-impl Target {
-    async fn new(
-        client: &reqwest::Client,
-        plan: &LoadPlan,
-    ) -> anyhow::Result<(Target, Option<serde_json::Value>)> {
-        let base = plan.base_url.trim_end_matches('/');
-        if let Some(path) = &plan.probe {
-            let target = Target {
-                url: format!("{base}/{}", path.trim_start_matches('/')),
-                probe: true,
-                items: Vec::new(),
-                per_user_limit: 1,
-            };
-            return Ok((target, None));
-        }
-        let response = client
-            .get(format!("{base}/api/sales/{}", plan.sale_id))
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            anyhow::bail!("GET sale {}: {}", plan.sale_id, response.status());
-        }
-        let sale: serde_json::Value = response.json().await?;
-        let items: Vec<String> = sale["items"]
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|i| i["id"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let target = Target {
-            url: format!("{base}/api/sales/{}/purchase", plan.sale_id),
-            probe: false,
-            items: if items.len() > 1 { items } else { Vec::new() },
-            per_user_limit: sale["per_user_limit"].as_u64().unwrap_or(1) as u32,
-        };
-        Ok((target, Some(sale)))
-    }
-
-    /// The body of one attempt: a quantity, or one unit each of a random set of items.
-    fn body(&self, user: &str, quantity: u32) -> serde_json::Value {
-        if self.items.is_empty() {
-            return json!({ "user_id": user, "quantity": quantity });
-        }
-        let most = self.items.len().min(self.per_user_limit.max(1) as usize);
-        let count = fastrand::usize(1..=most);
-        let items: serde_json::Map<String, serde_json::Value> =
-            fastrand::choose_multiple(self.items.iter(), count)
-                .into_iter()
-                .map(|id| (id.clone(), json!(1)))
-                .collect();
-        json!({ "user_id": user, "items": items })
     }
 }
 
@@ -249,12 +160,13 @@ fn progress_bar(plan: &LoadPlan) -> indicatif::ProgressBar {
     bar
 }
 
-pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadReport> {
-    let client = reqwest::Client::builder()
+pub async fn run(plan: LoadPlan) -> Result<LoadReport, LoadError> {
+    let http = reqwest::Client::builder()
         .pool_max_idle_per_host(plan.connections() * 2)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let (target, sale) = Target::new(&client, &plan).await?;
+    let client = Client::with_http(&plan.base_url, http);
+    let (target, sale) = Target::new(client, &plan).await?;
     let progress = progress_bar(&plan);
     let live = Arc::new(Live::default());
     let plan = Arc::new(plan);
@@ -285,8 +197,7 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadReport> {
     match plan.schedule {
         Schedule::Closed { connections } => {
             for _ in 0..connections.max(1) {
-                let (client, target, plan, next, user_of, progress, live) = (
-                    client.clone(),
+                let (target, plan, next, user_of, progress, live) = (
                     target.clone(),
                     plan.clone(),
                     offered.clone(),
@@ -305,7 +216,7 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadReport> {
                             next.fetch_sub(1, Ordering::Relaxed);
                             break;
                         }
-                        let run = buy(&client, &target, &plan, user_of(i), None, started).await;
+                        let run = buy(&target, &plan, user_of(i), None, started).await;
                         live.count(&run);
                         runs.push(run);
                         if plan.duration.is_none() {
@@ -337,8 +248,7 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadReport> {
             });
             while let Some((i, due)) = due_rx.recv().await {
                 offered.fetch_add(1, Ordering::Relaxed);
-                let (client, target, plan, user, progress, live) = (
-                    client.clone(),
+                let (target, plan, user, progress, live) = (
                     target.clone(),
                     plan.clone(),
                     user_of(i),
@@ -346,7 +256,7 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadReport> {
                     live.clone(),
                 );
                 tasks.spawn(async move {
-                    let run = buy(&client, &target, &plan, user, Some(due), started).await;
+                    let run = buy(&target, &plan, user, Some(due), started).await;
                     live.count(&run);
                     if plan.duration.is_none() {
                         progress.inc(1);
@@ -416,117 +326,6 @@ impl LoadReport {
     }
 }
 
-/// One buyer's attempt: a single request, a retry after the answer, or a double click.
-async fn buy(
-    client: &reqwest::Client,
-    target: &Target,
-    plan: &LoadPlan,
-    user: String,
-    due: Option<Instant>,
-    started: Instant,
-) -> BuyerRun {
-    let body = (!target.probe).then(|| target.body(&user, plan.quantity));
-    let body = body.as_ref();
-    let sent_at = Instant::now();
-    let roll = fastrand::f64();
-    let key = uuid::Uuid::new_v4().to_string();
-    let (answers, mismatch) = if target.probe {
-        (vec![send(client, target, body, None).await], false)
-    } else if roll < plan.double_click_ratio {
-        let (a, b) = tokio::join!(
-            send(client, target, body, Some(&key)),
-            send(client, target, body, Some(&key))
-        );
-        let mismatch = !consistent(&a.0, &b.0);
-        (vec![a, b], mismatch)
-    } else if roll < plan.double_click_ratio + plan.retry_ratio {
-        let first = send(client, target, body, Some(&key)).await;
-        let again = send(client, target, body, Some(&key)).await;
-        let mismatch = !consistent(&first.0, &again.0);
-        (vec![first, again], mismatch)
-    } else {
-        let key = fastrand::bool().then_some(key.as_str());
-        (vec![send(client, target, body, key).await], false)
-    };
-    // On the open loop, the first request's wait for its turn counts as latency.
-    let latencies_us = answers
-        .iter()
-        .enumerate()
-        .map(|(i, (_, took, _))| match due {
-            Some(due) if i == 0 => (sent_at + *took).saturating_duration_since(due),
-            _ => *took,
-        })
-        .map(|d| d.as_micros() as u64)
-        .collect();
-    BuyerRun {
-        requests: answers.len() as u64,
-        latencies_us,
-        answers: answers
-            .into_iter()
-            .map(|(answer, _, status)| (user.clone(), answer, status))
-            .collect(),
-        mismatch,
-        second: started.elapsed().as_secs() as usize,
-    }
-}
-
-/// Two answers to the same key agree, unless one of them is a transient failure.
-fn consistent(a: &Answer, b: &Answer) -> bool {
-    let transient = |x: &Answer| match x {
-        Answer::Transport => true,
-        Answer::Refused { status, .. } => *status >= 500 || *status == 429,
-        Answer::Accepted { .. } | Answer::Probed => false,
-    };
-    transient(a) || transient(b) || a == b
-}
-
-/// One request: its answer, how long it took and its HTTP status (0: none).
-async fn send(
-    client: &reqwest::Client,
-    target: &Target,
-    body: Option<&serde_json::Value>,
-    key: Option<&str>,
-) -> (Answer, Duration, u16) {
-    let started = Instant::now();
-    let mut request = match body {
-        Some(body) => client.post(&target.url).json(body),
-        None => client.get(&target.url),
-    };
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    let (answer, status) = match request.send().await {
-        Err(_) => (Answer::Transport, 0),
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let answer = if target.probe {
-                match response.bytes().await {
-                    Ok(_) if (200..300).contains(&status) => Answer::Probed,
-                    Ok(_) => Answer::Refused {
-                        status,
-                        code: format!("http_{status}"),
-                    },
-                    Err(_) => Answer::Transport,
-                }
-            } else {
-                match response.json::<serde_json::Value>().await {
-                    Err(_) => Answer::Transport,
-                    Ok(v) if status == 202 => Answer::Accepted {
-                        order_id: v["id"].as_str().unwrap_or_default().to_string(),
-                        items: serde_json::from_value(v["items"].clone()).unwrap_or_default(),
-                    },
-                    Ok(v) => Answer::Refused {
-                        status,
-                        code: v["code"].as_str().unwrap_or("unknown").to_string(),
-                    },
-                }
-            };
-            (answer, status)
-        }
-    };
-    (answer, started.elapsed(), status)
-}
-
 /// 0..n in random order, so buyer ids do not arrive sorted.
 fn shuffled(n: u64) -> Vec<u64> {
     let mut ids: Vec<u64> = (0..n).collect();
@@ -535,123 +334,8 @@ fn shuffled(n: u64) -> Vec<u64> {
 }
 
 /// Microseconds from 1 µs to 10 minutes, 3 significant digits.
-fn latency_histogram() -> Histogram<u64> {
+pub(crate) fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
-}
-
-/// What `flashsale load --json` prints: the report, and an audit made from the answers
-/// alone (the store is not at hand from the client side).
-#[derive(Debug, serde::Serialize)]
-pub struct Summary {
-    pub requests: u64,
-    /// Attempts offered (a retry or a double click is part of its attempt).
-    pub attempts: u64,
-    /// Offered attempts per second (open loop only).
-    pub offered_rps: Option<f64>,
-    pub throughput_rps: f64,
-    pub elapsed_s: f64,
-    pub accepted: u64,
-    /// Units acknowledged with 202.
-    pub acknowledged: u64,
-    pub rejected: BTreeMap<String, u64>,
-    /// Answers by HTTP status (`0`: no answer).
-    pub by_status: BTreeMap<u16, u64>,
-    pub latency_ms: LatencySummary,
-    /// Requests answered in each second of the run.
-    pub per_second: Vec<u64>,
-    /// Orders acknowledged in each second of the run.
-    pub accepted_per_second: Vec<u64>,
-    pub audit: Audit,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct LatencySummary {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct Audit {
-    pub stock: u64,
-    /// Units acknowledged beyond an item's stock, summed over the items.
-    pub oversold: u64,
-    /// Buyers acknowledged more units than the per-user limit.
-    pub buyers_over_limit: u64,
-    pub replay_mismatches: u64,
-    pub ok: bool,
-}
-
-impl Audit {
-    fn new(report: &LoadReport) -> Audit {
-        let none = serde_json::Value::Null;
-        let sale = report.sale.as_ref().unwrap_or(&none);
-        let limit = sale["per_user_limit"].as_u64().unwrap_or(u64::MAX);
-        let item_stock: BTreeMap<&str, u64> = sale["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| Some((i["id"].as_str()?, i["stock"].as_u64()?)))
-            .collect();
-        let mut per_item: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut per_buyer: std::collections::HashMap<&str, u64> = Default::default();
-        for a in &report.accepted {
-            for (item, units) in &a.items {
-                *per_item.entry(item).or_default() += *units as u64;
-            }
-            *per_buyer.entry(&a.user_id).or_default() += a.units() as u64;
-        }
-        let oversold = per_item
-            .iter()
-            .map(|(item, &sold)| sold.saturating_sub(item_stock.get(item).copied().unwrap_or(0)))
-            .sum();
-        let buyers_over_limit = per_buyer.values().filter(|&&u| u > limit).count() as u64;
-        Audit {
-            stock: sale["stock"].as_u64().unwrap_or(0),
-            oversold,
-            buyers_over_limit,
-            replay_mismatches: report.replay_mismatches,
-            ok: oversold == 0 && buyers_over_limit == 0 && report.replay_mismatches == 0,
-        }
-    }
-}
-
-impl LatencySummary {
-    pub fn of(report: &LoadReport) -> LatencySummary {
-        let q = |x| report.latency_ms(x);
-        LatencySummary {
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-            p999: q(0.999),
-            max: report.latency_us.max() as f64 / 1000.0,
-        }
-    }
-}
-
-impl Summary {
-    pub fn new(plan: &LoadPlan, report: &LoadReport) -> Summary {
-        Summary {
-            requests: report.requests,
-            attempts: report.attempts,
-            offered_rps: match plan.schedule {
-                Schedule::Open { rate } => Some(rate),
-                Schedule::Closed { .. } => None,
-            },
-            throughput_rps: report.throughput_rps(),
-            elapsed_s: report.elapsed.as_secs_f64(),
-            accepted: report.accepted.len() as u64,
-            acknowledged: report.accepted.iter().map(|a| a.units() as u64).sum(),
-            rejected: report.rejected.clone(),
-            by_status: report.by_status.clone(),
-            latency_ms: LatencySummary::of(report),
-            per_second: report.per_second.clone(),
-            accepted_per_second: report.accepted_per_second.clone(),
-            audit: Audit::new(report),
-        }
-    }
 }
 
 /// `30s`, `2m`, `500ms` or a bare number of seconds.
@@ -690,53 +374,5 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5 days").is_err());
-    }
-
-    fn report_with(sale: serde_json::Value, accepted: Vec<(&str, &[(&str, u32)])>) -> LoadReport {
-        LoadReport {
-            requests: accepted.len() as u64,
-            accepted: accepted
-                .into_iter()
-                .enumerate()
-                .map(|(i, (user, items))| AcceptedOrder {
-                    user_id: user.into(),
-                    order_id: format!("o{i}"),
-                    items: items.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-                })
-                .collect(),
-            rejected: BTreeMap::new(),
-            replay_mismatches: 0,
-            latency_us: latency_histogram(),
-            by_status: BTreeMap::new(),
-            per_second: vec![],
-            accepted_per_second: vec![],
-            attempts: 0,
-            elapsed: Duration::from_secs(1),
-            sale: Some(sale),
-        }
-    }
-
-    #[test]
-    fn the_audit_counts_oversold_units_per_item_and_buyers_over_the_limit() {
-        let sale = json!({"stock": 3, "per_user_limit": 2, "items": [
-            {"id": "a", "stock": 1}, {"id": "b", "stock": 2}]});
-        let fine = report_with(
-            sale.clone(),
-            vec![("u1", &[("a", 1), ("b", 1)]), ("u2", &[("b", 1)])],
-        );
-        assert!(Audit::new(&fine).ok);
-        // Three units in all (not above the stock of 3), but item a sold twice.
-        let oversold = report_with(
-            sale.clone(),
-            vec![("u1", &[("a", 1)]), ("u2", &[("a", 1), ("b", 1)])],
-        );
-        let audit = Audit::new(&oversold);
-        assert_eq!((audit.oversold, audit.ok), (1, false));
-        let greedy = report_with(
-            sale,
-            vec![("u1", &[("a", 1), ("b", 1)]), ("u1", &[("b", 1)])],
-        );
-        let audit = Audit::new(&greedy);
-        assert_eq!((audit.buyers_over_limit, audit.ok), (1, false));
     }
 }

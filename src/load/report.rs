@@ -72,9 +72,9 @@ pub fn render(plan: &LoadPlan, report: &LoadReport, summary: &Summary) -> String
             format!(
                 "stock {} · oversold {} · buyers over the limit {} · replay mismatches {} → <b>{}</b>",
                 a.stock,
-                a.oversold,
-                a.buyers_over_limit,
-                a.replay_mismatches,
+                a.audit.oversold,
+                a.audit.buyers_over_limit,
+                a.audit.replay_mismatches,
                 if a.ok { "OK" } else { "BROKEN" }
             ),
         ));

@@ -14,8 +14,6 @@ use crate::domain::{Millis, Order, OrderStatus, Sale};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported store url {0:?} (expected sqlite://PATH or postgres://…)")]
-    UnsupportedUrl(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -90,6 +88,53 @@ pub struct Transition {
     pub moved: bool,
 }
 
-pub async fn connect(url: &str) -> Result<Arc<dyn OrderStore>, StoreError> {
+/// Which store to run: `sqlite://PATH` or `postgres://…` (also `postgresql://`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StoreUrl {
+    pub dialect: Dialect,
+    url: String,
+}
+
+impl StoreUrl {
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+    fn from_str(url: &str) -> Result<Self, String> {
+        let dialect = Dialect::of(url).ok_or_else(|| {
+            format!("unsupported store {url:?} (expected sqlite://PATH or postgres://…)")
+        })?;
+        Ok(StoreUrl {
+            dialect,
+            url: url.to_string(),
+        })
+    }
+}
+
+impl TryFrom<String> for StoreUrl {
+    type Error = String;
+    fn try_from(url: String) -> Result<Self, String> {
+        url.parse()
+    }
+}
+
+impl From<StoreUrl> for String {
+    fn from(url: StoreUrl) -> String {
+        url.url
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// Opens the store and applies its migrations.
+pub async fn connect(url: &StoreUrl) -> Result<Arc<dyn OrderStore>, StoreError> {
     Ok(Arc::new(SqlStore::connect(url).await?))
 }

@@ -10,8 +10,11 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 
-use crate::bus::kafka::{client_config, producer_config, read_after_committed};
-use crate::bus::{BusError, DeadLetter, OrderMessage, Topics};
+use super::Replay;
+use crate::bus::BusError;
+use crate::bus::kafka::{
+    DeadLetter, KafkaSettings, OrderMessage, client_config, producer_config, read_after_committed,
+};
 use crate::store::{InsertOutcome, OrderStore};
 
 #[derive(Debug, Clone, Serialize)]
@@ -19,13 +22,6 @@ pub struct Letter {
     pub partition: i32,
     pub offset: i64,
     pub letter: DeadLetter,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct Replay {
-    pub stored: Vec<String>,
-    /// Letters that failed again: (order id or payload, reason).
-    pub failed: Vec<(String, String)>,
 }
 
 fn kafka(e: rdkafka::error::KafkaError) -> BusError {
@@ -66,16 +62,11 @@ fn read(
     Ok((letters, next))
 }
 
-pub async fn list(
-    brokers: &str,
-    topics: &Topics,
-    worker_group: &str,
-    all: bool,
-) -> Result<Vec<Letter>, BusError> {
+pub async fn list(bus: &KafkaSettings, all: bool) -> Result<Vec<Letter>, BusError> {
     let (brokers, topic, group) = (
-        brokers.to_string(),
-        topics.dlq.clone(),
-        replay_group(worker_group),
+        bus.brokers.clone(),
+        bus.topics.dlq.clone(),
+        replay_group(&bus.worker_group),
     );
     tokio::task::spawn_blocking(move || {
         read(&brokers, &topic, &group, all).map(|(letters, _)| letters)
@@ -85,12 +76,8 @@ pub async fn list(
 }
 
 /// Stores every letter not replayed yet; what fails again goes back to the topic.
-pub async fn replay(
-    brokers: &str,
-    topics: &Topics,
-    worker_group: &str,
-    store: &dyn OrderStore,
-) -> Result<Replay, BusError> {
+pub async fn replay(bus: &KafkaSettings, store: &dyn OrderStore) -> Result<Replay, BusError> {
+    let (brokers, topics, worker_group) = (bus.brokers.as_str(), &bus.topics, &bus.worker_group);
     let (b, topic, group) = (
         brokers.to_string(),
         topics.dlq.clone(),

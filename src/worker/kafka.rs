@@ -14,41 +14,25 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::bus::kafka::{client_config, ensure_topics, producer_config};
-use crate::bus::{DeadLetter, OrderMessage, Topics};
+use crate::bus::kafka::{
+    DeadLetter, KafkaSettings, OrderMessage, client_config, ensure_topics, producer_config,
+};
+use super::WorkerError;
 use crate::store::{InsertOutcome, OrderStore};
 
+/// A worker's settings: where the bus is, and how it batches.
 #[derive(Debug, Clone)]
 pub struct KafkaWorkerConfig {
-    pub brokers: String,
-    pub topics: Topics,
-    pub group: String,
-    pub partitions: i32,
+    pub bus: KafkaSettings,
     pub max_batch: usize,
     /// How long a batch waits for more messages once it has one.
     pub linger: Duration,
 }
 
-impl KafkaWorkerConfig {
-    /// The worker's part of the settings; `None` when the bus is not Kafka.
-    pub fn from_config(config: &crate::config::Config) -> Option<KafkaWorkerConfig> {
-        Some(KafkaWorkerConfig {
-            brokers: crate::bus::kafka_brokers(&config.bus)?.to_string(),
-            topics: Topics::with_prefix(&config.topic_prefix),
-            group: config.worker_group.clone(),
-            partitions: config.kafka_partitions,
-            max_batch: config.batch_max,
-            linger: Duration::from_millis(config.worker_linger_ms),
-        })
+impl From<rdkafka::error::KafkaError> for WorkerError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        WorkerError::Kafka(e.to_string())
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("bus: {0}")]
-    Bus(#[from] crate::bus::BusError),
 }
 
 pub async fn run(
@@ -56,25 +40,26 @@ pub async fn run(
     store: Arc<dyn OrderStore>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    let bus = &config.bus;
     ensure_topics(
-        &config.brokers,
-        &config.topics,
-        config.partitions,
+        &bus.brokers,
+        &bus.topics,
+        bus.partitions,
         Duration::from_secs(10),
     )
     .await?;
-    let consumer: StreamConsumer = client_config(&config.brokers)
-        .set("group.id", &config.group)
+    let consumer: StreamConsumer = client_config(&bus.brokers)
+        .set("group.id", &bus.worker_group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         // A killed worker's partitions move to the others within seconds.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
         .create()?;
-    consumer.subscribe(&[&config.topics.orders])?;
-    let dlq: FutureProducer = producer_config(&config.brokers, Duration::from_secs(10)).create()?;
+    consumer.subscribe(&[&bus.topics.orders])?;
+    let dlq: FutureProducer = producer_config(&bus.brokers, Duration::from_secs(10)).create()?;
     tokio::pin!(shutdown);
-    tracing::info!(group = %config.group, topic = %config.topics.orders, "worker consuming");
+    tracing::info!(group = %bus.worker_group, topic = %bus.topics.orders, "worker consuming");
 
     loop {
         let first = tokio::select! {
@@ -102,7 +87,7 @@ pub async fn run(
         }
         let consumed = deadline.elapsed();
         let stored_at = tokio::time::Instant::now();
-        store_batch(&batch, store.as_ref(), &dlq, &config.topics.dlq).await;
+        store_batch(&batch, store.as_ref(), &dlq, &bus.topics.dlq).await;
         let store_time = stored_at.elapsed();
         let committed_at = tokio::time::Instant::now();
         let commit = consumer.commit(&offsets_after(&batch), CommitMode::Sync);

@@ -1,4 +1,5 @@
-//! Helpers for tests that need real services (used by unit and integration tests).
+//! Helpers for the unit tests that need real services (the integration tests have their
+//! own in `tests/helpers/`).
 
 /// Where tests find PostgreSQL: `FLASHSALE_TEST_POSTGRES`, or the local server.
 pub fn postgres_server_url() -> String {

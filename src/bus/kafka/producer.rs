@@ -1,0 +1,84 @@
+//! The producer side of the Kafka bus: client settings every client shares, the
+//! producer's settings (idempotent, `acks=all`), and the delivery report that tells
+//! whether a failed message may still have been written.
+
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{ProducerContext, ThreadedProducer};
+use rdkafka::bindings::{rd_kafka_message_status, rd_kafka_msg_status_t};
+use tokio::sync::oneshot;
+
+use crate::bus::BusError;
+
+/// What the delivery report said.
+#[derive(Debug)]
+pub(super) enum Delivered {
+    Persisted,
+    NotPersisted(String),
+    PossiblyPersisted(String),
+}
+
+pub(super) struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<oneshot::Sender<Delivered>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
+        let delivered = match result {
+            Ok(_) => Delivered::Persisted,
+            Err((error, message)) => {
+                // SAFETY: the message is valid for the duration of this callback.
+                let status = unsafe { rd_kafka_message_status(message.ptr()) };
+                match status {
+                    rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED => {
+                        Delivered::NotPersisted(error.to_string())
+                    }
+                    _ => Delivered::PossiblyPersisted(error.to_string()),
+                }
+            }
+        };
+        let _ = reply.send(delivered);
+    }
+}
+
+pub(super) type OrderProducer = ThreadedProducer<DeliveryContext>;
+
+/// Settings shared by every client of the bus.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "flashsale");
+    config
+}
+
+/// The producer settings: idempotent, acks from every in-sync replica, and a delivery
+/// deadline so that a buyer never waits longer than `timeout` for an answer.
+pub fn producer_config(brokers: &str, timeout: Duration) -> ClientConfig {
+    let mut config = client_config(brokers);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set(
+            "message.timeout.ms",
+            timeout.as_millis().max(100).to_string(),
+        )
+        .set(
+            "request.timeout.ms",
+            timeout.as_millis().max(100).to_string(),
+        );
+    config
+}
+
+pub(super) fn new_producer(brokers: &str, timeout: Duration) -> Result<OrderProducer, BusError> {
+    producer_config(brokers, timeout)
+        .create_with_context(DeliveryContext)
+        .map_err(|e| BusError::NotStored(format!("kafka producer: {e}")))
+}
+

@@ -1,0 +1,141 @@
+//! The engine runs a purchase through the pipeline, gate → bus → (store), and answers
+//! only once the order is durable; a failure after the gate releases the reservation
+//! before the buyer hears of it. One concern per file:
+//!
+//! - `purchase.rs`: decide → publish → confirm or release; replays of a key.
+//! - `orders.rs`: the order lifecycle: pay, cancel, expire, and giving units back.
+//! - `recovery.rs`: the one place that rebuilds a sale the gate lost.
+//! - `sweeper.rs`: the periodic pass that expires unpaid orders and finishes releases.
+//! - `sales.rs`: creating sales and reading them (a cache; a read never rebuilds).
+
+mod orders;
+mod purchase;
+mod recovery;
+mod sales;
+mod sweeper;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use recovery::snapshot;
+pub use sales::SaleState;
+pub use sweeper::{Sweep, run as run_sweeper};
+
+use crate::bus::OrderBus;
+use crate::domain::{OrderEvent, OrderStatus, Refusal};
+use crate::gate::{GateError, StockGate};
+use crate::store::{OrderStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no sale {0}")]
+    SaleNotFound(String),
+    #[error("no order {0}")]
+    OrderNotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}", .0.code())]
+    Refused(Refusal),
+    #[error("this idempotency key was used for a different purchase")]
+    KeyReused,
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The order is in a status that does not allow the step (e.g. paying an expired order).
+    #[error("the order is {}", .0.as_str())]
+    OrderIs(OrderStatus),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        EngineError::Unavailable("order store unavailable".into())
+    }
+}
+
+impl From<GateError> for EngineError {
+    fn from(e: GateError) -> Self {
+        match e {
+            GateError::UnknownSale(id) => EngineError::SaleNotFound(id),
+            GateError::Unavailable(reason) => {
+                tracing::error!(%reason, "gate unavailable");
+                EngineError::Unavailable("stock gate unavailable".into())
+            }
+        }
+    }
+}
+
+/// The engine's own timings (the rest of the settings belong to the stages).
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// How long a retry waits for the first request with its key to finish.
+    pub replay_wait: Duration,
+    /// How long a rebuild of the gate waits for the bus to drain.
+    pub recovery_wait: Duration,
+    /// How old a reservation without an answer from the bus must be before the sweeper
+    /// takes its gateway for dead.
+    pub hold_grace: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            replay_wait: Duration::from_secs(2),
+            recovery_wait: Duration::from_secs(30),
+            hold_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct Engine {
+    gate: Arc<dyn StockGate>,
+    bus: Arc<dyn OrderBus>,
+    store: Arc<dyn OrderStore>,
+    settings: EngineSettings,
+    sales: sales::SaleCache,
+    /// Replays of a key waiting for its first request, woken when it settles.
+    key_waiters: Arc<purchase::KeyWaiters>,
+    recovery: recovery::Rebuilds,
+    /// Status changes, for whoever listens in this process (live pages, tests).
+    events: tokio::sync::broadcast::Sender<OrderEvent>,
+}
+
+impl Engine {
+    /// Wires the stages and brings the gate up to date with the store: every sale the
+    /// gate does not hold is rebuilt from the orders stored (restart on the same file).
+    pub async fn start(
+        gate: Arc<dyn StockGate>,
+        bus: Arc<dyn OrderBus>,
+        store: Arc<dyn OrderStore>,
+        settings: EngineSettings,
+    ) -> Result<Engine, EngineError> {
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        let engine = Engine {
+            gate,
+            bus,
+            store,
+            settings,
+            sales: Default::default(),
+            key_waiters: Default::default(),
+            recovery: Default::default(),
+            events,
+        };
+        for sale in engine.store.list_sales().await? {
+            // A sale that cannot be restored yet (its bus not drained) is restored when
+            // the gate next reports it missing.
+            if let Err(e) = engine.restore_if_missing(&sale).await {
+                tracing::warn!(sale = %sale.id, error = %e, "sale not restored at start");
+            }
+            engine.sales.insert(Arc::new(sale));
+        }
+        Ok(engine)
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<OrderEvent> {
+        self.events.subscribe()
+    }
+
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        self.store.ping().await?;
+        Ok(())
+    }
+}

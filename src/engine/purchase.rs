@@ -1,0 +1,195 @@
+//! A purchase: the gate decides, the bus makes the order durable, then the gate's
+//! reservation is confirmed (or released when the bus surely did not take it). The
+//! answer is final once returned: an order returned is durable; on an error nothing
+//! stays reserved. A retry with the same key gets the first request's answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::{Engine, EngineError};
+use crate::bus::OrderBus;
+use crate::domain::{Order, PurchaseRequest, Sale, now_millis, validate_purchase};
+use crate::gate::{Decision, KeyAnswer, StockGate};
+
+/// Replays waiting for the order their key reserved to settle (confirmed or released),
+/// by order id. The request that placed the order wakes them; a key in flight at another
+/// gateway (Redis gate) cannot wake them, so they also look again now and then.
+#[derive(Default)]
+pub(super) struct KeyWaiters(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl KeyWaiters {
+    fn watch(&self, order_id: &str) -> Arc<Notify> {
+        self.0.lock().entry(order_id.to_string()).or_default().clone()
+    }
+
+    /// Wakes every replay of the order's key: its answer changed.
+    fn settled(&self, order_id: &str) {
+        if let Some(notify) = self.0.lock().remove(order_id) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Drops a replay's interest; the entry goes when nobody else waits on it.
+    fn forget(&self, order_id: &str, notify: Arc<Notify>) {
+        let mut waiting = self.0.lock();
+        drop(notify);
+        if waiting
+            .get(order_id)
+            .is_some_and(|n| Arc::strong_count(n) == 1)
+        {
+            waiting.remove(order_id);
+        }
+    }
+}
+
+impl Engine {
+    /// Places an order, or says why not.
+    pub async fn purchase(
+        &self,
+        sale_id: &str,
+        request: PurchaseRequest,
+        key: Option<String>,
+    ) -> Result<Arc<Order>, EngineError> {
+        let sale = self.sale(sale_id).await?;
+        let purchase =
+            validate_purchase(&sale, request).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let order_id = uuid::Uuid::now_v7().simple().to_string();
+        let now = now_millis();
+        let decision = match self
+            .gate
+            .reserve(&sale, &purchase, key.as_deref(), &order_id, now)
+            .await
+        {
+            Ok(decision) => decision,
+            Err(e) => return Err(self.gate_failed(&sale, e).await),
+        };
+        match decision {
+            Decision::Refused(refusal) => Err(EngineError::Refused(refusal)),
+            Decision::KeyReused => Err(EngineError::KeyReused),
+            Decision::Replay(answer) => {
+                let key = key.expect("only keyed purchases replay");
+                self.replay(&sale, &purchase.user_id, &key, answer).await
+            }
+            Decision::Reserved => {
+                crash_here_if_asked("after-reserve");
+                let order = Arc::new(Order::new(order_id, &sale, &purchase, key, now));
+                // The rest runs in its own task: if the buyer hangs up, the reservation is
+                // still confirmed or released, never left behind.
+                let placing = place(
+                    self.gate.clone(),
+                    self.bus.clone(),
+                    self.key_waiters.clone(),
+                    sale,
+                    order,
+                );
+                tokio::spawn(placing)
+                    .await
+                    .map_err(|e| EngineError::Unavailable(format!("order task failed: {e}")))?
+            }
+        }
+    }
+
+    /// Answers a retry with its key's original answer, waiting (up to `replay_wait`) if
+    /// the first request is still on its way to the store.
+    async fn replay(
+        &self,
+        sale: &Sale,
+        user_id: &str,
+        key: &str,
+        answer: KeyAnswer,
+    ) -> Result<Arc<Order>, EngineError> {
+        let order_id = match answer {
+            KeyAnswer::Accepted(order) => return Ok(order),
+            KeyAnswer::Refused(refusal) => return Err(EngineError::Refused(refusal)),
+            KeyAnswer::InFlight { order_id } => order_id,
+        };
+        let notify = self.key_waiters.watch(&order_id);
+        let answer = self.await_settled(sale, user_id, key, &notify).await;
+        self.key_waiters.forget(&order_id, notify);
+        answer
+    }
+
+    async fn await_settled(
+        &self,
+        sale: &Sale,
+        user_id: &str,
+        key: &str,
+        notify: &Notify,
+    ) -> Result<Arc<Order>, EngineError> {
+        let deadline = tokio::time::Instant::now() + self.settings.replay_wait;
+        // Another gateway's request cannot wake us: look again after this long, doubling.
+        let mut look_again = Duration::from_millis(5);
+        loop {
+            // Listen before reading, so a settlement between the read and the wait is
+            // not missed.
+            let settled = notify.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            match self.gate.key_answer(sale, user_id, key).await? {
+                Some(KeyAnswer::Accepted(order)) => return Ok(order),
+                Some(KeyAnswer::Refused(refusal)) => return Err(EngineError::Refused(refusal)),
+                Some(KeyAnswer::InFlight { .. }) => {}
+                None => {
+                    return Err(EngineError::Unavailable(
+                        "the first request with this key failed; retry".into(),
+                    ));
+                }
+            }
+            let wake_at = deadline.min(tokio::time::Instant::now() + look_again);
+            tokio::select! {
+                () = settled => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EngineError::Unavailable(
+                    "the first request with this key is still in progress".into(),
+                ));
+            }
+            look_again = (look_again * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Test-only failpoint: `FLASHSALE_FAILPOINT=after-reserve` kills the process right
+/// after the gate reserved and before the bus has the order (as a `kill -9` would).
+fn crash_here_if_asked(point: &str) {
+    if std::env::var("FLASHSALE_FAILPOINT").is_ok_and(|p| p == point) {
+        std::process::abort();
+    }
+}
+
+/// Publishes a reserved order, then confirms the reservation, or releases it when the
+/// bus surely did not take the order. Replays of its key are woken either way.
+async fn place(
+    gate: Arc<dyn StockGate>,
+    bus: Arc<dyn OrderBus>,
+    key_waiters: Arc<KeyWaiters>,
+    sale: Arc<Sale>,
+    order: Arc<Order>,
+) -> Result<Arc<Order>, EngineError> {
+    let answer = match bus.publish(&order).await {
+        Ok(()) => {
+            if let Err(e) = gate.confirm(&sale, &order).await {
+                // The order is durable; only replays of its key are affected.
+                tracing::warn!(order = %order.id, error = %e, "could not confirm key");
+            }
+            Ok(order.clone())
+        }
+        Err(e) if e.is_definite() => {
+            if let Err(release) = gate.release(&sale, &order, true).await {
+                tracing::error!(order = %order.id, error = %release, "reservation not released");
+            }
+            Err(EngineError::Unavailable(e.to_string()))
+        }
+        Err(e) => {
+            tracing::error!(order = %order.id, error = %e, "order outcome unknown; reservation kept");
+            Err(EngineError::Unavailable(e.to_string()))
+        }
+    };
+    key_waiters.settled(&order.id);
+    answer
+}

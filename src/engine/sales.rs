@@ -1,0 +1,72 @@
+//! Sales: created through the engine, read from a cache in front of the store. Reading
+//! a sale never touches the gate; a sale the gate lost is rebuilt by `recovery.rs` when
+//! the gate says so.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::{Engine, EngineError};
+use crate::domain::{NewSale, Sale, SaleError, now_millis};
+
+/// A sale with its remaining stock per item.
+pub struct SaleState {
+    pub sale: Arc<Sale>,
+    pub remaining: Vec<u32>,
+}
+
+/// The sales this process has seen (sales do not change once created).
+#[derive(Default)]
+pub(super) struct SaleCache(RwLock<HashMap<String, Arc<Sale>>>);
+
+impl SaleCache {
+    pub(super) fn get(&self, id: &str) -> Option<Arc<Sale>> {
+        self.0.read().get(id).cloned()
+    }
+
+    pub(super) fn insert(&self, sale: Arc<Sale>) {
+        self.0.write().insert(sale.id.clone(), sale);
+    }
+
+    pub(super) fn all(&self) -> Vec<Arc<Sale>> {
+        self.0.read().values().cloned().collect()
+    }
+}
+
+impl Engine {
+    pub async fn create_sale(&self, new: NewSale) -> Result<SaleState, EngineError> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let sale = new
+            .into_sale(id, now_millis())
+            .map_err(|SaleError::Invalid(m)| EngineError::Invalid(m))?;
+        self.store.create_sale(&sale).await?;
+        self.gate.open_sale(&sale).await?;
+        let sale = Arc::new(sale);
+        self.sales.insert(sale.clone());
+        self.sale_state(&sale.id).await
+    }
+
+    /// The sale, from the cache or the store (created by another gateway, or not at all).
+    pub async fn sale(&self, id: &str) -> Result<Arc<Sale>, EngineError> {
+        if let Some(sale) = self.sales.get(id) {
+            return Ok(sale);
+        }
+        let sale = self
+            .store
+            .get_sale(id)
+            .await?
+            .ok_or_else(|| EngineError::SaleNotFound(id.to_string()))?;
+        let sale = Arc::new(sale);
+        self.sales.insert(sale.clone());
+        Ok(sale)
+    }
+
+    pub async fn sale_state(&self, id: &str) -> Result<SaleState, EngineError> {
+        let sale = self.sale(id).await?;
+        match self.gate.remaining(&sale).await {
+            Ok(remaining) => Ok(SaleState { sale, remaining }),
+            Err(e) => Err(self.gate_failed(&sale, e).await),
+        }
+    }
+}

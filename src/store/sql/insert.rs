@@ -1,0 +1,189 @@
+//! The one way orders get into the store: a batch as a few multi-row statements (the
+//! orders, then units sold per item and per buyer, summed), inside a savepoint. If the
+//! schema refuses anything in a batch, it is rolled back to its savepoint and each order
+//! goes through the same path again as a batch of one, so that the refusal lands on the
+//! order that caused it alone.
+
+use std::collections::{BTreeMap, HashSet};
+
+use sqlx::{AnyConnection, Row};
+
+use super::{Dialect, SqlStore};
+use crate::domain::Order;
+use crate::store::{InsertOutcome, StoreError};
+
+/// Rows per multi-row INSERT (10 parameters each at most; SQLite allows 32,766).
+const ROWS_PER_INSERT: usize = 1000;
+
+/// Why a batch did not go in.
+enum BatchError {
+    /// The schema refused it (oversell, over the limit, unknown sale or item): the
+    /// orders' fault, not the database's.
+    Refused(String),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(db) if is_constraint(&*db) => {
+                BatchError::Refused(db.message().to_string())
+            }
+            other => BatchError::Database(other),
+        }
+    }
+}
+
+impl SqlStore {
+    /// Stores a batch in one transaction; each order succeeds or fails on its own.
+    pub(super) async fn insert(&self, orders: &[Order]) -> Result<Vec<InsertOutcome>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        match Self::in_savepoint(self.dialect, &mut tx, "whole_batch", orders).await? {
+            Ok(outcomes) => {
+                tx.commit().await?;
+                return Ok(outcomes);
+            }
+            Err(reason) => tracing::debug!(%reason, "batch refused; storing its orders one by one"),
+        }
+        let mut outcomes = Vec::with_capacity(orders.len());
+        for order in orders {
+            let one = std::slice::from_ref(order);
+            let outcome = match Self::in_savepoint(self.dialect, &mut tx, "one_order", one).await? {
+                Ok(mut outcome) => outcome.pop().expect("one outcome per order"),
+                Err(reason) => InsertOutcome::Rejected(reason),
+            };
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Runs `insert_batch` inside a savepoint: released when it went in, rolled back to
+    /// when the schema refused it (`Ok(Err(reason))`).
+    async fn in_savepoint(
+        dialect: Dialect,
+        conn: &mut AnyConnection,
+        name: &str,
+        orders: &[Order],
+    ) -> Result<Result<Vec<InsertOutcome>, String>, StoreError> {
+        let savepoint = |verb: &str| sqlx::AssertSqlSafe(format!("{verb} {name}"));
+        sqlx::query(savepoint("SAVEPOINT")).execute(&mut *conn).await?;
+        match Self::insert_batch(dialect, conn, orders).await {
+            Ok(outcomes) => {
+                sqlx::query(savepoint("RELEASE SAVEPOINT")).execute(&mut *conn).await?;
+                Ok(Ok(outcomes))
+            }
+            Err(BatchError::Refused(reason)) => {
+                sqlx::query(savepoint("ROLLBACK TO SAVEPOINT")).execute(&mut *conn).await?;
+                Ok(Err(reason))
+            }
+            Err(BatchError::Database(e)) => Err(e.into()),
+        }
+    }
+
+    async fn insert_batch(
+        dialect: Dialect,
+        conn: &mut AnyConnection,
+        orders: &[Order],
+    ) -> Result<Vec<InsertOutcome>, BatchError> {
+        let mut inserted: HashSet<String> = HashSet::with_capacity(orders.len());
+        for chunk in orders.chunks(ROWS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO orders (id, sale_id, user_id, items, units, status, created_at, \
+                 expires_at, idempotency_key, fingerprint) VALUES ",
+            );
+            sql.push_str(&dialect.value_rows(chunk.len(), 10));
+            sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
+            // Only placeholders are generated; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for order in chunk {
+                query = query
+                    .bind(order.id.clone())
+                    .bind(order.sale_id.clone())
+                    .bind(order.user_id.clone())
+                    .bind(serde_json::to_string(&order.items).expect("a map of strings to numbers"))
+                    .bind(order.total_units() as i64)
+                    .bind(order.status.as_str())
+                    .bind(order.created_at)
+                    .bind(order.expires_at)
+                    .bind(order.idempotency_key.clone())
+                    .bind(order.fingerprint.clone());
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                inserted.insert(row.try_get("id")?);
+            }
+        }
+        let mut outcomes = Vec::with_capacity(orders.len());
+        let mut per_item: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        let mut per_buyer: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for order in orders {
+            // remove(): a second copy of the same order in one batch is a redelivery.
+            if !inserted.remove(&order.id) {
+                outcomes.push(InsertOutcome::AlreadyStored);
+                continue;
+            }
+            outcomes.push(InsertOutcome::Stored);
+            if order.status.holds_stock() {
+                for (item, units) in &order.items {
+                    *per_item.entry((&order.sale_id, item)).or_default() += *units as i64;
+                }
+                *per_buyer
+                    .entry((&order.sale_id, &order.user_id))
+                    .or_default() += order.total_units() as i64;
+            }
+        }
+        for ((sale_id, item), units) in per_item {
+            let updated = sqlx::query(
+                "UPDATE sale_items SET sold = sold + $1 WHERE sale_id = $2 AND item_id = $3",
+            )
+            .bind(units)
+            .bind(sale_id)
+            .bind(item)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if updated != 1 {
+                return Err(BatchError::Refused(format!(
+                    "sale {sale_id} has no item {item:?}"
+                )));
+            }
+        }
+        let buyers: Vec<_> = per_buyer.into_iter().collect();
+        for chunk in buyers.chunks(ROWS_PER_INSERT) {
+            // VALUES columns are column1.. in both SQLite and PostgreSQL; SQLite needs
+            // the WHERE to tell the upsert's ON CONFLICT from a join's.
+            let sql = format!(
+                "INSERT INTO buyers (sale_id, user_id, units, max_units) \
+                 SELECT b.column1, b.column2, b.column3, s.per_user_limit \
+                 FROM (VALUES {}) AS b JOIN sales s ON s.id = b.column1 WHERE true \
+                 ON CONFLICT (sale_id, user_id) DO UPDATE SET units = buyers.units + excluded.units",
+                dialect.value_rows(chunk.len(), 3)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for ((sale_id, user_id), units) in chunk {
+                query = query
+                    .bind(sale_id.to_string())
+                    .bind(user_id.to_string())
+                    .bind(*units);
+            }
+            let stored = query.execute(&mut *conn).await?.rows_affected();
+            if stored as usize != chunk.len() {
+                return Err(BatchError::Refused("an order of a sale that does not exist".into()));
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Whether a database error is a constraint violation (the order's own fault), as
+/// opposed to a failure of the database (the batch's).
+fn is_constraint(e: &dyn sqlx::error::DatabaseError) -> bool {
+    use sqlx::error::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::UniqueViolation
+            | ErrorKind::ForeignKeyViolation
+            | ErrorKind::NotNullViolation
+            | ErrorKind::CheckViolation
+    )
+}

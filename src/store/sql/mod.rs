@@ -1,0 +1,337 @@
+//! The SQL order store, for SQLite (embedded) and PostgreSQL (distributed): the same
+//! migrations and the same statements through sqlx's `Any` driver. SQLite runs in WAL
+//! mode with synchronous=FULL, so a committed batch survives a power cut, not only a
+//! crash. `insert.rs` is the one way orders get in; `rows.rs` reads them back;
+//! `dialect.rs` is what differs between the two databases.
+
+mod dialect;
+mod insert;
+mod rows;
+#[cfg(test)]
+mod tests;
+
+use async_trait::async_trait;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor, Row};
+
+pub use dialect::Dialect;
+
+use super::{InsertOutcome, OrderStore, StoreError, StoreUrl, Transition};
+use crate::domain::{Item, Millis, Order, OrderStatus, Sale};
+use rows::{order_columns, order_from_row, u32_column};
+
+pub struct SqlStore {
+    pool: AnyPool,
+    /// Where batches of new orders are written (the pool itself on PostgreSQL).
+    writer: AnyPool,
+    dialect: Dialect,
+}
+
+impl SqlStore {
+    pub async fn connect(url: &StoreUrl) -> Result<Self, StoreError> {
+        let (dialect, url) = (url.dialect, url.as_str());
+        sqlx::any::install_default_drivers();
+        let (url, max_connections) = match dialect {
+            // mode=rwc: create the file if it is missing.
+            Dialect::Sqlite if !url.contains('?') => (format!("{url}?mode=rwc"), 4),
+            Dialect::Sqlite => (url.to_string(), 4),
+            Dialect::Postgres => (url.to_string(), 16),
+        };
+        let pool = Self::pool(dialect, &url, max_connections).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        // SQLite has one writer at a time anyway; a connection of its own keeps the
+        // written pages in its cache. Through the shared pool, every batch landed on a
+        // connection whose cache another one had made stale, and read its pages again.
+        let writer = match dialect {
+            Dialect::Sqlite => Self::pool(dialect, &url, 1).await?,
+            Dialect::Postgres => pool.clone(),
+        };
+        Ok(SqlStore {
+            pool,
+            writer,
+            dialect,
+        })
+    }
+
+    async fn pool(
+        dialect: Dialect,
+        url: &str,
+        max_connections: u32,
+    ) -> Result<AnyPool, sqlx::Error> {
+        AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = FULL",
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA busy_timeout = 5000",
+                            // Savepoint journals in memory, not in a temp file per batch.
+                            "PRAGMA temp_store = MEMORY",
+                        ] {
+                            conn.execute(pragma).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+    }
+
+}
+
+#[async_trait]
+impl OrderStore for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_sale(&self, sale: &Sale) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sales (id, name, per_user_limit, starts_at, ends_at, payment_window, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&sale.id)
+        .bind(&sale.name)
+        .bind(sale.per_user_limit as i64)
+        .bind(sale.starts_at)
+        .bind(sale.ends_at)
+        .bind(sale.payment_window as i64)
+        .bind(sale.created_at)
+        .execute(&mut *tx)
+        .await?;
+        for (position, item) in sale.items.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO sale_items (sale_id, item_id, position, stock) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&sale.id)
+            .bind(&item.id)
+            .bind(position as i64)
+            .bind(item.stock as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_sale(&self, id: &str) -> Result<Option<Sale>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, name, per_user_limit, starts_at, ends_at, payment_window, created_at \
+             FROM sales WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let items = sqlx::query(
+            "SELECT item_id, stock FROM sale_items WHERE sale_id = $1 ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Item {
+                id: r.try_get("item_id")?,
+                stock: u32_column(r, "stock")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(Sale {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            items,
+            per_user_limit: u32_column(&row, "per_user_limit")?,
+            starts_at: row.try_get("starts_at")?,
+            ends_at: row.try_get("ends_at")?,
+            payment_window: u32_column(&row, "payment_window")?,
+            created_at: row.try_get("created_at")?,
+        }))
+    }
+
+    async fn list_sales(&self) -> Result<Vec<Sale>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM sales ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut sales = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(sale) = self.get_sale(&id).await? {
+                sales.push(sale);
+            }
+        }
+        Ok(sales)
+    }
+
+    async fn insert_orders(&self, orders: &[Order]) -> Result<Vec<InsertOutcome>, StoreError> {
+        self.insert(orders).await
+    }
+
+    async fn get_order(&self, id: &str) -> Result<Option<Order>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| order_from_row(&row))
+        .transpose()
+    }
+
+    async fn sale_orders(&self, sale_id: &str) -> Result<Vec<Order>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE sale_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(sale_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(order_from_row)
+        .collect()
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        to: OrderStatus,
+        now: Millis,
+    ) -> Result<Option<Transition>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE orders SET status = $1, release_pending = $2 WHERE id = $3 \
+             AND status = 'pending' AND ($4 = 0 OR expires_at IS NULL OR expires_at > $5)",
+        )
+        .bind(to.as_str())
+        .bind(to.releases_stock() as i64)
+        .bind(id)
+        .bind((to == OrderStatus::Paid) as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let Some(row) = sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let order = order_from_row(&row)?;
+        if moved {
+            if to.releases_stock() {
+                for (item, units) in &order.items {
+                    sqlx::query(
+                        "UPDATE sale_items SET sold = sold - $1 WHERE sale_id = $2 AND item_id = $3",
+                    )
+                    .bind(*units as i64)
+                    .bind(&order.sale_id)
+                    .bind(item)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "UPDATE buyers SET units = units - $1 WHERE sale_id = $2 AND user_id = $3",
+                )
+                .bind(order.total_units() as i64)
+                .bind(&order.sale_id)
+                .bind(&order.user_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("INSERT INTO order_events (order_id, status, at) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(to.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Transition { order, moved }))
+    }
+
+    async fn overdue_orders(&self, now: Millis, limit: i64) -> Result<Vec<Order>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(order_from_row)
+        .collect()
+    }
+
+    async fn pending_releases(
+        &self,
+        sale_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Order>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE release_pending = 1 AND ($1 = '' OR sale_id = $1) LIMIT $2"
+        ))
+        .bind(sale_id.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(order_from_row)
+        .collect()
+    }
+
+    async fn mark_released(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE orders SET release_pending = 0 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn sold_counters(&self, sale_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query("SELECT item_id, sold FROM sale_items WHERE sale_id = $1 ORDER BY position")
+            .bind(sale_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("item_id")?, row.try_get("sold")?)))
+            .collect()
+    }
+
+    async fn order_history(&self, id: &str) -> Result<Vec<(OrderStatus, Millis)>, StoreError> {
+        sqlx::query("SELECT status, at FROM order_events WHERE order_id = $1 ORDER BY at, status")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                let at: i64 = row.try_get("at")?;
+                Ok((
+                    OrderStatus::parse(&status).ok_or(StoreError::Corrupt(status))?,
+                    at,
+                ))
+            })
+            .collect()
+    }
+}
+

@@ -1,0 +1,148 @@
+//! The SQL store against SQLite always and PostgreSQL when it runs (ignored otherwise).
+
+use super::*;
+use crate::store::InsertOutcome;
+use crate::domain::{NewSale, PurchaseRequest, validate_purchase};
+
+/// A fresh SQLite file, or a fresh PostgreSQL database for each test.
+async fn store(dialect: Dialect) -> (SqlStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = match dialect {
+        Dialect::Sqlite => format!("sqlite://{}", dir.path().join("t.db").display()),
+        Dialect::Postgres => crate::test_support::fresh_postgres_database().await,
+    };
+    (SqlStore::connect(&url.parse().unwrap()).await.unwrap(), dir)
+}
+
+fn sale(stock: u32, limit: u32) -> Sale {
+    NewSale {
+        name: "s".into(),
+        stock: Some(stock),
+        items: None,
+        per_user_limit: Some(limit),
+        starts_at: None,
+        ends_at: None,
+        payment_window: None,
+    }
+    .into_sale("sale1".into(), 0)
+    .unwrap()
+}
+
+fn order(sale: &Sale, id: &str, user: &str, quantity: u32) -> Order {
+    let req = PurchaseRequest {
+        user_id: user.into(),
+        quantity: Some(quantity),
+        items: None,
+    };
+    let p = validate_purchase(sale, req).unwrap();
+    Order::new(id.into(), sale, &p, Some(format!("key-{id}")), 5)
+}
+
+async fn sale_round_trips(dialect: Dialect) {
+    let (store, _dir) = store(dialect).await;
+    let s = sale(3, 1);
+    store.create_sale(&s).await.unwrap();
+    assert_eq!(store.get_sale("sale1").await.unwrap(), Some(s.clone()));
+    assert_eq!(store.list_sales().await.unwrap(), vec![s]);
+    assert_eq!(store.get_sale("nope").await.unwrap(), None);
+}
+
+async fn batch_stores_each_order_once_and_refuses_oversell_and_limit(dialect: Dialect) {
+    let (store, _dir) = store(dialect).await;
+    let s = sale(2, 1);
+    store.create_sale(&s).await.unwrap();
+    let a = order(&s, "o1", "a", 1);
+    let batch = [
+        a.clone(),
+        a.clone(),
+        order(&s, "o2", "a", 1),
+        order(&s, "o3", "b", 1),
+        order(&s, "o4", "c", 1),
+    ];
+    let outcomes = store.insert_orders(&batch).await.unwrap();
+    assert_eq!(outcomes[0], InsertOutcome::Stored);
+    assert_eq!(outcomes[1], InsertOutcome::AlreadyStored);
+    assert!(
+        matches!(outcomes[2], InsertOutcome::Rejected(_)),
+        "over the per-user limit"
+    );
+    assert_eq!(outcomes[3], InsertOutcome::Stored);
+    assert!(
+        matches!(outcomes[4], InsertOutcome::Rejected(_)),
+        "oversell"
+    );
+    let stored = store.sale_orders("sale1").await.unwrap();
+    assert_eq!(
+        stored.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+        ["o1", "o3"]
+    );
+    assert_eq!(store.get_order("o1").await.unwrap(), Some(a));
+    // A redelivery of the whole batch changes nothing.
+    let again = store.insert_orders(&batch[..1]).await.unwrap();
+    assert_eq!(again, [InsertOutcome::AlreadyStored]);
+    assert_eq!(store.sale_orders("sale1").await.unwrap().len(), 2);
+}
+
+async fn fast_path_dedupes_and_sums_units_per_buyer(dialect: Dialect) {
+    let (store, _dir) = store(dialect).await;
+    let s = sale(10, 2);
+    store.create_sale(&s).await.unwrap();
+    let o1 = order(&s, "o1", "a", 1);
+    let batch = [
+        o1.clone(),
+        o1,
+        order(&s, "o2", "a", 1),
+        order(&s, "o3", "b", 2),
+    ];
+    let outcomes = store.insert_orders(&batch).await.unwrap();
+    use InsertOutcome::*;
+    assert_eq!(outcomes, [Stored, AlreadyStored, Stored, Stored]);
+    // a holds 2 of 2 and b 2 of 2: the schema refuses one more unit for either.
+    let more = store
+        .insert_orders(&[order(&s, "o4", "a", 1), order(&s, "o5", "c", 1)])
+        .await
+        .unwrap();
+    assert!(matches!(more[0], Rejected(_)), "{more:?}");
+    assert_eq!(more[1], Stored);
+    let units: u32 = store
+        .sale_orders("sale1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.total_units())
+        .sum();
+    assert_eq!(units, 5);
+}
+
+#[tokio::test]
+async fn sqlite_fast_path_dedupes_and_sums_units_per_buyer() {
+    fast_path_dedupes_and_sums_units_per_buyer(Dialect::Sqlite).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+async fn postgres_fast_path_dedupes_and_sums_units_per_buyer() {
+    fast_path_dedupes_and_sums_units_per_buyer(Dialect::Postgres).await;
+}
+
+#[tokio::test]
+async fn sqlite_sale_round_trips() {
+    sale_round_trips(Dialect::Sqlite).await;
+}
+
+#[tokio::test]
+async fn sqlite_batch_stores_each_order_once_and_refuses_oversell_and_limit() {
+    batch_stores_each_order_once_and_refuses_oversell_and_limit(Dialect::Sqlite).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+async fn postgres_sale_round_trips() {
+    sale_round_trips(Dialect::Postgres).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+async fn postgres_batch_stores_each_order_once_and_refuses_oversell_and_limit() {
+    batch_stores_each_order_once_and_refuses_oversell_and_limit(Dialect::Postgres).await;
+}
