@@ -57,12 +57,14 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = Config {
         listen: "127.0.0.1:0".into(),
-        gate: args.gate.clone(),
-        bus: args.bus.clone(),
+        gate: args.gate.parse().map_err(anyhow::Error::msg)?,
+        bus: args.bus.parse().map_err(anyhow::Error::msg)?,
         store: args
             .store
             .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display())),
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()))
+            .parse()
+            .map_err(anyhow::Error::msg)?,
         ..Config::default()
     };
     let server = server_rt.block_on(Server::start(&config))?;
@@ -248,7 +250,7 @@ impl Bench<'_> {
     }
 
     fn run(&self, plan: LoadPlan) -> anyhow::Result<LoadReport> {
-        self.client_rt.block_on(load::run(plan))
+        Ok(self.client_rt.block_on(load::run(plan))?)
     }
 
     fn create_sale(&self, stock: u32) -> anyhow::Result<String> {
@@ -399,26 +401,17 @@ fn report(client: &str, base_name: &str, base: &[f64], name: &str, measured: &[f
 }
 
 /// The Kafka bus needs a worker to move orders into the store.
-#[cfg(feature = "kafka")]
 async fn start_worker(config: &Config) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    if config.bus == "memory" {
+    if config.bus == flashsale::bus::BusUrl::Memory {
         return Ok(None);
     }
-    use flashsale::worker::kafka::{self, KafkaWorkerConfig};
-    let worker = KafkaWorkerConfig::from_config(config).context("a kafka:// bus")?;
     let store = flashsale::store::connect(&config.store).await?;
+    let bus = config.bus_settings();
+    let (max_batch, linger) = (config.batch_max, Duration::from_millis(config.worker_linger_ms));
     Ok(Some(tokio::spawn(async move {
-        if let Err(e) = kafka::run(worker, store, std::future::pending()).await {
+        let stop = std::future::pending();
+        if let Err(e) = flashsale::worker::consume_bus(&bus, max_batch, linger, store, stop).await {
             eprintln!("worker stopped: {e}");
         }
     })))
-}
-
-#[cfg(not(feature = "kafka"))]
-async fn start_worker(config: &Config) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    anyhow::ensure!(
-        config.bus == "memory",
-        "the Kafka bus needs `--features kafka`"
-    );
-    Ok(None)
 }

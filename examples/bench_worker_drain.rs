@@ -6,14 +6,11 @@
 //! Needs PostgreSQL on 127.0.0.1:5432 and a Kafka broker on 127.0.0.1:9092
 //! (scripts/services.sh up).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashsale::bus::kafka::KafkaBus;
-use flashsale::bus::{OrderBus, Topics};
+use flashsale::bus::{self, BusSettings};
 use flashsale::domain::{Item, Order, OrderStatus, Sale};
 use flashsale::store;
-use flashsale::worker::kafka::{KafkaWorkerConfig, run};
 use sqlx::{Connection, Executor};
 
 const BROKERS: &str = "127.0.0.1:9092";
@@ -56,13 +53,19 @@ async fn main() -> anyhow::Result<()> {
         .collect();
 
     // 1. The worker: orders are put on the bus first, then one worker drains them.
-    let worker_db = flashsale::testing::fresh_postgres_database().await;
-    let store = store::connect(&worker_db).await?;
+    let worker_db = fresh_postgres_database().await?;
+    let store = store::connect(&worker_db.parse().map_err(anyhow::Error::msg)?).await?;
     store.create_sale(&sale).await?;
-    let topics = Topics::with_prefix(&format!("bench-{}.", uuid::Uuid::new_v4().simple()));
-    let bus = Arc::new(
-        KafkaBus::connect(BROKERS, topics.clone(), "bench", 4, Duration::from_secs(10)).await?,
-    );
+    let run = uuid::Uuid::new_v4().simple();
+    let settings = BusSettings {
+        url: format!("kafka://{BROKERS}").parse().map_err(anyhow::Error::msg)?,
+        capacity: 8192,
+        topic_prefix: format!("bench-{run}."),
+        worker_group: format!("bench-{run}"),
+        partitions: 4,
+        timeout: Duration::from_secs(10),
+    };
+    let (bus, _) = bus::connect(&settings).await?;
     let mut publishing = tokio::task::JoinSet::new();
     for chunk in orders.chunks(orders_n.div_ceil(64)) {
         let (bus, chunk) = (bus.clone(), chunk.to_vec());
@@ -75,19 +78,18 @@ async fn main() -> anyhow::Result<()> {
     while let Some(done) = publishing.join_next().await {
         done?;
     }
-    let config = KafkaWorkerConfig {
-        brokers: BROKERS.into(),
-        topics,
-        group: format!("bench-{}", uuid::Uuid::new_v4().simple()),
-        partitions: 4,
-        max_batch: 1024,
-        linger: Duration::from_millis(5),
-    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
-    let worker = tokio::spawn(run(config, store.clone(), async {
-        let _ = stopped.await;
-    }));
+    let worker = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let linger = Duration::from_millis(5);
+            flashsale::worker::consume_bus(&settings, 1024, linger, store, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
     let mut conn = sqlx::PgConnection::connect(&worker_db).await?;
     loop {
         let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders")
@@ -103,8 +105,8 @@ async fn main() -> anyhow::Result<()> {
     worker.await??;
 
     // 2. The ceiling: the same rows, straight in, 1,000 per INSERT, one transaction each.
-    let bare_db = flashsale::testing::fresh_postgres_database().await;
-    store::connect(&bare_db).await?.create_sale(&sale).await?;
+    let bare_db = fresh_postgres_database().await?;
+    store::connect(&bare_db.parse().map_err(anyhow::Error::msg)?).await?.create_sale(&sale).await?;
     let mut conn = sqlx::PgConnection::connect(&bare_db).await?;
     let started = Instant::now();
     for chunk in orders.chunks(1000) {
@@ -134,4 +136,16 @@ async fn main() -> anyhow::Result<()> {
     println!("bare multi-row insert: {bare_rate:.0} rows/s (1,000 rows per INSERT)");
     println!("ratio (target >= 0.5): {:.2}", worker_rate / bare_rate);
     Ok(())
+}
+
+/// An empty database of its own on the local PostgreSQL (`FLASHSALE_TEST_POSTGRES`).
+async fn fresh_postgres_database() -> anyhow::Result<String> {
+    let server = std::env::var("FLASHSALE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("flashsale_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await?;
+    Ok(format!("{server}/{name}"))
 }

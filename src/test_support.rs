@@ -23,8 +23,3 @@ pub async fn fresh_postgres_database() -> String {
     .expect("create test database");
     format!("{server}/{name}")
 }
-
-/// Where tests find Redis: `FLASHSALE_TEST_REDIS`, or the local server.
-pub fn redis_url() -> String {
-    std::env::var("FLASHSALE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}

@@ -1,12 +1,11 @@
 //! Many buyers at once against a small stock: exactly the stock is sold, at most the
 //! limit per buyer, and repeated keys get consistent answers (I1, I2, I4, I5).
 
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use common::{Backends, TestServer};
+use crate::helpers::{Backends, TestServer};
 use serde_json::json;
 use tokio::sync::Semaphore;
 

@@ -1,13 +1,13 @@
 //! The Kafka bus under faults: a worker killed mid-stream, the broker stopped mid-sale.
 #![cfg(feature = "kafka")]
 
-mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Backends, Broker, Deployment};
+use crate::broker::Broker;
+use crate::helpers::{Backends, Deployment};
 use serde_json::json;
 
 /// kill -9 a worker in the middle of a stream, start another: every acknowledged order
@@ -117,7 +117,7 @@ backend_tests!(kafka: worker_killed_mid_stream_loses_and_duplicates_nothing, bro
 /// What the worker cannot store goes to the dead-letter topic with its reason;
 /// `flashsale dlq list` shows it and `flashsale dlq replay` stores it once it can be.
 async fn dead_letters_are_listed_and_replayed(backends: Backends) {
-    use flashsale::bus::{OrderMessage, Topics};
+    use flashsale::bus::kafka::{OrderMessage, Topics};
     use flashsale::domain::{Order, OrderStatus};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -208,7 +208,7 @@ async fn status_changes_are_published(backends: Backends) {
     let order = reply.body["id"].as_str().unwrap().to_string();
     assert_eq!(gateway.order_action(&order, "cancel").await.status, 200);
 
-    let topic = flashsale::bus::Topics::with_prefix(&deployment.topic_prefix).events;
+    let topic = flashsale::bus::kafka::Topics::with_prefix(&deployment.topic_prefix).events;
     let (messages, _) = tokio::task::spawn_blocking(move || {
         flashsale::bus::kafka::read_after_committed("127.0.0.1:9092", &topic, "events-reader", true)
     })

@@ -1,9 +1,8 @@
 //! `flashsale check` passes on a clean run and fails, naming the order, on a planted
 //! inconsistency.
 
-mod common;
 
-use common::{Backends, TestServer};
+use crate::helpers::{Backends, TestServer};
 use serde_json::json;
 
 async fn check_passes_clean_and_catches_a_planted_order(backends: Backends) {

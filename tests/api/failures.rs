@@ -2,9 +2,8 @@
 //! a failed store write answers 503 `unavailable`, releases the reservation and leaves
 //! nothing half-written.
 
-mod common;
 
-use common::{Backends, TestServer};
+use crate::helpers::{Backends, TestServer};
 use serde_json::json;
 
 const SQLITE_POISON: &str = "CREATE TRIGGER poison BEFORE INSERT ON orders \

@@ -1,12 +1,11 @@
 //! The distributed mode: several gateways (and workers) on Redis, the bus and PostgreSQL
 //! keep the invariants.
 
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use common::{Backends, Deployment};
+use crate::helpers::{Backends, Deployment};
 use serde_json::json;
 
 /// Two gateways (and two workers on Kafka) sell one sale to buyers hitting both.
@@ -95,7 +94,7 @@ async fn redis_flushed_mid_sale_recovers_without_oversell(backends: Backends) {
     } else {
         9
     };
-    deployment.redis_url = format!("{}/{db}", flashsale::testing::redis_url());
+    deployment.redis_url = format!("{}/{db}", crate::helpers::services::redis_url());
     let gateway = Arc::new(deployment.gateway().await);
     let worker = match backends {
         Backends::RedisKafkaPostgres => Some(deployment.worker().await),

@@ -1,14 +1,13 @@
 //! kill -9 the server in the middle of a sale and start it again on the same SQLite file:
 //! every acknowledged order is there and the gate is rebuilt exactly (I1–I5 across a crash).
 
-mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::TestServer;
+use crate::helpers::TestServer;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -123,7 +122,7 @@ async fn crash_mid_sale_keeps_every_acknowledged_order_and_the_right_stock() {
 /// is rebuilt from the store at restart, so the unit is on sale again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_gate_and_store_loses_no_unit() {
-    let deployment = common::Deployment::new(common::Backends::Embedded, &[]).await;
+    let deployment = crate::helpers::Deployment::new(crate::helpers::Backends::Embedded, &[]).await;
     let crashing = deployment
         .gateway_with_env(&[("FLASHSALE_FAILPOINT", "after-reserve")])
         .await;

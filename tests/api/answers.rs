@@ -1,9 +1,8 @@
 //! The HTTP API: each answer and error code, produced by a request that triggers it.
 
-mod common;
 
 use chrono::{Duration, Utc};
-use common::{Backends, TestServer};
+use crate::helpers::{Backends, TestServer};
 use serde_json::json;
 
 async fn sale_is_created_shown_and_sold(backends: Backends) {

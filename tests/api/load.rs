@@ -1,8 +1,7 @@
 //! `flashsale load` against a running gateway, open and closed loop.
 
-mod common;
 
-use common::TestServer;
+use crate::helpers::TestServer;
 
 async fn load(app: &TestServer, args: &[&str]) -> serde_json::Value {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))

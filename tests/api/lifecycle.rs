@@ -1,11 +1,10 @@
 //! Order lifecycle: a reservation is a sale only once paid. Unpaid units go back on sale
 //! when the payment window passes, cancel gives them back, each exactly once.
 
-mod common;
 
 use std::sync::Arc;
 
-use common::{Backends, Deployment, TestServer};
+use crate::helpers::{Backends, Deployment, TestServer};
 use serde_json::json;
 
 async fn sale_with_window(app: &TestServer, stock: u32, window_secs: u32) -> String {

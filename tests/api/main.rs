@@ -1,0 +1,16 @@
+//! The suites that need no outside service: each runs on the embedded engine in a plain
+//! `cargo test`, and on the distributed backends too when `.ci/run` brings the services
+//! up (those variants are ignored otherwise). One binary, a module per suite.
+
+#[macro_use]
+#[path = "../helpers/mod.rs"]
+mod helpers;
+
+mod answers;
+mod check;
+mod concurrency;
+mod demo;
+mod failures;
+mod lifecycle;
+mod load;
+mod restart;
