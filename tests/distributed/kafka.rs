@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::broker::Broker;
+use crate::helpers::broker::Broker;
 use crate::helpers::{Backends, Deployment};
 use serde_json::json;
 

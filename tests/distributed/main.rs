@@ -9,7 +9,5 @@
 #[allow(dead_code, unused_imports)]
 mod helpers;
 
-#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
-mod broker;
 mod gateways;
 mod kafka;

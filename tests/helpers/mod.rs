@@ -1,11 +1,14 @@
 //! The test helpers, one concern per file: `backends.rs` (which engines, and the
 //! `backend_tests!` macro), `deployment.rs` (launching the real binary's processes),
 //! `server.rs` (a gateway under test and HTTP to it), `services.rs` (where PostgreSQL
-//! and Redis are). Both test binaries
-//! (`tests/api`, `tests/distributed`) include them.
+//! and Redis are), `broker.rs` (a tansu broker of a test's own, to stop and restart).
+//! The test binaries (`tests/api`, `tests/distributed`, `tests/campaign`) include them.
 
 #[macro_use]
 mod backends;
+// Only the suites that stop the broker use it.
+#[allow(dead_code)]
+pub mod broker;
 mod deployment;
 mod server;
 pub mod services;

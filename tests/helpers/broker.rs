@@ -22,13 +22,20 @@ impl Broker {
             .local_addr()
             .unwrap()
             .port();
+        let mut dir = tempfile::tempdir().unwrap();
+        // FLASHSALE_TEST_KEEP=1 keeps the broker's log too.
+        dir.disable_cleanup(std::env::var_os("FLASHSALE_TEST_KEEP").is_some());
         let mut broker = Broker {
             port,
-            dir: Arc::new(tempfile::tempdir().unwrap()),
+            dir: Arc::new(dir),
             child: None,
         };
         broker.resume().await;
         broker
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("broker.log")
     }
 
     pub fn url(&self) -> String {
