@@ -31,7 +31,10 @@ pub struct LocalGate {
 
 struct SaleState {
     remaining: Box<[AtomicU32]>,
+    /// Whether every item is gone: read without a lock, written only under
+    /// `sold_out_lock` (see `refresh_sold_out`).
     sold_out: AtomicBool,
+    sold_out_lock: Mutex<()>,
     shards: Box<[Mutex<Shard>]>,
     /// Orders whose units were given back: a release happens once per order.
     released: Mutex<HashSet<Box<str>, RandomState>>,
@@ -42,8 +45,10 @@ struct Shard {
     /// Units held per buyer.
     units: HashMap<Box<str>, u32, RandomState>,
     /// Buyer → the idempotency keys they used (most use one) and what each stands for.
-    keys: HashMap<Box<str>, Vec<(Box<str>, KeyEntry)>, RandomState>,
+    keys: HashMap<Box<str>, BuyerKeys, RandomState>,
 }
+
+type BuyerKeys = Vec<(Box<str>, KeyEntry)>;
 
 /// Kept for every key until the gate restarts, so it is small: the order an accepted
 /// key stands for is rebuilt from the fingerprint when a retry asks (bench 7: keeping
@@ -145,9 +150,7 @@ impl Shard {
             Some(keys) => keys.push((key.into(), entry)),
             // Most buyers use one key: room for exactly one (a push would make four).
             None => {
-                let mut keys = Vec::with_capacity(1);
-                keys.push((key.into(), entry));
-                self.keys.insert(user.into(), keys);
+                self.keys.insert(user.into(), vec![(key.into(), entry)]);
             }
         }
     }
@@ -167,6 +170,7 @@ impl SaleState {
         let state = SaleState {
             remaining: remaining.map(AtomicU32::new).collect(),
             sold_out: AtomicBool::new(false),
+            sold_out_lock: Mutex::new(()),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             released: Mutex::default(),
         };
@@ -195,10 +199,9 @@ impl SaleState {
                 return false;
             }
         }
+        // Only a taker that may have emptied the stock takes the lock: whichever take
+        // empties it sees every item at zero here.
         if self.remaining.iter().all(|r| r.load(Ordering::SeqCst) == 0) {
-            self.sold_out.store(true, Ordering::SeqCst);
-            // A release may have added stock between the check and the store; without
-            // this second look the flag could hide units that are back on sale.
             self.refresh_sold_out();
         }
         true
@@ -209,11 +212,18 @@ impl SaleState {
             self.remaining[item].fetch_add(n, Ordering::SeqCst);
         }
         if !units.is_empty() {
-            self.sold_out.store(false, Ordering::SeqCst);
+            self.refresh_sold_out();
         }
     }
 
+    /// Sets the flag from the stock, after every change that may empty it (a take) or
+    /// refill it (a give back). The look at the stock and the store happen under one
+    /// lock: unlocked, a taker that saw no stock could store `true` after a concurrent
+    /// release stored `false`, and keyless buyers were refused while a unit was back
+    /// (issue #10). Under the lock the last store comes from a look taken after the
+    /// last change.
     fn refresh_sold_out(&self) {
+        let _flag = self.sold_out_lock.lock();
         let none_left = self.remaining.iter().all(|r| r.load(Ordering::SeqCst) == 0);
         self.sold_out.store(none_left, Ordering::SeqCst);
     }
@@ -269,15 +279,15 @@ impl LocalGate {
             }
         }
         let user = purchase.user_id.as_str();
-        let mut shard = self.shard(&state, user).lock();
-        if let Some(key) = key {
-            if let Some(entry) = shard.key(user, key) {
-                return Ok(if *entry.fingerprint == *purchase.fingerprint {
-                    Decision::Replay(entry.answer(sale, user, key))
-                } else {
-                    Decision::KeyReused
-                });
-            }
+        let mut shard = self.shard(state, user).lock();
+        if let Some(key) = key
+            && let Some(entry) = shard.key(user, key)
+        {
+            return Ok(if *entry.fingerprint == *purchase.fingerprint {
+                Decision::Replay(entry.answer(sale, user, key))
+            } else {
+                Decision::KeyReused
+            });
         }
         let held = shard.units.get(user).copied().unwrap_or(0);
         let wanted = purchase.total_units();
@@ -327,13 +337,13 @@ impl LocalGate {
         };
         let state = self.state(sale)?;
         let mut shard = self.shard(&state, &order.user_id).lock();
-        if let Some(entry) = shard.key_mut(&order.user_id, key) {
-            if matches!(&entry.state, KeyState::InFlight(id) if id.is(&order.id)) {
-                entry.state = KeyState::Accepted {
-                    order_id: OrderRef::new(&order.id),
-                    created_at: order.created_at,
-                };
-            }
+        if let Some(entry) = shard.key_mut(&order.user_id, key)
+            && matches!(&entry.state, KeyState::InFlight(id) if id.is(&order.id))
+        {
+            entry.state = KeyState::Accepted {
+                order_id: OrderRef::new(&order.id),
+                created_at: order.created_at,
+            };
         }
         Ok(())
     }
@@ -356,14 +366,12 @@ impl LocalGate {
                 shard.units.remove(order.user_id.as_str());
             }
         }
-        if forget_key {
-            if let Some(key) = order.idempotency_key.as_deref() {
-                let ours = shard
-                    .key(&order.user_id, key)
-                    .is_some_and(|e| e.is_for(order));
-                if ours {
-                    shard.remove_key(&order.user_id, key);
-                }
+        if forget_key && let Some(key) = order.idempotency_key.as_deref() {
+            let ours = shard
+                .key(&order.user_id, key)
+                .is_some_and(|e| e.is_for(order));
+            if ours {
+                shard.remove_key(&order.user_id, key);
             }
         }
         state.give_back(&units);

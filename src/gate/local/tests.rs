@@ -386,3 +386,100 @@ proptest! {
         }
     }
 }
+
+/// Issue #10: a buyer taking the last unit set the sold-out flag after a concurrent
+/// release had cleared it, so buyers without a key were refused `SoldOut` (the flag is
+/// read without a lock) while a unit was back. Each round: two units are held; one
+/// thread gives one back, waits for the other thread to buy it (the flag goes up) and
+/// gives the second back right then, while the buyer is still deciding whether the sale
+/// sold out. Once both are done one unit is left, and a buyer without a key must get it.
+/// The sale has many empty items: the gate reads every item to decide whether it sold
+/// out, which widens the window the second release has to fall in.
+#[test]
+fn sold_out_flag_follows_stock_under_concurrent_releases() {
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+    // At most 2,000 rounds or 4 s, whichever ends first (a busy machine runs fewer).
+    const ROUNDS: u32 = 2_000;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    // Spins a little (the other thread is usually running), then lets others run.
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+        let mut spins = 0u32;
+        while !done() {
+            spins += 1;
+            if spins < 20_000 {
+                std::hint::spin_loop();
+            } else {
+                assert!(
+                    Instant::now() < deadline + Duration::from_secs(10),
+                    "{what}"
+                );
+                std::thread::yield_now();
+            }
+        }
+    };
+    let mut stocks = vec![0; 16_384];
+    stocks[0] = 2;
+    let s = sale(&stocks, 1);
+    let gate = gate_with(&s);
+    let state = gate.sales.load()["sale"].clone();
+    let buy = |id: &str| {
+        let p = purchase(&s, id, &[(0, 1)]);
+        let decision = gate.decide(&s, &p, None, id, 1_500).unwrap();
+        (decision, order(&s, &p, id, None))
+    };
+    let mut held = ["a", "b"].map(|id| buy(id).1);
+    assert_eq!(gate.remaining_sync(&s).unwrap()[0], 0);
+    // The round the buyer may start, and the last round it bought in.
+    let (go, bought) = (AtomicU32::new(0), AtomicU32::new(0));
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for round in 1.. {
+                let id = format!("t{round}");
+                let p = purchase(&s, &id, &[(0, 1)]);
+                wait_until("go", &|| go.load(Ordering::SeqCst) >= round);
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                wait_until("bought", &|| {
+                    gate.decide(&s, &p, None, &id, 1_500).unwrap() == Decision::Reserved
+                });
+                bought.store(round, Ordering::SeqCst);
+            }
+        });
+        let mut stuck = None;
+        let mut round = 1;
+        while round <= ROUNDS && Instant::now() < deadline {
+            go.store(round, Ordering::SeqCst);
+            gate.release_sync(&s, &held[0], false).unwrap();
+            // The buyer gets that unit and marks the sale sold out: the second release
+            // falls while it is still looking at the stock.
+            wait_until("sold out", &|| state.sold_out.load(Ordering::SeqCst));
+            gate.release_sync(&s, &held[1], false).unwrap();
+            wait_until("round over", &|| bought.load(Ordering::SeqCst) == round);
+            let remaining = gate.remaining_sync(&s).unwrap()[0];
+            assert_eq!(remaining, 1, "round {round}");
+            let id = format!("c{round}");
+            let (decision, o) = buy(&id);
+            if decision != Decision::Reserved {
+                let flag = state.sold_out.load(Ordering::SeqCst);
+                stuck = Some(format!(
+                    "round {round}: {remaining} unit left but a purchase without a key got \
+                     {decision:?} (sold-out flag {flag})"
+                ));
+                break;
+            }
+            // The next round releases this round's two buyers.
+            let t = format!("t{round}");
+            held = [order(&s, &purchase(&s, &t, &[(0, 1)]), &t, None), o];
+            round += 1;
+        }
+        // Let the buyer thread end before failing, so the test does not hang.
+        stop.store(true, Ordering::SeqCst);
+        go.store(u32::MAX, Ordering::SeqCst);
+        if let Some(stuck) = stuck {
+            panic!("{stuck}");
+        }
+    });
+}
