@@ -3,7 +3,9 @@
 //! them. Told to stop, it closes its inbox (new orders are refused), stores what is
 //! already in it, and returns.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -35,8 +37,20 @@ pub async fn run_group_commit(
     tracing::debug!("order writer stopped: bus closed and drained");
 }
 
+/// How long the writer keeps asking which orders of a batch whose commit failed made it.
+const LOOKUP_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Stores the batch and answers each order of it.
 async fn commit(batch: &mut Vec<Envelope>, store: &dyn OrderStore) {
+    // An order past its deadline is not stored any more: its buyer was answered, and
+    // a rebuild elsewhere may already have counted without it.
+    let now = tokio::time::Instant::now();
+    for late in batch.extract_if(.., |e| e.deadline <= now) {
+        let _ = late.reply.send(Err("its delivery deadline passed before it was stored".into()));
+    }
+    if batch.is_empty() {
+        return;
+    }
     let orders: Vec<_> = batch.iter().map(|e| e.order.clone()).collect();
     let started = std::time::Instant::now();
     match store.insert_orders(&orders).await {
@@ -58,9 +72,45 @@ async fn commit(batch: &mut Vec<Envelope>, store: &dyn OrderStore) {
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, orders = orders.len(), "batch rolled back");
-            for envelope in batch.drain(..) {
-                let _ = envelope.reply.send(Err(e.to_string()));
+            // The transaction failed, perhaps at COMMIT with the connection lost: it may
+            // have committed all the same. Look the orders up; only those surely absent
+            // are "not stored" (their units go back). Unanswerable: outcome unknown.
+            tracing::error!(error = %e, orders = orders.len(), "batch failed; looking its orders up");
+            let ids: Vec<String> = orders.iter().map(|o| o.id.clone()).collect();
+            match look_up(store, &ids).await {
+                Some(stored) => {
+                    for envelope in batch.drain(..) {
+                        let reply = if stored.contains(&envelope.order.id) {
+                            Ok(())
+                        } else {
+                            Err(e.to_string())
+                        };
+                        let _ = envelope.reply.send(reply);
+                    }
+                }
+                // Dropping the replies tells each buyer's request "outcome unknown": the
+                // reservations stay until the sweeper resolves them.
+                None => batch.clear(),
+            }
+        }
+    }
+}
+
+/// Which of `ids` the store holds, asking again for a while if it does not answer.
+async fn look_up(store: &dyn OrderStore, ids: &[String]) -> Option<HashSet<String>> {
+    let give_up = tokio::time::Instant::now() + LOOKUP_PATIENCE;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match store.stored_ids(ids).await {
+            Ok(found) => return Some(found.into_iter().collect()),
+            Err(e) if tokio::time::Instant::now() + backoff < give_up => {
+                tracing::warn!(error = %e, "lookup after a failed commit failed; asking again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot tell which orders were stored");
+                return None;
             }
         }
     }
