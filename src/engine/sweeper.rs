@@ -149,3 +149,64 @@ pub async fn run(engine: Arc<Engine>, every: Duration, stop: CancellationToken) 
     }
     tracing::debug!("sweeper stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bus::MemoryBus;
+    use crate::domain::{NewSale, PurchaseRequest};
+    use crate::gate::LocalGate;
+    use crate::store::OrderStore;
+    use crate::test_support::FaultyStore;
+
+    /// One order that cannot be expired does not keep the others behind it waiting.
+    #[tokio::test]
+    async fn a_failing_row_is_skipped_not_a_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
+        let (bus, inbox) = MemoryBus::new(64, Duration::from_secs(5));
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(crate::worker::run_group_commit(inbox, store.clone(), 64, stop.clone()));
+        let engine = Engine::start(
+            Arc::new(LocalGate::new()),
+            Arc::new(bus),
+            store.clone(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let sale = engine
+            .create_sale(NewSale {
+                name: "s".into(),
+                stock: Some(5),
+                items: None,
+                per_user_limit: Some(1),
+                starts_at: None,
+                ends_at: None,
+                payment_window: Some(1),
+            })
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for user in ["a", "b", "c"] {
+            let request = PurchaseRequest { user_id: user.into(), quantity: Some(1), items: None };
+            ids.push(engine.purchase(&sale.sale.id, request, None).await.unwrap().id.clone());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // The oldest overdue order, the first the sweep reads, fails every time.
+        *store.fail_transitions_of.lock() = Some(ids[0].clone());
+        let sweep = engine.sweep().await.unwrap();
+        assert_eq!((sweep.expired, sweep.skipped), (2, 1), "{sweep:?}");
+        for id in &ids[1..] {
+            let order = store.get_order(id).await.unwrap().unwrap();
+            assert_eq!(order.status, OrderStatus::Expired);
+        }
+        assert_eq!(engine.sale_state(&sale.sale.id).await.unwrap().remaining, [4]);
+        stop.cancel();
+        drop(engine);
+        writer.await.unwrap();
+    }
+}

@@ -115,3 +115,103 @@ async fn look_up(store: &dyn OrderStore, ids: &[String]) -> Option<HashSet<Strin
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bus::{BusError, MemoryBus, OrderBus};
+    use crate::domain::{NewSale, Order, PurchaseRequest, now_millis, validate_purchase};
+    use crate::test_support::FaultyStore;
+
+    fn orders(n: usize) -> (crate::domain::Sale, Vec<Order>) {
+        let sale = NewSale {
+            name: "s".into(),
+            stock: Some(10),
+            items: None,
+            per_user_limit: Some(1),
+            starts_at: None,
+            ends_at: None,
+            payment_window: None,
+        }
+        .into_sale("sale".into(), 0)
+        .unwrap();
+        let orders = (0..n)
+            .map(|i| {
+                let request = PurchaseRequest {
+                    user_id: format!("u{i}"),
+                    quantity: Some(1),
+                    items: None,
+                };
+                let purchase = validate_purchase(&sale, request).unwrap();
+                Order::new(format!("o{i}"), &sale, &purchase, None, now_millis())
+            })
+            .collect();
+        (sale, orders)
+    }
+
+    /// Publishes `orders` at once through a memory bus whose writer uses `store`.
+    async fn publish_all(store: Arc<FaultyStore>, orders: &[Order]) -> Vec<Result<(), BusError>> {
+        let (bus, inbox) = MemoryBus::new(64, Duration::from_secs(5));
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(run_group_commit(inbox, store, 64, stop.clone()));
+        let bus = Arc::new(bus);
+        let answers = futures_util::future::join_all(orders.iter().map(|o| bus.publish(o))).await;
+        stop.cancel();
+        drop(bus);
+        writer.await.unwrap();
+        answers
+    }
+
+    /// A COMMIT whose answer was lost may have committed: the orders that are in the
+    /// store are durable (their buyer gets 202), not released as "not stored".
+    #[tokio::test]
+    async fn a_lost_commit_answer_is_resolved_by_looking_the_orders_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
+        let (sale, orders) = orders(3);
+        store.create_sale(&sale).await.unwrap();
+        *store.lose_commit_answers.lock() = true;
+        let answers = publish_all(store.clone(), &orders).await;
+        for answer in &answers {
+            assert!(answer.is_ok(), "a stored order answered {answer:?}");
+        }
+        assert_eq!(store.sale_orders("sale").await.unwrap().len(), 3);
+    }
+
+    /// When the lookup fails too, nobody can tell: the outcome is unknown (the
+    /// reservation stays for the sweeper), never "not stored".
+    #[tokio::test]
+    async fn an_unanswerable_commit_is_an_unknown_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
+        let (sale, orders) = orders(2);
+        store.create_sale(&sale).await.unwrap();
+        *store.lose_commit_answers.lock() = true;
+        *store.fail_lookups.lock() = true;
+        let answers = publish_all(store.clone(), &orders).await;
+        for answer in answers {
+            let error = answer.unwrap_err();
+            assert!(!error.is_definite(), "{error:?}");
+        }
+    }
+
+    /// An order that waited past its delivery deadline is not stored any more.
+    #[tokio::test]
+    async fn an_order_past_its_deadline_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
+        let (sale, orders) = orders(1);
+        store.create_sale(&sale).await.unwrap();
+        let (bus, inbox) = MemoryBus::new(8, Duration::from_millis(50));
+        let publishing = tokio::spawn(async move { bus.publish(&orders[0]).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stop = CancellationToken::new();
+        stop.cancel();
+        run_group_commit(inbox, store.clone(), 8, stop).await;
+        let answer = publishing.await.unwrap().unwrap_err();
+        assert!(answer.is_definite(), "{answer:?}");
+        assert!(store.sale_orders("sale").await.unwrap().is_empty());
+    }
+}
