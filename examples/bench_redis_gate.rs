@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
                     .reserve(&sale, &purchase, None, "o", 1)
                     .await
                     .expect("redis");
-                reserved += (decision == Decision::Reserved) as u64;
+                reserved += matches!(decision, Decision::Reserved { .. }) as u64;
             }
         }));
     }

@@ -64,6 +64,9 @@ async fn main() -> anyhow::Result<()> {
         worker_group: format!("bench-{run}"),
         partitions: 4,
         timeout: Duration::from_secs(10),
+        replication_factor: None,
+        min_insync_replicas: None,
+        delivery_timeout: Duration::from_secs(10),
     };
     let (bus, _) = bus::connect(&settings).await?;
     let mut publishing = tokio::task::JoinSet::new();

@@ -9,7 +9,7 @@ use crate::audit::{Audit, Holding, Invariant, SaleFacts};
 use crate::bus::{self, BusError};
 use crate::client::{Client, ClientError};
 use crate::config::Config;
-use crate::domain::{Millis, Order, Sale, now_millis};
+use crate::domain::{Millis, Order, OrderStatus, Sale, now_millis};
 use crate::gate::{self, GateError, GateUrl, StockGate};
 use crate::store::{self, OrderStore, StoreError};
 
@@ -44,6 +44,9 @@ pub struct CheckOptions {
 pub struct Report {
     pub sales: usize,
     pub orders: usize,
+    /// Orders acknowledged to their buyer, then refused by the store: kept as `failed`
+    /// with the reason, their units given back (compensated, not a violation).
+    pub failed: usize,
     /// Messages on the bus the workers have not stored yet (None: not measurable here).
     pub bus_lag: Option<i64>,
     pub notes: Vec<String>,
@@ -72,9 +75,10 @@ impl Report {
         }
         let lag = self.bus_lag.map(|l| l.to_string()).unwrap_or_else(|| "n/a".into());
         out.push_str(&format!(
-            "checked {} sales, {} orders, bus lag {lag}: {}",
+            "checked {} sales, {} orders ({} failed and compensated), bus lag {lag}: {}",
             self.sales,
             self.orders,
+            self.failed,
             if self.ok() { "OK" } else { "VIOLATIONS FOUND" }
         ));
         out
@@ -124,10 +128,19 @@ pub async fn check_sale(
     report: &mut Report,
 ) -> Result<(), StoreError> {
     let orders = store.sale_orders(&sale.id).await?;
-    let releasing = store.pending_releases(Some(&sale.id), i64::MAX).await?;
+    let releasing = store.pending_releases(Some(&sale.id), None, i64::MAX).await?;
     let counters: HashMap<String, i64> = store.sold_counters(&sale.id).await?.into_iter().collect();
     report.sales += 1;
     report.orders += orders.len();
+    for order in orders.iter().filter(|o| o.status == OrderStatus::Failed) {
+        report.failed += 1;
+        let reason = store.order_failure(&order.id).await?.unwrap_or_default();
+        report.notes.push(format!(
+            "sale {}: order {} was accepted, then refused by the store ({reason}); stored as \
+             failed, its units given back",
+            sale.id, order.id
+        ));
+    }
     let facts = SaleFacts::from(sale);
     let live: Vec<&Order> = orders.iter().filter(|o| o.status.holds_stock()).collect();
     let mut audit = Audit::default();

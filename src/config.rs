@@ -46,6 +46,14 @@ pub struct Config {
     pub topic_prefix: String,
     /// Partitions of the Kafka topics when flashsale creates them.
     pub kafka_partitions: i32,
+    /// Copies per message of the topics flashsale creates (default: 3, or the number of
+    /// brokers when fewer).
+    pub kafka_replication_factor: Option<i32>,
+    /// `min.insync.replicas` of those topics (default: replication factor − 1, ≥ 1).
+    pub kafka_min_insync_replicas: Option<i32>,
+    /// How long the producer keeps trying to deliver an order, retries included. Longer
+    /// than a buyer's wait (`backend_timeout_ms`), shorter than `hold_grace_ms`.
+    pub kafka_delivery_timeout_ms: u64,
     /// Consumer group of the workers.
     pub worker_group: String,
     /// How long a worker's batch waits for more messages, in ms.
@@ -71,6 +79,9 @@ impl Default for Config {
             hold_grace_ms: 10_000,
             topic_prefix: String::new(),
             kafka_partitions: 4,
+            kafka_replication_factor: None,
+            kafka_min_insync_replicas: None,
+            kafka_delivery_timeout_ms: 5000,
             worker_group: "flashsale-workers".into(),
             worker_linger_ms: 5,
         }
@@ -129,6 +140,36 @@ impl Config {
         if self.kafka_partitions < 1 {
             return Err(invalid("kafka_partitions", "must be at least 1"));
         }
+        if let Some(factor) = self.kafka_replication_factor
+            && factor < 1
+        {
+            return Err(invalid("kafka_replication_factor", "must be at least 1"));
+        }
+        if let Some(min) = self.kafka_min_insync_replicas
+            && (min < 1 || min > self.kafka_replication_factor.unwrap_or(3))
+        {
+            return Err(invalid(
+                "kafka_min_insync_replicas",
+                "must be between 1 and the replication factor",
+            ));
+        }
+        if self.kafka_delivery_timeout_ms < self.backend_timeout_ms {
+            return Err(invalid(
+                "kafka_delivery_timeout_ms",
+                "must be at least backend_timeout_ms (the buyer's wait)",
+            ));
+        }
+        let deadline = self.bus_settings().delivery_deadline();
+        if self.hold_grace_ms <= deadline.as_millis() as u64 {
+            return Err(invalid(
+                "hold_grace_ms",
+                format!(
+                    "must be longer than the delivery deadline ({} ms): a reservation \
+                     still being delivered is not its gateway's death",
+                    deadline.as_millis()
+                ),
+            ));
+        }
         if self.worker_group.trim().is_empty() {
             return Err(invalid("worker_group", "must not be empty"));
         }
@@ -146,6 +187,8 @@ impl Config {
         EngineSettings {
             replay_wait: Duration::from_millis(self.replay_wait_ms),
             hold_grace: Duration::from_millis(self.hold_grace_ms),
+            buyer_wait: self.backend_timeout(),
+            delivery_deadline: self.bus_settings().delivery_deadline(),
             ..EngineSettings::default()
         }
     }
@@ -158,6 +201,9 @@ impl Config {
             worker_group: self.worker_group.clone(),
             partitions: self.kafka_partitions,
             timeout: self.backend_timeout(),
+            replication_factor: self.kafka_replication_factor,
+            min_insync_replicas: self.kafka_min_insync_replicas,
+            delivery_timeout: Duration::from_millis(self.kafka_delivery_timeout_ms),
         }
     }
 }

@@ -138,7 +138,11 @@ async fn detail(
     order: crate::domain::Order,
 ) -> Result<Json<OrderDetail>, ApiError> {
     let history = state.engine.order_history(&order.id).await?;
-    Ok(Json(OrderDetail::new(&order, history)))
+    let failure = match order.status {
+        crate::domain::OrderStatus::Failed => state.engine.order_failure(&order.id).await?,
+        _ => None,
+    };
+    Ok(Json(OrderDetail::new(&order, history, failure)))
 }
 
 /// A constant answer: the reference route of the HTTP ceiling benchmark.

@@ -105,10 +105,18 @@ pub struct OrderDetail {
     #[serde(flatten)]
     pub order: OrderView,
     pub history: Vec<HistoryEntry>,
+    /// Why the order failed after it was accepted (status `failed`): the store refused
+    /// it, and its units went back on sale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 impl OrderDetail {
-    pub fn new(order: &Order, changes: Vec<(OrderStatus, Millis)>) -> Self {
+    pub fn new(
+        order: &Order,
+        changes: Vec<(OrderStatus, Millis)>,
+        failure: Option<String>,
+    ) -> Self {
         let placed = if order.expires_at.is_some() {
             OrderStatus::Pending
         } else {
@@ -124,6 +132,7 @@ impl OrderDetail {
         OrderDetail {
             order: OrderView::from(order),
             history,
+            failure,
         }
     }
 }

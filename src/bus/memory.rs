@@ -13,8 +13,13 @@ use crate::domain::Order;
 
 pub struct Envelope {
     pub order: Order,
-    /// `Ok` once durable, `Err(reason)` if the store refused or the batch rolled back.
+    /// `Ok` once durable, `Err(reason)` if it surely is not (the store refused it, the
+    /// batch surely rolled back, or its deadline passed before the writer got to it);
+    /// dropped unanswered when nobody can tell.
     pub reply: oneshot::Sender<Result<(), String>>,
+    /// Past this, the writer does not store the order any more: an order never lands
+    /// later than its delivery deadline (a rebuild of a shared gate relies on it).
+    pub deadline: tokio::time::Instant,
 }
 
 /// The writer's end of the in-process bus.
@@ -24,15 +29,18 @@ pub struct MemoryBus {
     tx: mpsc::Sender<Envelope>,
     /// Orders handed to the writer and not answered yet.
     in_flight: Arc<AtomicUsize>,
+    /// How long an order may wait for the writer (its delivery deadline).
+    deadline: Duration,
 }
 
 impl MemoryBus {
-    pub fn new(capacity: usize) -> (MemoryBus, OrderInbox) {
+    pub fn new(capacity: usize, deadline: Duration) -> (MemoryBus, OrderInbox) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (
             MemoryBus {
                 tx,
                 in_flight: Arc::default(),
+                deadline,
             },
             rx,
         )
@@ -64,6 +72,7 @@ impl OrderBus for MemoryBus {
             .try_send(Envelope {
                 order: order.clone(),
                 reply,
+                deadline: tokio::time::Instant::now() + self.deadline,
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => BusError::Full,
@@ -123,7 +132,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_bus_sheds_at_once() {
-        let (bus, _rx) = MemoryBus::new(1);
+        let (bus, _rx) = MemoryBus::new(1, Duration::from_secs(5));
         let bus = std::sync::Arc::new(bus);
         let first = tokio::spawn({
             let bus = bus.clone();
@@ -143,7 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn writer_answers_decide_the_outcome() {
-        let (bus, mut rx) = MemoryBus::new(8);
+        let (bus, mut rx) = MemoryBus::new(8, Duration::from_secs(5));
         let writer = tokio::spawn(async move {
             let stored = rx.recv().await.unwrap();
             stored.reply.send(Ok(())).unwrap();

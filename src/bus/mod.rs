@@ -125,6 +125,23 @@ pub struct BusSettings {
     pub partitions: i32,
     /// The longest wait for the broker within a request.
     pub timeout: Duration,
+    /// Kafka: copies per message and `min.insync.replicas` of the topics flashsale
+    /// creates (`None`: 3 or the number of brokers when fewer; replication − 1).
+    pub replication_factor: Option<i32>,
+    pub min_insync_replicas: Option<i32>,
+    /// Kafka: how long the producer keeps trying to deliver an order.
+    pub delivery_timeout: Duration,
+}
+
+impl BusSettings {
+    /// The longest an order may be on its way to the store: past it, it has landed or
+    /// never will.
+    pub fn delivery_deadline(&self) -> Duration {
+        match self.url {
+            BusUrl::Memory => self.timeout,
+            BusUrl::Kafka { .. } => self.delivery_timeout,
+        }
+    }
 }
 
 impl BusSettings {
@@ -139,7 +156,10 @@ impl BusSettings {
             topics: kafka::Topics::with_prefix(&self.topic_prefix),
             worker_group: self.worker_group.clone(),
             partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            min_insync_replicas: self.min_insync_replicas,
             timeout: self.timeout,
+            delivery_timeout: self.delivery_timeout,
         })
     }
 }
@@ -150,7 +170,7 @@ pub async fn connect(
 ) -> Result<(Arc<dyn OrderBus>, Option<OrderInbox>), BusError> {
     match &settings.url {
         BusUrl::Memory => {
-            let (bus, inbox) = MemoryBus::new(settings.capacity);
+            let (bus, inbox) = MemoryBus::new(settings.capacity, settings.timeout);
             Ok((Arc::new(bus), Some(inbox)))
         }
         #[cfg(feature = "kafka")]

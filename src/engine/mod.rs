@@ -56,6 +56,10 @@ impl From<GateError> for EngineError {
     fn from(e: GateError) -> Self {
         match e {
             GateError::UnknownSale(id) => EngineError::SaleNotFound(id),
+            GateError::Fenced(sale, reason) => {
+                tracing::warn!(%sale, reason, "rebuild refused");
+                EngineError::Unavailable("the sale is being restored".into())
+            }
             GateError::Unavailable(reason) => {
                 tracing::error!(%reason, "gate unavailable");
                 EngineError::Unavailable("stock gate unavailable".into())
@@ -72,8 +76,15 @@ pub struct EngineSettings {
     /// How long a rebuild of the gate waits for the bus to drain.
     pub recovery_wait: Duration,
     /// How old a reservation without an answer from the bus must be before the sweeper
-    /// takes its gateway for dead.
+    /// takes its gateway for dead (longer than `delivery_deadline`).
     pub hold_grace: Duration,
+    /// How long a buyer waits for the order to be durable before being answered 503
+    /// ("retry with the same key"); the order goes on and is stored or released.
+    pub buyer_wait: Duration,
+    /// The longest an order may be on its way to the bus: past it, it has landed or
+    /// never will. A rebuild of a shared gate waits this long for other gateways'
+    /// reservations made before the loss.
+    pub delivery_deadline: Duration,
 }
 
 impl Default for EngineSettings {
@@ -82,6 +93,8 @@ impl Default for EngineSettings {
             replay_wait: Duration::from_secs(2),
             recovery_wait: Duration::from_secs(30),
             hold_grace: Duration::from_secs(10),
+            buyer_wait: Duration::from_secs(1),
+            delivery_deadline: Duration::from_secs(1),
         }
     }
 }

@@ -13,19 +13,20 @@ impl Engine {
             .ok_or_else(|| EngineError::OrderNotFound(id.to_string()))
     }
 
+    /// Why an order failed after it was accepted, if it did.
+    pub async fn order_failure(&self, id: &str) -> Result<Option<String>, EngineError> {
+        Ok(self.store.order_failure(id).await?)
+    }
+
     pub async fn order_history(&self, id: &str) -> Result<Vec<(OrderStatus, Millis)>, EngineError> {
         Ok(self.store.order_history(id).await?)
     }
 
     /// Confirms payment of a pending order. Paying twice is harmless; paying after the
     /// payment window is refused (`expired`), and expires the order if nobody did yet.
+    /// Whether the window is over is the store's call, on the database's clock.
     pub async fn pay(&self, id: &str) -> Result<Order, EngineError> {
-        let order = self.order(id).await?;
         let now = now_millis();
-        if order.is_overdue(now) {
-            let ended = self.end_order(&order, OrderStatus::Expired, now).await?;
-            return Err(EngineError::OrderIs(ended.status));
-        }
         let transition = self
             .store
             .transition(id, OrderStatus::Paid, now)
@@ -36,7 +37,7 @@ impl Engine {
         }
         match transition.order.status {
             OrderStatus::Paid => Ok(transition.order),
-            // The window passed between the read and the update: expire it now.
+            // Still pending but not paid: the window is over. Expire it now.
             OrderStatus::Pending => {
                 let ended = self
                     .end_order(&transition.order, OrderStatus::Expired, now)
@@ -85,8 +86,9 @@ impl Engine {
     /// Gives an ended order's units back to the gate, then marks the release done.
     pub(super) async fn release_ended(&self, order: &Order) -> Result<(), EngineError> {
         let sale = self.sale(&order.sale_id).await?;
+        // A lost sale is rebuilt without this order's units (it is not counted): the
+        // release after the rebuild gives nothing back and is then marked done.
         if let Err(e) = self.gate.release(&sale, order, false).await {
-            // A lost sale is rebuilt without this order's units: the release is done.
             return Err(self.gate_failed(&sale, e).await);
         }
         self.store.mark_released(&order.id).await?;

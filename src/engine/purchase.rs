@@ -74,21 +74,31 @@ impl Engine {
                 let key = key.expect("only keyed purchases replay");
                 self.replay(&sale, &purchase.user_id, &key, answer).await
             }
-            Decision::Reserved => {
+            Decision::Reserved { at } => {
                 crash_here_if_asked("after-reserve");
-                let order = Arc::new(Order::new(order_id, &sale, &purchase, key, now));
-                // The rest runs in its own task: if the buyer hangs up, the reservation is
-                // still confirmed or released, never left behind.
-                let placing = place(
+                // Created at the gate's clock (Redis's in Redis mode): the payment window
+                // runs on the one clock every gateway shares.
+                let order = Arc::new(Order::new(order_id, &sale, &purchase, key, at));
+                // The rest runs in its own task: if the buyer hangs up, or waits longer
+                // than `buyer_wait`, the order is still stored or released, never left
+                // behind; a retry with the same key then gets its answer.
+                let placing = tokio::spawn(place(
                     self.gate.clone(),
                     self.bus.clone(),
                     self.key_waiters.clone(),
                     sale,
                     order,
-                );
-                tokio::spawn(placing)
-                    .await
-                    .map_err(|e| EngineError::Unavailable(format!("order task failed: {e}")))?
+                ));
+                match tokio::time::timeout(self.settings.buyer_wait, placing).await {
+                    Ok(placed) => placed.map_err(|e| {
+                        EngineError::Unavailable(format!("order task failed: {e}"))
+                    })?,
+                    Err(_) => Err(EngineError::Unavailable(
+                        "the order is still on its way to the store; retry with the same \
+                         Idempotency-Key"
+                            .into(),
+                    )),
+                }
             }
         }
     }
@@ -154,8 +164,9 @@ impl Engine {
     }
 }
 
-/// Test-only failpoint: `FLASHSALE_FAILPOINT=after-reserve` kills the process right
-/// after the gate reserved and before the bus has the order (as a `kill -9` would).
+/// Test-only failpoints: `FLASHSALE_FAILPOINT=after-reserve` kills the process right
+/// after the gate reserved and before the bus has the order, `after-publish` once the
+/// bus has it and before the gate's key is confirmed (as a `kill -9` would).
 fn crash_here_if_asked(point: &str) {
     if std::env::var("FLASHSALE_FAILPOINT").is_ok_and(|p| p == point) {
         std::process::abort();
@@ -173,6 +184,7 @@ async fn place(
 ) -> Result<Arc<Order>, EngineError> {
     let answer = match bus.publish(&order).await {
         Ok(()) => {
+            crash_here_if_asked("after-publish");
             if let Err(e) = gate.confirm(&sale, &order).await {
                 // The order is durable; only replays of its key are affected.
                 tracing::warn!(order = %order.id, error = %e, "could not confirm key");

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use super::{Engine, EngineError};
 use crate::domain::{Order, Sale};
-use crate::gate::{GateError, SaleSnapshot};
+use crate::gate::{GateError, RebuildLease, SaleSnapshot};
 
 /// Sales being rebuilt by this process right now.
 #[derive(Default)]
@@ -38,25 +38,45 @@ impl Engine {
 
     /// Rebuilds a sale in the gate from the store plus the orders still on the bus (else
     /// units sold but not stored yet would be sold again). One rebuild per sale at a time
-    /// in this process.
+    /// in this process, and, in a shared gate, across every gateway (a lease in the gate).
     async fn rebuild(&self, sale: &Sale) -> Result<(), EngineError> {
         if !self.recovery.0.lock().insert(sale.id.clone()) {
             return Err(EngineError::Unavailable(
                 "the sale is being restored".into(),
             ));
         }
-        let result = self.rebuild_once(sale).await;
+        let result = self.rebuild_leased(sale).await;
         self.recovery.0.lock().remove(&sale.id);
         result
     }
 
-    async fn rebuild_once(&self, sale: &Sale) -> Result<(), EngineError> {
-        // Another request may have restored it since this one found it missing: a second
-        // restore would overwrite reservations made in between.
+    async fn rebuild_leased(&self, sale: &Sale) -> Result<(), EngineError> {
+        let Some(lease) = self.gate.lease_rebuild(sale).await? else {
+            return Err(EngineError::Unavailable(
+                "the sale is being restored by another gateway".into(),
+            ));
+        };
+        let result = self.rebuild_once(sale, &lease).await;
+        if let Err(e) = self.gate.end_rebuild(sale, lease).await {
+            // It lapses by itself.
+            tracing::warn!(sale = %sale.id, error = %e, "rebuild lease not ended");
+        }
+        result
+    }
+
+    async fn rebuild_once(&self, sale: &Sale, lease: &RebuildLease) -> Result<(), EngineError> {
+        // Another gateway may have restored it since this one found it missing.
         if self.gate.has_sale(sale).await? {
             return Ok(());
         }
         tracing::warn!(sale = %sale.id, "the gate lost this sale: rebuilding it from the store");
+        if self.gate.shared() {
+            // Other gateways may hold reservations made before the loss, still on their
+            // way to the bus: wait until each has landed or surely never will (every
+            // publish gives up after `delivery_deadline`). Their purchases meanwhile find
+            // the sale missing and answer 503.
+            tokio::time::sleep(self.settings.delivery_deadline).await;
+        }
         let on_the_bus = self
             .bus
             .undelivered(&sale.id, self.settings.recovery_wait)
@@ -65,11 +85,9 @@ impl Engine {
         let mut orders = self.store.sale_orders(&sale.id).await?;
         let stored: HashSet<String> = orders.iter().map(|o| o.id.clone()).collect();
         orders.extend(on_the_bus.into_iter().filter(|o| !stored.contains(&o.id)));
-        self.gate.restore(sale, &snapshot(sale, &orders)).await?;
-        // The snapshot counts only live orders: releases still pending are done.
-        for order in self.store.pending_releases(Some(&sale.id), i64::MAX).await? {
-            self.store.mark_released(&order.id).await?;
-        }
+        // Orders whose release is pending are not counted: their release, whenever it
+        // comes, finds them uncounted and gives nothing back (see the gate's release).
+        self.gate.restore(sale, &snapshot(sale, &orders), lease).await?;
         tracing::info!(sale = %sale.id, "sale restored in the gate");
         Ok(())
     }
@@ -87,6 +105,7 @@ pub fn snapshot(sale: &Sale, orders: &[Order]) -> SaleSnapshot {
                 snap.sold[item] += units;
             }
             *snap.buyers.entry(order.user_id.clone()).or_default() += order.total_units();
+            snap.holding.push(order.id.clone());
         }
         if order.idempotency_key.is_some() {
             snap.keyed_orders.push(order.clone());

@@ -11,6 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Engine, EngineError};
 use crate::domain::{Millis, OrderStatus, now_millis};
+use crate::gate::HoldEnd;
+
+/// Rows a sweep reads at a time.
+const SWEEP_BATCH: i64 = 500;
+/// Batches of each kind one pass goes through at most (the next pass goes on).
+const SWEEP_BATCHES: usize = 20;
 
 /// What one pass of the sweeper did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -19,32 +25,75 @@ pub struct Sweep {
     pub released: usize,
     /// Reservations given back because their order never reached the bus.
     pub orphans: usize,
+    /// Reservations whose gateway died after the bus had the order: their keys now
+    /// replay the order.
+    pub resolved: usize,
+    /// Rows that failed and were skipped (logged); the next pass tries them again.
+    pub skipped: usize,
 }
 
 impl Engine {
+    /// One pass. A row that fails is logged and skipped: one bad row does not stop the
+    /// others behind it. Expiry and releases go in batches, keyset-paginated.
     pub async fn sweep(&self) -> Result<Sweep, EngineError> {
-        let now = now_millis();
         let mut sweep = Sweep::default();
-        for order in self.store.overdue_orders(now, 500).await? {
-            let ended = self.end_order(&order, OrderStatus::Expired, now).await?;
-            sweep.expired += (ended.status == OrderStatus::Expired) as usize;
+        let mut after: Option<(Millis, String)> = None;
+        for _ in 0..SWEEP_BATCHES {
+            let overdue = self.store.overdue_orders(after.as_ref(), SWEEP_BATCH).await?;
+            let full = overdue.len() as i64 == SWEEP_BATCH;
+            for order in overdue {
+                after = Some((order.expires_at.unwrap_or_default(), order.id.clone()));
+                match self.end_order(&order, OrderStatus::Expired, now_millis()).await {
+                    Ok(ended) => sweep.expired += (ended.status == OrderStatus::Expired) as usize,
+                    Err(e) => {
+                        tracing::warn!(order = %order.id, error = %e, "expiry failed; skipped");
+                        sweep.skipped += 1;
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
         }
-        for order in self.store.pending_releases(None, 500).await? {
-            self.release_ended(&order).await?;
-            sweep.released += 1;
+        let mut after: Option<String> = None;
+        for _ in 0..SWEEP_BATCHES {
+            let pending = self
+                .store
+                .pending_releases(None, after.as_deref(), SWEEP_BATCH)
+                .await?;
+            let full = pending.len() as i64 == SWEEP_BATCH;
+            for order in pending {
+                after = Some(order.id.clone());
+                match self.release_ended(&order).await {
+                    Ok(()) => sweep.released += 1,
+                    Err(e) => {
+                        tracing::warn!(order = %order.id, error = %e, "release failed; skipped");
+                        sweep.skipped += 1;
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
         }
-        sweep.orphans = self.sweep_orphans(now).await?;
+        self.sweep_holds(&mut sweep).await?;
         Ok(sweep)
     }
 
-    /// An order in neither the store nor the bus after the delivery timeout never will
-    /// be: its reservation goes back.
-    async fn sweep_orphans(&self, now: Millis) -> Result<usize, EngineError> {
+    /// Reservations that never heard back from the bus past `hold_grace` (longer than
+    /// any delivery): their gateway died. An order in neither the store nor the bus
+    /// never will be: its units go back. One that is there gets its key confirmed, so
+    /// that retries get the original 202 instead of "in flight".
+    async fn sweep_holds(&self, sweep: &mut Sweep) -> Result<(), EngineError> {
         let grace = self.settings.hold_grace;
-        let older_than = now - grace.as_millis() as i64;
-        let mut released = 0;
         for sale in self.sales.all() {
-            let stale = self.gate.stale_holds(&sale, older_than).await?;
+            let stale = match self.gate.stale_holds(&sale, grace).await {
+                Ok(stale) => stale,
+                Err(e) => {
+                    tracing::warn!(sale = %sale.id, error = %e, "stale holds not read");
+                    continue;
+                }
+            };
             if stale.is_empty() {
                 continue;
             }
@@ -52,16 +101,34 @@ impl Engine {
                 continue; // cannot tell yet: try again next time
             };
             for order_id in stale {
-                let stored = self.store.get_order(&order_id).await?.is_some()
-                    || on_the_bus.iter().any(|o| o.id == order_id);
-                self.gate.drop_hold(&sale, &order_id, !stored).await?;
-                if !stored {
-                    tracing::warn!(order = %order_id, sale = %sale.id, "orphan reservation released");
-                    released += 1;
+                let stored = match self.store.get_order(&order_id).await {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        tracing::warn!(order = %order_id, error = %e, "hold not resolved; skipped");
+                        sweep.skipped += 1;
+                        continue;
+                    }
+                };
+                let found = stored.or_else(|| on_the_bus.iter().find(|o| o.id == order_id).cloned());
+                let end = match &found {
+                    Some(order) => HoldEnd::Confirm(order),
+                    None => HoldEnd::Release,
+                };
+                if let Err(e) = self.gate.drop_hold(&sale, &order_id, end).await {
+                    tracing::warn!(order = %order_id, error = %e, "hold not dropped; skipped");
+                    sweep.skipped += 1;
+                    continue;
+                }
+                match found {
+                    Some(_) => sweep.resolved += 1,
+                    None => {
+                        tracing::warn!(order = %order_id, sale = %sale.id, "orphan reservation released");
+                        sweep.orphans += 1;
+                    }
                 }
             }
         }
-        Ok(released)
+        Ok(())
     }
 }
 
@@ -81,4 +148,65 @@ pub async fn run(engine: Arc<Engine>, every: Duration, stop: CancellationToken) 
         }
     }
     tracing::debug!("sweeper stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bus::MemoryBus;
+    use crate::domain::{NewSale, PurchaseRequest};
+    use crate::gate::LocalGate;
+    use crate::store::OrderStore;
+    use crate::test_support::FaultyStore;
+
+    /// One order that cannot be expired does not keep the others behind it waiting.
+    #[tokio::test]
+    async fn a_failing_row_is_skipped_not_a_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
+        let (bus, inbox) = MemoryBus::new(64, Duration::from_secs(5));
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(crate::worker::run_group_commit(inbox, store.clone(), 64, stop.clone()));
+        let engine = Engine::start(
+            Arc::new(LocalGate::new()),
+            Arc::new(bus),
+            store.clone(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let sale = engine
+            .create_sale(NewSale {
+                name: "s".into(),
+                stock: Some(5),
+                items: None,
+                per_user_limit: Some(1),
+                starts_at: None,
+                ends_at: None,
+                payment_window: Some(1),
+            })
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for user in ["a", "b", "c"] {
+            let request = PurchaseRequest { user_id: user.into(), quantity: Some(1), items: None };
+            ids.push(engine.purchase(&sale.sale.id, request, None).await.unwrap().id.clone());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // The oldest overdue order, the first the sweep reads, fails every time.
+        *store.fail_transitions_of.lock() = Some(ids[0].clone());
+        let sweep = engine.sweep().await.unwrap();
+        assert_eq!((sweep.expired, sweep.skipped), (2, 1), "{sweep:?}");
+        for id in &ids[1..] {
+            let order = store.get_order(id).await.unwrap().unwrap();
+            assert_eq!(order.status, OrderStatus::Expired);
+        }
+        assert_eq!(engine.sale_state(&sale.sale.id).await.unwrap().remaining, [4]);
+        stop.cancel();
+        drop(engine);
+        writer.await.unwrap();
+    }
 }

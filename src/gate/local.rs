@@ -16,7 +16,7 @@ use foldhash::quality::RandomState;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use super::{Decision, GateError, KeyAnswer, SaleSnapshot, StockGate};
+use super::{Decision, GateError, KeyAnswer, RebuildLease, SaleSnapshot, StockGate};
 use crate::domain::{Millis, Order, Refusal, Sale, Units, ValidPurchase};
 
 const SHARDS: usize = 64;
@@ -326,7 +326,7 @@ impl LocalGate {
             shard.set_key(user, key, entry);
         }
         Ok(match outcome {
-            Ok(()) => Decision::Reserved,
+            Ok(()) => Decision::Reserved { at: now },
             Err(refusal) => Decision::Refused(refusal),
         })
     }
@@ -400,7 +400,15 @@ impl StockGate for LocalGate {
         Ok(self.sales.load().contains_key(&sale.id))
     }
 
-    async fn restore(&self, sale: &Sale, snapshot: &SaleSnapshot) -> Result<(), GateError> {
+    async fn restore(
+        &self,
+        sale: &Sale,
+        snapshot: &SaleSnapshot,
+        _lease: &RebuildLease,
+    ) -> Result<(), GateError> {
+        if self.sales.load().contains_key(&sale.id) {
+            return Err(GateError::Fenced(sale.id.clone(), "the sale exists"));
+        }
         let remaining = sale.items.iter().enumerate().map(|(i, item)| {
             item.stock
                 .saturating_sub(snapshot.sold.get(i).copied().unwrap_or(0))
@@ -425,7 +433,7 @@ impl StockGate for LocalGate {
             shard.set_key(&order.user_id, key, entry);
         }
         let state = Arc::new(state);
-        self.set_state(sale, || state.clone(), true);
+        self.set_state(sale, || state.clone(), false);
         Ok(())
     }
 

@@ -31,7 +31,9 @@ pub enum KeyAnswer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Units were reserved for the new order; the caller must `confirm` or `release` it.
-    Reserved,
+    /// `at` is the gate's clock at the reservation (Redis's own clock in Redis mode):
+    /// the order's creation time, from which its payment window runs.
+    Reserved { at: Millis },
     /// The key was used before with the same purchase: its original answer.
     Replay(KeyAnswer),
     /// The key was used before with a different purchase.
@@ -48,6 +50,38 @@ pub struct SaleSnapshot {
     pub buyers: HashMap<String, u32>,
     /// Orders placed with an idempotency key.
     pub keyed_orders: Vec<Order>,
+    /// Ids of the orders counted in `sold`. After a rebuild, a release of an order placed
+    /// before it gives units back only if the order is one of these: the units of an
+    /// order the snapshot did not count (ended, or never stored) are not in the gate.
+    pub holding: Vec<String>,
+}
+
+/// How a reservation that never heard back from the bus ends (`drop_hold`).
+#[derive(Debug, Clone, Copy)]
+pub enum HoldEnd<'a> {
+    /// The order never reached the bus: its units go back and its key is forgotten.
+    Release,
+    /// The order is stored or on the bus: its key replays it from now on.
+    Confirm(&'a Order),
+}
+
+/// The right to rebuild one sale in a gate shared by several gateways: while one
+/// gateway holds it, the others answer 503 for that sale. Held in the gate (Redis) with
+/// an owner token and an expiry that a background task renews until the lease is dropped
+/// or ended; a restore by a gateway that lost its lease is refused.
+pub struct RebuildLease {
+    pub token: String,
+    /// Renews the lease; aborted when the lease is dropped.
+    pub(crate) _renewal: Option<AbortOnDrop>,
+}
+
+/// Owns a background task: aborts it when dropped.
+pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +90,9 @@ pub enum GateError {
     UnknownSale(String),
     #[error("stock gate unavailable: {0}")]
     Unavailable(String),
+    /// A rebuild was refused: the sale exists again, or another gateway holds the lease.
+    #[error("rebuild of sale {0} refused: {1}")]
+    Fenced(String, &'static str),
 }
 
 /// Which gate to run, parsed from `local` or `redis://host:port[/db]` (also `rediss://`).
@@ -120,8 +157,34 @@ pub trait StockGate: Send + Sync + 'static {
     /// Whether the gate holds state for the sale (false after a restart or a data loss).
     async fn has_sale(&self, sale: &Sale) -> Result<bool, GateError>;
 
-    /// Replaces the gate's state of a sale with what the store holds.
-    async fn restore(&self, sale: &Sale, snapshot: &SaleSnapshot) -> Result<(), GateError>;
+    /// Whether other processes reserve through this gate too (Redis): then a rebuild must
+    /// wait out their reservations still on their way to the bus.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Takes the right to rebuild the sale; `None` while another gateway holds it.
+    async fn lease_rebuild(&self, _sale: &Sale) -> Result<Option<RebuildLease>, GateError> {
+        Ok(Some(RebuildLease {
+            token: "local".into(),
+            _renewal: None,
+        }))
+    }
+
+    /// Gives the right back (it also lapses by itself if this gateway dies).
+    async fn end_rebuild(&self, _sale: &Sale, _lease: RebuildLease) -> Result<(), GateError> {
+        Ok(())
+    }
+
+    /// Writes the sale's state from the store's snapshot, if the sale is missing and the
+    /// lease is still held; refuses (`Fenced`) otherwise, so that a late or second
+    /// restore never overwrites reservations made after the first.
+    async fn restore(
+        &self,
+        sale: &Sale,
+        snapshot: &SaleSnapshot,
+        lease: &RebuildLease,
+    ) -> Result<(), GateError>;
 
     /// Decides a purchase. On `Reserved`, the units are held for `order_id` and the key
     /// (if any) answers `InFlight` until `confirm` or `release`.
@@ -150,24 +213,23 @@ pub trait StockGate: Send + Sync + 'static {
         key: &str,
     ) -> Result<Option<KeyAnswer>, GateError>;
 
-    /// Reservations made before `older_than` whose order never got an answer from the
-    /// bus (neither confirmed nor released): their gateway may have died in between.
-    /// A gate that lives and dies with its gateway has none.
+    /// Reservations older than `grace` (on the gate's clock) whose order never got an
+    /// answer from the bus (neither confirmed nor released): their gateway may have died
+    /// in between. A gate that lives and dies with its gateway has none.
     async fn stale_holds(
         &self,
         _sale: &Sale,
-        _older_than: Millis,
+        _grace: std::time::Duration,
     ) -> Result<Vec<String>, GateError> {
         Ok(Vec::new())
     }
 
-    /// Ends such a reservation: only forgets it (`release` false: the order did reach
-    /// the bus), or gives its units back too.
+    /// Ends such a reservation, as `end` says.
     async fn drop_hold(
         &self,
         _sale: &Sale,
         _order_id: &str,
-        _release: bool,
+        _end: HoldEnd<'_>,
     ) -> Result<(), GateError> {
         Ok(())
     }

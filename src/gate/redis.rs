@@ -17,13 +17,26 @@ use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
-use super::{Decision, GateError, KeyAnswer, SaleSnapshot, StockGate};
+use super::{
+    AbortOnDrop, Decision, GateError, HoldEnd, KeyAnswer, RebuildLease, SaleSnapshot, StockGate,
+};
 use crate::domain::{Millis, Order, Refusal, Sale, ValidPurchase};
 
 const RESTOCK_CHANNEL: &str = "flashsale:restock";
 const SOLD_OUT_TTL: Duration = Duration::from_secs(1);
-/// How long a buyer's idempotency key is remembered.
-const KEY_TTL_MS: u64 = 24 * 3600 * 1000;
+/// How long a rebuild lease lasts unless renewed (it is renewed every third of it).
+const LEASE_MS: u64 = 10_000;
+/// How long after a sale's payment window a buyer's idempotency key is still kept.
+const KEY_MARGIN_MS: i64 = 3600 * 1000;
+
+/// Until when (ms) the idempotency keys of a sale are kept: past the end of the sale and
+/// its payment window (the scripts keep them at least a day); 0 for a sale without an
+/// end, whose keys live as long as the sale.
+fn keep_keys_until(sale: &Sale) -> i64 {
+    sale.ends_at
+        .map(|end| end + sale.payment_window as i64 * 1000 + KEY_MARGIN_MS)
+        .unwrap_or(0)
+}
 
 pub struct RedisGate {
     conn: ConnectionManager,
@@ -33,19 +46,12 @@ pub struct RedisGate {
     confirm: Script,
     open: Script,
     drop_hold: Script,
+    restore: Script,
+    lease: Script,
     /// sale id → when this gateway saw it sold out.
     sold_out: Arc<RwLock<HashMap<String, Instant>>>,
     /// The restock listener; it stops when the gate is dropped.
     _restock_listener: AbortOnDrop,
-}
-
-/// Owns a background task: aborts it when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The Redis keys of one sale.
@@ -56,6 +62,8 @@ struct SaleKeys {
     released: String,
     holds: String,
     hold_details: String,
+    lease: String,
+    counted: String,
 }
 
 impl SaleKeys {
@@ -67,6 +75,8 @@ impl SaleKeys {
             released: format!("{{sale:{sale_id}}}:released"),
             holds: format!("{{sale:{sale_id}}}:holds"),
             hold_details: format!("{{sale:{sale_id}}}:hold-details"),
+            lease: format!("{{sale:{sale_id}}}:rebuild-lease"),
+            counted: format!("{{sale:{sale_id}}}:counted"),
         }
     }
 
@@ -105,6 +115,8 @@ impl RedisGate {
             confirm: Script::new(include_str!("lua/confirm.lua")),
             open: Script::new(include_str!("lua/open.lua")),
             drop_hold: Script::new(include_str!("lua/drop_hold.lua")),
+            restore: Script::new(include_str!("lua/restore.lua")),
+            lease: Script::new(include_str!("lua/lease.lua")),
             sold_out,
             _restock_listener: AbortOnDrop(listener),
         })
@@ -206,53 +218,112 @@ impl StockGate for RedisGate {
         .await
     }
 
-    async fn restore(&self, sale: &Sale, snapshot: &SaleSnapshot) -> Result<(), GateError> {
-        let keys = SaleKeys::new(&sale.id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(&keys.meta)
-            .del(&keys.stock)
-            .del(&keys.buyers);
-        let mut left: u64 = 0;
-        for (i, item) in sale.items.iter().enumerate() {
-            let remaining = item
-                .stock
-                .saturating_sub(snapshot.sold.get(i).copied().unwrap_or(0));
-            left += remaining as u64;
-            pipe.hset(&keys.stock, i, remaining);
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn lease_rebuild(&self, sale: &Sale) -> Result<Option<RebuildLease>, GateError> {
+        let key = SaleKeys::new(&sale.id).lease;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut conn = self.conn.clone();
+        let taken: Option<String> = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(LEASE_MS)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if taken.is_none() {
+            return Ok(None);
         }
+        // Renewed every third of its life while the rebuild runs; if this gateway dies,
+        // it lapses and another one may rebuild.
+        let (script, owner) = (self.lease.clone(), token.clone());
+        let renewal = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(LEASE_MS / 3)).await;
+                let renewed = script
+                    .key(&key)
+                    .arg(&owner)
+                    .arg(LEASE_MS)
+                    .invoke_async::<i64>(&mut conn)
+                    .await;
+                if !matches!(renewed, Ok(1)) {
+                    tracing::warn!(lease = %key, "rebuild lease lost");
+                    return;
+                }
+            }
+        });
+        Ok(Some(RebuildLease {
+            token,
+            _renewal: Some(AbortOnDrop(renewal)),
+        }))
+    }
+
+    async fn end_rebuild(&self, sale: &Sale, lease: RebuildLease) -> Result<(), GateError> {
+        let key = SaleKeys::new(&sale.id).lease;
+        let mut call = self.lease.key(key);
+        call.arg(&lease.token).arg(0);
+        drop(lease); // stops the renewal first
+        let mut conn = self.conn.clone();
+        self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn restore(
+        &self,
+        sale: &Sale,
+        snapshot: &SaleSnapshot,
+        lease: &RebuildLease,
+    ) -> Result<(), GateError> {
+        let keys = SaleKeys::new(&sale.id);
+        let mut call = self.restore.key(&keys.meta);
+        call.key(&keys.stock)
+            .key(&keys.buyers)
+            .key(&keys.lease)
+            .key(&keys.counted)
+            .key(&keys.holds)
+            .key(&keys.hold_details)
+            .arg(&lease.token)
+            .arg(sale.starts_at)
+            .arg(sale.ends_at.map(|e| e.to_string()).unwrap_or_default())
+            .arg(sale.per_user_limit)
+            .arg(keep_keys_until(sale))
+            .arg(sale.items.len());
+        for (i, item) in sale.items.iter().enumerate() {
+            let sold = snapshot.sold.get(i).copied().unwrap_or(0);
+            call.arg(item.stock.saturating_sub(sold));
+        }
+        call.arg(snapshot.buyers.len());
         for (user, units) in &snapshot.buyers {
-            pipe.hset(&keys.buyers, user, units);
+            call.arg(user).arg(units);
+        }
+        call.arg(snapshot.holding.len());
+        for id in &snapshot.holding {
+            call.arg(id);
         }
         for order in &snapshot.keyed_orders {
             let Some(key) = order.idempotency_key.as_deref() else {
                 continue;
             };
             let json = serde_json::to_string(order).expect("orders serialize");
-            let value = format!("{}\naccepted\n{json}", order.fingerprint);
-            pipe.pset_ex(
-                SaleKeys::idempotency(&sale.id, &order.user_id, key),
-                value,
-                KEY_TTL_MS,
-            );
+            call.key(SaleKeys::idempotency(&sale.id, &order.user_id, key))
+                .arg(format!("{}\naccepted\n{json}", order.fingerprint));
         }
-        // meta last: the sale only exists for other gateways once everything is in.
-        pipe.hset_multiple(
-            &keys.meta,
-            &[
-                ("starts_at", sale.starts_at.to_string()),
-                (
-                    "ends_at",
-                    sale.ends_at.map(|e| e.to_string()).unwrap_or_default(),
-                ),
-                ("limit", sale.per_user_limit.to_string()),
-                ("left", left.to_string()),
-            ],
-        );
         let mut conn = self.conn.clone();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await?;
-        self.sold_out.write().remove(&sale.id);
-        Ok(())
+        let outcome: String = self.bounded(call.invoke_async(&mut conn)).await?;
+        match outcome.as_str() {
+            "restored" => {
+                self.sold_out.write().remove(&sale.id);
+                Ok(())
+            }
+            "exists" => Err(GateError::Fenced(sale.id.clone(), "the sale exists")),
+            _ => Err(GateError::Fenced(sale.id.clone(), "the rebuild lease was lost")),
+        }
     }
 
     async fn reserve(
@@ -263,13 +334,11 @@ impl StockGate for RedisGate {
         order_id: &str,
         now: Millis,
     ) -> Result<Decision, GateError> {
-        if key.is_none() {
-            if let Some(refusal) = sale.window_refusal(now) {
-                return Ok(Decision::Refused(refusal));
-            }
-            if self.locally_sold_out(&sale.id) {
-                return Ok(Decision::Refused(Refusal::SoldOut));
-            }
+        // The sale window is decided in the script, on Redis's clock: a gateway whose
+        // clock runs ahead opens no sale early. (`now` is this gateway's clock.)
+        let _ = now;
+        if key.is_none() && self.locally_sold_out(&sale.id) {
+            return Ok(Decision::Refused(Refusal::SoldOut));
         }
         let keys = SaleKeys::new(&sale.id);
         let idem = key
@@ -281,11 +350,10 @@ impl StockGate for RedisGate {
             .key(&idem)
             .key(&keys.holds)
             .key(&keys.hold_details)
-            .arg(now)
+            .arg(keep_keys_until(sale))
             .arg(&purchase.user_id)
             .arg(&purchase.fingerprint)
             .arg(order_id)
-            .arg(KEY_TTL_MS)
             .arg(key.is_some() as u8);
         for &(item, units) in &purchase.units {
             call.arg(item).arg(units);
@@ -294,7 +362,11 @@ impl StockGate for RedisGate {
         let reply: Vec<Value> = self.bounded(call.invoke_async(&mut conn)).await?;
         let kind = reply.first().map(text).unwrap_or_default();
         match kind.as_str() {
-            "reserved" => Ok(Decision::Reserved),
+            "reserved" => {
+                let at = reply.get(1).map(text).and_then(|t| t.parse().ok());
+                let at = at.ok_or_else(|| unavailable("reservation without a time"))?;
+                Ok(Decision::Reserved { at })
+            }
             "key_reused" => Ok(Decision::KeyReused),
             "replay" => Ok(Decision::Replay(parse_answer(&text(&reply[1]))?)),
             "refused" => {
@@ -351,15 +423,20 @@ impl StockGate for RedisGate {
             .key(&keys.released)
             .key(&keys.holds)
             .key(&keys.hold_details)
+            .key(&keys.counted)
             .arg(&order.user_id)
             .arg(&order.id)
             .arg((forget_key && order.idempotency_key.is_some()) as u8)
-            .arg(&sale.id);
+            .arg(&sale.id)
+            .arg(order.created_at);
         for (item, units) in order.units(sale) {
             call.arg(item).arg(units);
         }
         let mut conn = self.conn.clone();
-        self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
+        let released = self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
+        if released < 0 {
+            return Err(GateError::UnknownSale(sale.id.clone()));
+        }
         self.sold_out.write().remove(&sale.id);
         Ok(())
     }
@@ -383,8 +460,13 @@ impl StockGate for RedisGate {
             .transpose()
     }
 
-    async fn stale_holds(&self, sale: &Sale, older_than: Millis) -> Result<Vec<String>, GateError> {
+    async fn stale_holds(&self, sale: &Sale, grace: Duration) -> Result<Vec<String>, GateError> {
         let mut conn = self.conn.clone();
+        // Reservations are stamped with Redis's clock: compare with it, not ours.
+        let (seconds, micros): (i64, i64) = self
+            .bounded(redis::cmd("TIME").query_async(&mut conn))
+            .await?;
+        let older_than = seconds * 1000 + micros / 1000 - grace.as_millis() as i64;
         let holds = SaleKeys::new(&sale.id).holds;
         self.bounded(
             redis::cmd("ZRANGEBYSCORE")
@@ -399,7 +481,11 @@ impl StockGate for RedisGate {
         .await
     }
 
-    async fn drop_hold(&self, sale: &Sale, order_id: &str, release: bool) -> Result<(), GateError> {
+    async fn drop_hold(&self, sale: &Sale, order_id: &str, end: HoldEnd<'_>) -> Result<(), GateError> {
+        let (release, json) = match end {
+            HoldEnd::Release => (true, String::new()),
+            HoldEnd::Confirm(order) => (false, serde_json::to_string(order).expect("orders serialize")),
+        };
         let keys = SaleKeys::new(&sale.id);
         let mut call = self.drop_hold.key(&keys.meta);
         call.key(&keys.stock)
@@ -409,7 +495,8 @@ impl StockGate for RedisGate {
             .key(&keys.released)
             .arg(order_id)
             .arg(release as u8)
-            .arg(&sale.id);
+            .arg(&sale.id)
+            .arg(json);
         let mut conn = self.conn.clone();
         self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
         if release {
@@ -435,3 +522,6 @@ impl StockGate for RedisGate {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests;

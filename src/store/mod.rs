@@ -52,27 +52,45 @@ pub trait OrderStore: Send + Sync + 'static {
     async fn get_order(&self, id: &str) -> Result<Option<Order>, StoreError>;
     async fn sale_orders(&self, sale_id: &str) -> Result<Vec<Order>, StoreError>;
 
-    /// Moves a pending order to `to`, only if it is still pending (and, to pay, still
-    /// within its payment window at `now`): of a late payment and an expiry, one wins.
+    /// Moves a pending order to `to`, only if it is still pending and, on the database's
+    /// clock, still within its payment window to pay, or past it to expire: of a late
+    /// payment and an expiry, one wins, and a gateway's skewed clock decides neither.
     /// Cancel and expiry take the units off the store's counters in the same
     /// transaction and leave the order `release_pending` until the gate has them back.
-    /// `None` if there is no such order.
+    /// `at` is the time recorded in the order's history. `None` if there is no such order.
     async fn transition(
         &self,
         id: &str,
         to: OrderStatus,
-        now: Millis,
+        at: Millis,
     ) -> Result<Option<Transition>, StoreError>;
 
-    /// Pending orders whose payment window has passed at `now`.
-    async fn overdue_orders(&self, now: Millis, limit: i64) -> Result<Vec<Order>, StoreError>;
-    /// Cancelled or expired orders whose units the gate may not have back yet.
+    /// Pending orders whose payment window has passed on the database's clock, oldest
+    /// first, after `after` (expiry time, id) when given: a sweep goes through them in
+    /// batches and skips the rows it could not end.
+    async fn overdue_orders(
+        &self,
+        after: Option<&(Millis, String)>,
+        limit: i64,
+    ) -> Result<Vec<Order>, StoreError>;
+    /// Ended orders (cancelled, expired, failed) whose units the gate may not have back
+    /// yet, by id, after `after` when given.
     async fn pending_releases(
         &self,
         sale_id: Option<&str>,
+        after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Order>, StoreError>;
     async fn mark_released(&self, id: &str) -> Result<(), StoreError>;
+    /// Records an order the store refused after its buyer was told it was accepted: kept
+    /// as `failed` with `reason`, its units not counted, its release pending (the gate
+    /// still holds them). Harmless if the order is there already.
+    async fn fail_order(&self, order: &Order, reason: &str) -> Result<(), StoreError>;
+    /// Why an order failed, if it did.
+    async fn order_failure(&self, id: &str) -> Result<Option<String>, StoreError>;
+    /// Which of `ids` are stored: after a commit whose outcome was lost, only the orders
+    /// surely absent may be released.
+    async fn stored_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
     /// The store's own `sold` counter of each item of a sale, by item id.
     async fn sold_counters(&self, sale_id: &str) -> Result<Vec<(String, i64)>, StoreError>;
     /// Status changes of an order after it was placed, oldest first.

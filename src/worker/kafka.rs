@@ -14,11 +14,13 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::bus::kafka::{
-    DeadLetter, KafkaSettings, OrderMessage, client_config, ensure_topics, producer_config,
-};
 use super::WorkerError;
-use crate::store::{InsertOutcome, OrderStore};
+use crate::bus::kafka::{
+    DeadLetter, KafkaSettings, OrderMessage, Topics, client_config, ensure_topics,
+    producer_config,
+};
+use crate::domain::{OrderEvent, OrderStatus, now_millis};
+use crate::store::{InsertOutcome, OrderStore, StoreError};
 
 /// A worker's settings: where the bus is, and how it batches.
 #[derive(Debug, Clone)]
@@ -41,13 +43,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let bus = &config.bus;
-    ensure_topics(
-        &bus.brokers,
-        &bus.topics,
-        bus.partitions,
-        Duration::from_secs(10),
-    )
-    .await?;
+    ensure_topics(bus).await?;
     let consumer: StreamConsumer = client_config(&bus.brokers)
         .set("group.id", &bus.worker_group)
         .set("enable.auto.commit", "false")
@@ -57,7 +53,7 @@ pub async fn run(
         .set("heartbeat.interval.ms", "1000")
         .create()?;
     consumer.subscribe(&[&bus.topics.orders])?;
-    let dlq: FutureProducer = producer_config(&bus.brokers, Duration::from_secs(10)).create()?;
+    let producer: FutureProducer = producer_config(&bus.brokers, Duration::from_secs(10)).create()?;
     tokio::pin!(shutdown);
     tracing::info!(group = %bus.worker_group, topic = %bus.topics.orders, "worker consuming");
 
@@ -87,7 +83,7 @@ pub async fn run(
         }
         let consumed = deadline.elapsed();
         let stored_at = tokio::time::Instant::now();
-        store_batch(&batch, store.as_ref(), &dlq, &bus.topics.dlq).await;
+        store_batch(&batch, store.as_ref(), &producer, &bus.topics).await;
         let store_time = stored_at.elapsed();
         let committed_at = tokio::time::Instant::now();
         let commit = consumer.commit(&offsets_after(&batch), CommitMode::Sync);
@@ -107,13 +103,16 @@ pub async fn run(
     Ok(())
 }
 
-/// Stores a batch, retrying while the store is down (the offsets wait with it), and
-/// dead-letters what the store refuses or cannot decode.
+/// Stores a batch, retrying while the store is down (the offsets wait with it). An order
+/// the store refuses was already acknowledged to its buyer: it is compensated, not only
+/// dead-lettered: stored as `failed` with the reason (its units go back to the gate
+/// through the gateways' sweepers, like a cancel) and announced on the events topic.
+/// What cannot even be decoded, or stored as failed, is dead-lettered.
 async fn store_batch(
     batch: &[OwnedMessage],
     store: &dyn OrderStore,
-    dlq: &FutureProducer,
-    dlq_topic: &str,
+    producer: &FutureProducer,
+    topics: &Topics,
 ) {
     let mut orders = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
@@ -124,25 +123,54 @@ async fn store_batch(
         }
     }
     let plain: Vec<_> = orders.iter().map(|(_, o)| o.clone()).collect();
-    let mut backoff = Duration::from_millis(50);
-    let outcomes = loop {
-        match store.insert_orders(&plain).await {
-            Ok(outcomes) => break outcomes,
+    let outcomes = with_retries("store the batch", || store.insert_orders(&plain)).await;
+    for ((message, order), outcome) in orders.iter().zip(outcomes) {
+        let InsertOutcome::Rejected(reason) = outcome else {
+            continue;
+        };
+        tracing::error!(order = %order.id, %reason, "store refused an acknowledged order; compensating");
+        match store.fail_order(order, &reason).await {
+            Ok(()) => {
+                let mut failed = order.clone();
+                failed.status = OrderStatus::Failed;
+                announce(producer, &topics.events, &OrderEvent::of(&failed, now_millis())).await;
+            }
             Err(e) => {
-                tracing::error!(error = %e, orders = plain.len(), "store failed; retrying the batch");
+                tracing::error!(order = %order.id, error = %e, "could not store it as failed; dead-lettered");
+                dead.push((message, format!("{reason}; then not stored as failed: {e}")));
+            }
+        }
+    }
+    for (message, reason) in dead {
+        dead_letter(producer, &topics.dlq, message, reason).await;
+    }
+}
+
+/// Runs `attempt` until it succeeds, backing off while the store is down.
+async fn with_retries<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) => {
+                tracing::error!(error = %e, "{what} failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
-    };
-    for ((message, order), outcome) in orders.iter().zip(outcomes) {
-        if let InsertOutcome::Rejected(reason) = outcome {
-            tracing::error!(order = %order.id, %reason, "store refused an order; dead-lettered");
-            dead.push((message, reason));
-        }
     }
-    for (message, reason) in dead {
-        dead_letter(dlq, dlq_topic, message, reason).await;
+}
+
+/// Tells the gateways' listeners an order changed (best effort: the store has it).
+async fn announce(producer: &FutureProducer, topic: &str, event: &OrderEvent) {
+    let payload = serde_json::to_vec(event).expect("events serialize");
+    let record = FutureRecord::to(topic).key(&event.order_id).payload(&payload);
+    if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
+        tracing::warn!(order = %event.order_id, error = %e, "status event not published");
     }
 }
 

@@ -239,4 +239,50 @@ async fn gateway_killed_between_gate_and_bus_gives_the_unit_back(backends: Backe
     assert_eq!(survivor.settled_orders(&sale).await.len(), 1);
 }
 
-backend_tests!(distributed: gateway_killed_between_gate_and_bus_gives_the_unit_back);
+/// A gateway dies after the bus took the order and before its key was confirmed: the
+/// sweeper resolves the key to the order (found in the store or on the bus), so a retry
+/// on another gateway gets the original 202, not 503 "in flight" for the key's lifetime.
+async fn gateway_killed_after_the_bus_answers_retries_with_the_order(backends: Backends) {
+    let deployment = Deployment::new(backends, &[]).await;
+    let crashing = deployment
+        .gateway_with_env(&[("FLASHSALE_FAILPOINT", "after-publish")])
+        .await;
+    let survivor = deployment.gateway().await;
+    let _worker = match backends {
+        Backends::RedisKafkaPostgres => Some(deployment.worker().await),
+        _ => None,
+    };
+    let sale = survivor.live_sale(2, 1).await;
+    let died = crashing
+        .client
+        .post(crashing.url(&format!("/api/sales/{sale}/purchase")))
+        .header("Idempotency-Key", "lost-answer")
+        .json(&json!({"user_id": "lucky"}))
+        .send()
+        .await;
+    assert!(died.is_err(), "the gateway died before answering");
+
+    let started = std::time::Instant::now();
+    let order = loop {
+        let retried = survivor
+            .purchase(&sale, json!({"user_id": "lucky"}), Some("lost-answer"))
+            .await;
+        match retried.status.as_u16() {
+            202 => break retried.body,
+            503 => assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "the key stayed in flight: {}",
+                retried.text
+            ),
+            _ => panic!("{}", retried.text),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let stored = survivor.settled_orders(&sale).await;
+    assert_eq!(stored.len(), 1, "one order, stored once");
+    assert_eq!(order["id"].as_str(), Some(stored[0].id.as_str()), "the original order");
+    let view = survivor.get(&format!("/api/sales/{sale}")).await;
+    assert_eq!(view.body["remaining"], 1, "its unit stays sold, once");
+}
+
+backend_tests!(distributed: gateway_killed_between_gate_and_bus_gives_the_unit_back, gateway_killed_after_the_bus_answers_retries_with_the_order);

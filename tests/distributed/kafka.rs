@@ -85,11 +85,16 @@ async fn broker_outage_answers_503_and_releases(backends: Backends) {
             started.elapsed()
         );
     }
-    let view = gateway.get(&format!("/api/sales/{sale}")).await;
-    assert_eq!(
-        view.body["remaining"], 20,
-        "reservations of failed purchases are back"
-    );
+    // The buyer waits `backend_timeout` (1 s); the delivery goes on to its own timeout
+    // (2 s here), then the reservation is released.
+    let started = Instant::now();
+    while gateway.get(&format!("/api/sales/{sale}")).await.body["remaining"] != 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "reservations of failed purchases are not back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     broker.resume().await;
     let mut sold = 10;
@@ -227,4 +232,57 @@ async fn status_changes_are_published(backends: Backends) {
     );
 }
 
-backend_tests!(kafka: status_changes_are_published);
+/// An order acknowledged with 202 that the store then refuses is compensated, not only
+/// dead-lettered: stored as `failed` with the reason, its unit back on sale, a `failed`
+/// event published, the buyer told by `GET /api/orders/{id}`, and `check` reports it.
+/// (The refusal is provoked by making the store's own counter disagree with the gate.)
+async fn an_acknowledged_order_the_store_refuses_is_compensated(backends: Backends) {
+    let deployment = Deployment::new(backends, &[]).await;
+    let gateway = deployment.gateway().await;
+    let _worker = deployment.worker().await;
+    let sale = gateway.live_sale(2, 1).await;
+    let full = format!("UPDATE sale_items SET sold = stock WHERE sale_id = '{sale}'");
+    gateway.execute_sql(&full, &full).await;
+    let reply = gateway.purchase(&sale, json!({"user_id": "told-yes"}), None).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let order = reply.body["id"].as_str().unwrap().to_string();
+    let undo = format!("UPDATE sale_items SET sold = 0 WHERE sale_id = '{sale}'");
+
+    let started = Instant::now();
+    let detail = loop {
+        let detail = gateway.order(&order).await;
+        if detail.status == 200 && detail.body["status"] == "failed" {
+            break detail.body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", detail.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(detail["failure"].as_str().is_some_and(|f| !f.is_empty()), "{detail}");
+    gateway.execute_sql(&undo, &undo).await;
+    let started = Instant::now();
+    while gateway.get(&format!("/api/sales/{sale}")).await.body["remaining"] != 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the unit never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let topic = flashsale::bus::kafka::Topics::with_prefix(&deployment.topic_prefix).events;
+    let (messages, _) = tokio::task::spawn_blocking(move || {
+        flashsale::bus::kafka::read_after_committed("127.0.0.1:9092", &topic, "events-reader", true)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        messages.iter().any(|m| {
+            let event: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            event["order_id"] == order.as_str() && event["status"] == "failed"
+        }),
+        "no failed event"
+    );
+    let out = deployment.run("check", &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 failed and compensated") && stdout.contains(&order), "{stdout}");
+}
+
+backend_tests!(kafka: status_changes_are_published, an_acknowledged_order_the_store_refuses_is_compensated);

@@ -76,7 +76,8 @@ impl Deployment {
                 std::env::var("FLASHSALE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .env("FLASHSALE_SWEEP_INTERVAL_MS", "100")
-            .env("FLASHSALE_HOLD_GRACE_MS", "1000")
+            .env("FLASHSALE_HOLD_GRACE_MS", "3000")
+            .env("FLASHSALE_KAFKA_DELIVERY_TIMEOUT_MS", "2000")
             .env("FLASHSALE_TOPIC_PREFIX", &self.topic_prefix)
             .env(
                 "FLASHSALE_WORKER_GROUP",

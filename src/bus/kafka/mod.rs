@@ -47,8 +47,17 @@ pub struct KafkaSettings {
     pub worker_group: String,
     /// Partitions of the topics when flashsale creates them.
     pub partitions: i32,
-    /// The longest wait for the broker within a request.
+    /// Copies of each message when flashsale creates the topics (`None`: 3, or the
+    /// number of brokers when fewer).
+    pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of the topics it creates (`None`: replication − 1, ≥ 1).
+    pub min_insync_replicas: Option<i32>,
+    /// The longest wait for the broker in admin calls.
     pub timeout: Duration,
+    /// How long the producer keeps trying to deliver an order (its retries included),
+    /// longer than a buyer waits: an order whose delivery outlives its buyer's wait is
+    /// still stored or released, and its key answers the retry.
+    pub delivery_timeout: Duration,
 }
 
 impl KafkaSettings {
@@ -73,14 +82,8 @@ pub struct KafkaBus {
 impl KafkaBus {
     /// Creates the topics when they are missing and a producer.
     pub async fn connect(settings: KafkaSettings) -> Result<KafkaBus, BusError> {
-        ensure_topics(
-            &settings.brokers,
-            &settings.topics,
-            settings.partitions,
-            settings.timeout,
-        )
-        .await?;
-        let producer = new_producer(&settings.brokers, settings.timeout)?;
+        ensure_topics(&settings).await?;
+        let producer = new_producer(&settings.brokers, settings.delivery_timeout)?;
         Ok(KafkaBus {
             producer: RwLock::new(Arc::new(producer)),
             settings,
@@ -94,7 +97,7 @@ impl KafkaBus {
         if !Arc::ptr_eq(&current, failed) {
             return;
         }
-        match new_producer(&self.settings.brokers, self.settings.timeout) {
+        match new_producer(&self.settings.brokers, self.settings.delivery_timeout) {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut *current, Arc::new(fresh));
                 old.purge(PurgeConfig::default().queue());
@@ -132,15 +135,14 @@ impl OrderBus for KafkaBus {
         Err(outcome)
     }
 
-    /// Waits out the delivery timeout (nothing sent before can land later), then reads
-    /// the orders topic after the workers' committed offsets: what is there is on its
-    /// way to the store.
+    /// Reads the orders topic after the workers' committed offsets: what is there is on
+    /// its way to the store. (What is still being delivered is not: callers wait out the
+    /// delivery timeout first when that matters.)
     async fn undelivered(
         &self,
         sale_id: &str,
         _deadline: Duration,
     ) -> Result<Vec<Order>, BusError> {
-        tokio::time::sleep(self.settings.timeout).await;
         let (brokers, group, topic) = (
             self.settings.brokers.clone(),
             self.settings.worker_group.clone(),

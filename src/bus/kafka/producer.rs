@@ -58,21 +58,19 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 }
 
 /// The producer settings: idempotent, acks from every in-sync replica, and a delivery
-/// deadline so that a buyer never waits longer than `timeout` for an answer.
-pub fn producer_config(brokers: &str, timeout: Duration) -> ClientConfig {
+/// timeout (`delivery`) that leaves room for retries: each request may take a third of
+/// it, so a lost request is sent again before the order gives up. Past `delivery` the
+/// order has landed or never will.
+pub fn producer_config(brokers: &str, delivery: Duration) -> ClientConfig {
+    let delivery_ms = delivery.as_millis().max(300);
     let mut config = client_config(brokers);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
-        .set(
-            "message.timeout.ms",
-            timeout.as_millis().max(100).to_string(),
-        )
-        .set(
-            "request.timeout.ms",
-            timeout.as_millis().max(100).to_string(),
-        );
+        .set("message.timeout.ms", delivery_ms.to_string())
+        .set("request.timeout.ms", (delivery_ms / 3).to_string())
+        .set("retry.backoff.ms", "50");
     config
 }
 

@@ -61,7 +61,7 @@ fn sells_stock_once_then_refuses_sold_out() {
         let p = purchase(&s, user, &[(0, 1)]);
         assert_eq!(
             gate.decide(&s, &p, None, user, 1_500).unwrap(),
-            Decision::Reserved
+            Decision::Reserved { at: 1_500 }
         );
     }
     let p = purchase(&s, "c", &[(0, 1)]);
@@ -80,7 +80,7 @@ fn per_user_limit_counts_units_across_purchases() {
     let two = purchase(&s, "a", &[(0, 2)]);
     assert_eq!(
         gate.decide(&s, &two, None, "o1", 1_500).unwrap(),
-        Decision::Reserved
+        Decision::Reserved { at: 1_500 }
     );
     assert_eq!(
         gate.decide(&s, &two, None, "o2", 1_500).unwrap(),
@@ -89,7 +89,7 @@ fn per_user_limit_counts_units_across_purchases() {
     let one = purchase(&s, "a", &[(0, 1)]);
     assert_eq!(
         gate.decide(&s, &one, None, "o3", 1_500).unwrap(),
-        Decision::Reserved
+        Decision::Reserved { at: 1_500 }
     );
     assert_eq!(gate.remaining_sync(&s).unwrap(), vec![7]);
 }
@@ -117,7 +117,7 @@ fn multi_item_purchase_is_all_or_nothing() {
     let p = purchase(&s, "a", &[(0, 2), (1, 1)]);
     assert_eq!(
         gate.decide(&s, &p, None, "o1", 1_500).unwrap(),
-        Decision::Reserved
+        Decision::Reserved { at: 1_500 }
     );
     let q = purchase(&s, "b", &[(0, 2), (1, 1)]);
     assert_eq!(
@@ -136,7 +136,7 @@ fn key_replays_and_refuses_another_body() {
     let p = purchase(&s, "a", &[(0, 1)]);
     assert_eq!(
         gate.decide(&s, &p, Some("k"), "o1", 1_500).unwrap(),
-        Decision::Reserved
+        Decision::Reserved { at: 1_500 }
     );
     assert_eq!(
         gate.decide(&s, &p, Some("k"), "o2", 1_500).unwrap(),
@@ -159,7 +159,7 @@ fn key_replays_and_refuses_another_body() {
     let b = purchase(&s, "b", &[(0, 1)]);
     assert_eq!(
         gate.decide(&s, &b, Some("k"), "o5", 1_500).unwrap(),
-        Decision::Reserved
+        Decision::Reserved { at: 1_500 }
     );
     assert_eq!(gate.remaining_sync(&s).unwrap(), vec![3]);
 }
@@ -171,7 +171,7 @@ fn failed_order_release_forgets_the_key_and_reopens_stock() {
     let p = purchase(&s, "a", &[(0, 1)]);
     assert_eq!(
         gate.decide(&s, &p, Some("k"), "o1", 1_500).unwrap(),
-        Decision::Reserved
+        Decision::Reserved { at: 1_500 }
     );
     assert!(gate.sales.load()["sale"].sold_out.load(Ordering::SeqCst));
     gate.release_sync(&s, &order(&s, &p, "o1", Some("k")), true)
@@ -179,7 +179,7 @@ fn failed_order_release_forgets_the_key_and_reopens_stock() {
     assert!(!gate.sales.load()["sale"].sold_out.load(Ordering::SeqCst));
     assert_eq!(
         gate.decide(&s, &p, Some("k"), "o2", 1_500).unwrap(),
-        Decision::Reserved
+        Decision::Reserved { at: 1_500 }
     );
 }
 
@@ -194,8 +194,10 @@ async fn restore_rebuilds_stock_buyers_and_keys() {
         sold: vec![2, 5],
         buyers: [("a".to_string(), 2)].into_iter().collect(),
         keyed_orders: vec![o.clone()],
+        holding: vec![o.id.clone()],
     };
-    gate.restore(&s, &snapshot).await.unwrap();
+    let lease = gate.lease_rebuild(&s).await.unwrap().unwrap();
+    gate.restore(&s, &snapshot, &lease).await.unwrap();
     assert_eq!(gate.remaining_sync(&s).unwrap(), vec![3, 0]);
     let again = purchase(&s, "a", &[(0, 1)]);
     assert_eq!(
@@ -221,7 +223,7 @@ fn concurrent_buyers_on_threads_never_oversell() {
                     // Every user appears on two threads: the limit is contended too.
                     let user = format!("u{}", (t % 4) * 500 + u);
                     let p = purchase(&s, &user, &[(0, 1)]);
-                    if gate.decide(&s, &p, None, "o", 1_500).unwrap() == Decision::Reserved {
+                    if matches!(gate.decide(&s, &p, None, "o", 1_500).unwrap(), Decision::Reserved { .. }) {
                         won += 1;
                     }
                 }
@@ -323,10 +325,10 @@ proptest! {
                         (Decision::Replay(_) | Decision::KeyReused, None) => {
                             prop_assert!(false, "replay of an unknown key: {:?}", decision)
                         }
-                        (Decision::Reserved | Decision::Refused(_), Some(_)) => {
+                        (Decision::Reserved { .. } | Decision::Refused(_), Some(_)) => {
                             prop_assert!(false, "a used key was decided again: {:?}", decision)
                         }
-                        (Decision::Reserved, None) => {
+                        (Decision::Reserved { .. }, None) => {
                             let o = order(&s, &p, &id, key.as_deref());
                             if let Some(k) = key {
                                 keys.insert((p.user_id.clone(), k), (p.fingerprint.clone(), Expected::Order(id)));

@@ -4,16 +4,18 @@
 --       4 idempotency key of this buyer (string "fingerprint\nanswer"), or the meta key again
 --       when the request has no key, 5 holds (sorted set: order id by reservation time),
 --       6 hold details (hash: order id -> "user\nkey\nindex:units,...").
--- ARGV: 1 now (ms), 2 user, 3 fingerprint, 4 order id, 5 key ttl (ms), 6 has key (0/1),
---       then pairs (item index, units).
+-- ARGV: 1 keep keys until (ms since the epoch; 0: as long as the sale), 2 user,
+--       3 fingerprint, 4 order id, 5 has key (0/1), then pairs (item index, units).
 -- Returns {"unknown"} | {"key_reused"} | {"replay", answer} | {"refused", code, left}
---       | {"reserved"}; answer is "inflight\n<order id>", "accepted\n<order json>" or
---       "refused\n<code>"; left is the total stock left in the sale.
+--       | {"reserved", now}; answer is "inflight\n<order id>", "accepted\n<order json>" or
+--       "refused\n<code>"; left is the total stock left in the sale; now is Redis's clock
+--       (ms), the one clock of every gateway: the window is decided on it, and the order
+--       is created at it.
 local meta = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'limit')
 if not meta[1] then
   return {'unknown'}
 end
-local has_key = ARGV[6] == '1'
+local has_key = ARGV[5] == '1'
 if has_key then
   local previous = redis.call('GET', KEYS[4])
   if previous then
@@ -25,7 +27,8 @@ if has_key then
   end
 end
 
-local now = tonumber(ARGV[1])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local refusal = nil
 if now < tonumber(meta[1]) then
   refusal = 'not_started'
@@ -33,12 +36,12 @@ elseif meta[2] ~= '' and now >= tonumber(meta[2]) then
   refusal = 'ended'
 end
 local want = 0
-for i = 7, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   want = want + tonumber(ARGV[i + 1])
 end
 -- When both apply, sold_out wins over limit_reached (the same order as the local gate).
 if not refusal then
-  for i = 7, #ARGV, 2 do
+  for i = 6, #ARGV, 2 do
     local have = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
     if have < tonumber(ARGV[i + 1]) then
       refusal = 'sold_out'
@@ -53,7 +56,7 @@ if not refusal then
   end
 end
 if not refusal then
-  for i = 7, #ARGV, 2 do
+  for i = 6, #ARGV, 2 do
     redis.call('HINCRBY', KEYS[2], ARGV[i], -tonumber(ARGV[i + 1]))
   end
   redis.call('HINCRBY', KEYS[1], 'left', -want)
@@ -61,20 +64,26 @@ if not refusal then
   -- Held until the bus has the order (confirm) or it is released; a sweeper returns
   -- holds whose gateway died in between.
   local units = {}
-  for i = 7, #ARGV, 2 do
+  for i = 6, #ARGV, 2 do
     units[#units + 1] = ARGV[i] .. ':' .. ARGV[i + 1]
   end
   local key = ''
   if has_key then key = KEYS[4] end
-  redis.call('ZADD', KEYS[5], ARGV[1], ARGV[4])
+  redis.call('ZADD', KEYS[5], now, ARGV[4])
   redis.call('HSET', KEYS[6], ARGV[4], ARGV[2] .. '\n' .. key .. '\n' .. table.concat(units, ','))
 end
 if has_key then
   local answer
   if refusal then answer = 'refused\n' .. refusal else answer = 'inflight\n' .. ARGV[4] end
-  redis.call('SET', KEYS[4], ARGV[3] .. '\n' .. answer, 'PX', ARGV[5])
+  redis.call('SET', KEYS[4], ARGV[3] .. '\n' .. answer)
+  -- A key lives at least until the sale has ended and its payment window has passed
+  -- (at least a day): a retry after its expiry would reserve a second order.
+  local keep_until = tonumber(ARGV[1])
+  if keep_until > 0 then
+    redis.call('PEXPIRE', KEYS[4], math.max(keep_until - now, 86400000))
+  end
 end
 if refusal then
   return {'refused', refusal, tonumber(redis.call('HGET', KEYS[1], 'left') or '0')}
 end
-return {'reserved'}
+return {'reserved', now}

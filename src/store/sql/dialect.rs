@@ -17,6 +17,16 @@ impl Dialect {
         }
     }
 
+    /// The database's clock in milliseconds since the epoch, as an SQL expression: the
+    /// store's transitions decide "is the payment window over" on one clock, whatever the
+    /// clock of the gateway asking.
+    pub(super) fn now_ms(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)",
+            Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
     /// `rows` tuples of `columns` placeholders for a generated multi-row statement.
     /// SQLite gets anonymous `?`: sqlx looks every parameter up by name, and SQLite's
     /// name lookup is a linear scan, so `$N` made a 10,000-parameter insert quadratic

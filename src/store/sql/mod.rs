@@ -205,18 +205,23 @@ impl OrderStore for SqlStore {
         &self,
         id: &str,
         to: OrderStatus,
-        now: Millis,
+        at: Millis,
     ) -> Result<Option<Transition>, StoreError> {
+        // The window is judged on the database's clock: paying needs it open, expiring
+        // needs it closed; cancelling needs neither.
+        let window = match to {
+            OrderStatus::Paid => format!("(expires_at IS NULL OR expires_at > {})", self.dialect.now_ms()),
+            OrderStatus::Expired => format!("(expires_at IS NOT NULL AND expires_at <= {})", self.dialect.now_ms()),
+            _ => "1 = 1".to_string(),
+        };
         let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query(
+        let moved = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE orders SET status = $1, release_pending = $2 WHERE id = $3 \
-             AND status = 'pending' AND ($4 = 0 OR expires_at IS NULL OR expires_at > $5)",
-        )
+             AND status = 'pending' AND {window}"
+        )))
         .bind(to.as_str())
         .bind(to.releases_stock() as i64)
         .bind(id)
-        .bind((to == OrderStatus::Paid) as i64)
-        .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -257,7 +262,7 @@ impl OrderStore for SqlStore {
             sqlx::query("INSERT INTO order_events (order_id, status, at) VALUES ($1, $2, $3)")
                 .bind(id)
                 .bind(to.as_str())
-                .bind(now)
+                .bind(at)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -265,13 +270,21 @@ impl OrderStore for SqlStore {
         Ok(Some(Transition { order, moved }))
     }
 
-    async fn overdue_orders(&self, now: Millis, limit: i64) -> Result<Vec<Order>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
+    async fn overdue_orders(
+        &self,
+        after: Option<&(Millis, String)>,
+        limit: i64,
+    ) -> Result<Vec<Order>, StoreError> {
+        let (after_expiry, after_id) = after.cloned().unwrap_or((i64::MIN, String::new()));
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM orders WHERE status = 'pending' AND expires_at <= {} \
+             AND (expires_at > $1 OR (expires_at = $1 AND id > $2)) \
+             ORDER BY expires_at, id LIMIT $3",
             order_columns!(),
-            " FROM orders WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
-        ))
-        .bind(now)
+            self.dialect.now_ms()
+        )))
+        .bind(after_expiry)
+        .bind(after_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?
@@ -283,20 +296,83 @@ impl OrderStore for SqlStore {
     async fn pending_releases(
         &self,
         sale_id: Option<&str>,
+        after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Order>, StoreError> {
         sqlx::query(concat!(
             "SELECT ",
             order_columns!(),
-            " FROM orders WHERE release_pending = 1 AND ($1 = '' OR sale_id = $1) LIMIT $2"
+            " FROM orders WHERE release_pending = 1 AND ($1 = '' OR sale_id = $1) AND id > $2 \
+             ORDER BY id LIMIT $3"
         ))
         .bind(sale_id.unwrap_or(""))
+        .bind(after.unwrap_or(""))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?
         .iter()
         .map(order_from_row)
         .collect()
+    }
+
+    async fn fail_order(&self, order: &Order, reason: &str) -> Result<(), StoreError> {
+        let at = crate::domain::now_millis();
+        let mut tx = self.pool.begin().await?;
+        // No idempotency key on the row: the refusal may be the key's own UNIQUE
+        // conflict. The key stays in the gate, replaying this order.
+        let inserted = sqlx::query(
+            "INSERT INTO orders (id, sale_id, user_id, items, units, status, created_at, \
+             expires_at, idempotency_key, fingerprint, release_pending, failure) \
+             VALUES ($1, $2, $3, $4, $5, 'failed', $6, $7, NULL, $8, 1, $9) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&order.id)
+        .bind(&order.sale_id)
+        .bind(&order.user_id)
+        .bind(serde_json::to_string(&order.items).expect("a map of strings to numbers"))
+        .bind(order.total_units() as i64)
+        .bind(order.created_at)
+        .bind(order.expires_at)
+        .bind(&order.fingerprint)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            sqlx::query("INSERT INTO order_events (order_id, status, at) VALUES ($1, 'failed', $2)")
+                .bind(&order.id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn order_failure(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT failure FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten())
+    }
+
+    async fn stored_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(1000) {
+            let placeholders = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM orders WHERE id IN ({placeholders})"
+            )));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            found.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(found)
     }
 
     async fn mark_released(&self, id: &str) -> Result<(), StoreError> {

@@ -146,3 +146,95 @@ async fn postgres_sale_round_trips() {
 async fn postgres_batch_stores_each_order_once_and_refuses_oversell_and_limit() {
     batch_stores_each_order_once_and_refuses_oversell_and_limit(Dialect::Postgres).await;
 }
+
+/// A pending order whose window closes `in_ms` from now on the real clock.
+fn pending_order(sale: &Sale, id: &str, user: &str, in_ms: i64) -> Order {
+    let mut order = order(sale, id, user, 1);
+    order.status = crate::domain::OrderStatus::Pending;
+    order.expires_at = Some(crate::domain::now_millis() + in_ms);
+    order
+}
+
+/// The window is judged on the database's clock, whatever the caller's clock says: a
+/// gateway an hour ahead neither refuses a payment in time nor expires an order early.
+async fn transitions_judge_the_window_on_the_database_clock(dialect: Dialect) {
+    use crate::domain::OrderStatus::*;
+    let (store, _dir) = store(dialect).await;
+    let s = sale(5, 1);
+    store.create_sale(&s).await.unwrap();
+    let in_time = pending_order(&s, "in-time", "a", 60_000);
+    let late = pending_order(&s, "late", "b", -1_000);
+    store.insert_orders(&[in_time, late]).await.unwrap();
+    let skewed = crate::domain::now_millis() + 3_600_000;
+
+    let early_expiry = store.transition("in-time", Expired, skewed).await.unwrap().unwrap();
+    assert!(!early_expiry.moved, "expired early on a skewed clock");
+    let paid = store.transition("in-time", Paid, skewed).await.unwrap().unwrap();
+    assert!(paid.moved && paid.order.status == Paid, "{paid:?}");
+
+    let behind = crate::domain::now_millis() - 3_600_000;
+    let late_payment = store.transition("late", Paid, behind).await.unwrap().unwrap();
+    assert!(!late_payment.moved, "paid after its window on a clock behind");
+    let expired = store.transition("late", Expired, behind).await.unwrap().unwrap();
+    assert!(expired.moved, "{expired:?}");
+
+    let overdue = store.overdue_orders(None, 10).await.unwrap();
+    assert!(overdue.is_empty(), "{overdue:?}");
+}
+
+#[tokio::test]
+async fn sqlite_transitions_judge_the_window_on_the_database_clock() {
+    transitions_judge_the_window_on_the_database_clock(Dialect::Sqlite).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+async fn postgres_transitions_judge_the_window_on_the_database_clock() {
+    transitions_judge_the_window_on_the_database_clock(Dialect::Postgres).await;
+}
+
+/// An acknowledged order the store refuses (here: a second order for the same buyer's
+/// key) is kept as `failed` with its reason, uncounted, its release pending.
+async fn a_refused_order_is_kept_as_failed(dialect: Dialect) {
+    use crate::domain::OrderStatus::*;
+    let (store, _dir) = store(dialect).await;
+    let s = sale(5, 2);
+    store.create_sale(&s).await.unwrap();
+    let first = order(&s, "first", "a", 1);
+    let mut retry = order(&s, "retry", "a", 1);
+    retry.idempotency_key = first.idempotency_key.clone();
+    store.insert_orders(&[first]).await.unwrap();
+    let outcome = store.insert_orders(&[retry.clone()]).await.unwrap();
+    let [InsertOutcome::Rejected(reason)] = outcome.as_slice() else {
+        panic!("{outcome:?}")
+    };
+    store.fail_order(&retry, reason).await.unwrap();
+    store.fail_order(&retry, reason).await.unwrap(); // harmless twice
+
+    let failed = store.get_order("retry").await.unwrap().unwrap();
+    assert_eq!(failed.status, Failed);
+    assert_eq!(store.order_failure("retry").await.unwrap().as_deref(), Some(reason.as_str()));
+    assert_eq!(store.order_failure("first").await.unwrap(), None);
+    let releases = store.pending_releases(Some("sale1"), None, 10).await.unwrap();
+    assert_eq!(releases.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["retry"]);
+    assert_eq!(store.sold_counters("sale1").await.unwrap(), [("default".to_string(), 1)]);
+    let history = store.order_history("retry").await.unwrap();
+    assert_eq!(history.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [Failed]);
+    let mut found = store
+        .stored_ids(&["first".into(), "retry".into(), "never".into()])
+        .await
+        .unwrap();
+    found.sort();
+    assert_eq!(found, ["first", "retry"]);
+}
+
+#[tokio::test]
+async fn sqlite_a_refused_order_is_kept_as_failed() {
+    a_refused_order_is_kept_as_failed(Dialect::Sqlite).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+async fn postgres_a_refused_order_is_kept_as_failed() {
+    a_refused_order_is_kept_as_failed(Dialect::Postgres).await;
+}

@@ -1,0 +1,195 @@
+//! The Redis gate against a real Redis (ignored without one: `scripts/services.sh up`).
+//! Each test has sales of its own; a "loss" deletes only that sale's keys.
+
+use std::time::Duration;
+
+use super::*;
+use crate::domain::{NewSale, Order, PurchaseRequest, now_millis, validate_purchase};
+
+async fn gate() -> RedisGate {
+    let url = std::env::var("FLASHSALE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    RedisGate::connect(&url, Duration::from_secs(2)).await.unwrap()
+}
+
+fn sale(stock: u32, limit: u32, starts_at: Option<i64>, ends_at: Option<i64>, window: u32) -> Sale {
+    NewSale {
+        name: "s".into(),
+        stock: Some(stock),
+        items: None,
+        per_user_limit: Some(limit),
+        starts_at: starts_at.and_then(chrono::DateTime::from_timestamp_millis),
+        ends_at: ends_at.and_then(chrono::DateTime::from_timestamp_millis),
+        payment_window: Some(window),
+    }
+    .into_sale(uuid::Uuid::new_v4().simple().to_string(), now_millis())
+    .unwrap()
+}
+
+/// Reserves one unit for `user` (with `key` if given); returns the order when reserved.
+async fn buy(gate: &RedisGate, sale: &Sale, user: &str, key: Option<&str>, now: i64) -> Result<Order, Decision> {
+    let request = PurchaseRequest { user_id: user.into(), quantity: Some(1), items: None };
+    let purchase = validate_purchase(sale, request).unwrap();
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    match gate.reserve(sale, &purchase, key, &id, now).await.unwrap() {
+        Decision::Reserved { at } => Ok(Order::new(id, sale, &purchase, key.map(String::from), at)),
+        other => Err(other),
+    }
+}
+
+/// What a data loss does to one sale: every key of it gone.
+async fn lose(gate: &RedisGate, sale: &Sale) {
+    let mut conn = gate.conn.clone();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{sale:{}}}:*", sale.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await.unwrap();
+    }
+}
+
+fn snapshot_of(sale: &Sale, orders: &[Order]) -> SaleSnapshot {
+    crate::engine::snapshot(sale, orders)
+}
+
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn a_restore_never_writes_over_a_sale_that_exists() {
+    let gate = gate().await;
+    let s = sale(5, 1, None, None, 0);
+    gate.open_sale(&s).await.unwrap();
+    buy(&gate, &s, "a", None, now_millis()).await.unwrap();
+    let lease = gate.lease_rebuild(&s).await.unwrap().expect("lease free");
+    // A second (or late) rebuild with an empty snapshot would give the unit back.
+    let refused = gate.restore(&s, &SaleSnapshot::default(), &lease).await;
+    assert!(matches!(refused, Err(GateError::Fenced(..))), "{refused:?}");
+    assert_eq!(gate.remaining(&s).await.unwrap(), [4]);
+}
+
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn one_rebuild_at_a_time_across_gateways() {
+    let (one, other) = (gate().await, gate().await);
+    let s = sale(5, 1, None, None, 0);
+    one.open_sale(&s).await.unwrap();
+    lose(&one, &s).await;
+    let lease = one.lease_rebuild(&s).await.unwrap().expect("lease free");
+    assert!(other.lease_rebuild(&s).await.unwrap().is_none(), "two leases at once");
+    // A restore whose lease is not (or no longer) its own is refused.
+    let stranger = RebuildLease { token: "not-the-owner".into(), _renewal: None };
+    let refused = other.restore(&s, &SaleSnapshot::default(), &stranger).await;
+    assert!(matches!(refused, Err(GateError::Fenced(..))), "{refused:?}");
+    assert!(!other.has_sale(&s).await.unwrap());
+    // The lease is renewed while held: still held after its first expiry.
+    tokio::time::sleep(Duration::from_millis(LEASE_MS + 500)).await;
+    assert!(other.lease_rebuild(&s).await.unwrap().is_none(), "lease lapsed while held");
+    one.restore(&s, &SaleSnapshot { sold: vec![0], ..Default::default() }, &lease).await.unwrap();
+    one.end_rebuild(&s, lease).await.unwrap();
+    assert_eq!(one.remaining(&s).await.unwrap(), [5]);
+    assert!(other.lease_rebuild(&s).await.unwrap().is_some(), "lease not given back");
+}
+
+/// After a rebuild, releasing an order the rebuild did not count (its release was
+/// pending in the store, or it never reached the store) gives nothing back; releasing a
+/// counted one does, once.
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn a_release_after_a_rebuild_gives_back_only_what_the_rebuild_counted() {
+    let gate = gate().await;
+    let s = sale(3, 1, None, None, 0);
+    gate.open_sale(&s).await.unwrap();
+    let kept = buy(&gate, &s, "a", None, now_millis()).await.unwrap();
+    let cancelled = buy(&gate, &s, "b", None, now_millis()).await.unwrap();
+    lose(&gate, &s).await;
+    // Some milliseconds pass between the loss and the rebuild.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let lease = gate.lease_rebuild(&s).await.unwrap().unwrap();
+    gate.restore(&s, &snapshot_of(&s, std::slice::from_ref(&kept)), &lease).await.unwrap();
+    gate.end_rebuild(&s, lease).await.unwrap();
+    assert_eq!(gate.remaining(&s).await.unwrap(), [2]);
+    gate.release(&s, &cancelled, false).await.unwrap();
+    assert_eq!(gate.remaining(&s).await.unwrap(), [2], "uncounted order released");
+    gate.release(&s, &kept, false).await.unwrap();
+    gate.release(&s, &kept, false).await.unwrap();
+    assert_eq!(gate.remaining(&s).await.unwrap(), [3]);
+    // An order placed after the rebuild is released as usual.
+    let later = buy(&gate, &s, "c", None, now_millis()).await.unwrap();
+    gate.release(&s, &later, false).await.unwrap();
+    assert_eq!(gate.remaining(&s).await.unwrap(), [3]);
+}
+
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn a_release_of_a_lost_sale_says_so() {
+    let gate = gate().await;
+    let s = sale(3, 1, None, None, 0);
+    gate.open_sale(&s).await.unwrap();
+    let order = buy(&gate, &s, "a", None, now_millis()).await.unwrap();
+    lose(&gate, &s).await;
+    let lost = gate.release(&s, &order, false).await;
+    assert!(matches!(lost, Err(GateError::UnknownSale(_))), "{lost:?}");
+}
+
+/// The sale window and the order's time come from Redis's clock, not the gateway's: a
+/// gateway an hour ahead opens nothing early.
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn the_window_is_decided_on_the_redis_clock() {
+    let gate = gate().await;
+    let now = now_millis();
+    let s = sale(3, 1, Some(now + 1_800_000), None, 0);
+    gate.open_sale(&s).await.unwrap();
+    let skewed = now + 3_600_000;
+    for key in [None, Some("k")] {
+        let early = buy(&gate, &s, "a", key, skewed).await;
+        assert_eq!(early.unwrap_err(), Decision::Refused(Refusal::NotStarted));
+    }
+    let open = sale(3, 1, None, None, 60);
+    gate.open_sale(&open).await.unwrap();
+    let order = buy(&gate, &open, "a", None, skewed).await.unwrap();
+    assert!((order.created_at - now_millis()).abs() < 60_000, "created on the gateway's clock");
+}
+
+/// A key lives until the sale has ended and its payment window has passed (a retry
+/// after its expiry would reserve a second order the store then refuses).
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn a_key_outlives_the_sale_and_its_payment_window() {
+    let gate = gate().await;
+    let ten_days = 10 * 24 * 3600 * 1000;
+    let s = sale(3, 1, None, Some(now_millis() + ten_days), 600);
+    gate.open_sale(&s).await.unwrap();
+    buy(&gate, &s, "a", Some("k"), now_millis()).await.unwrap();
+    let mut conn = gate.conn.clone();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(SaleKeys::idempotency(&s.id, "a", "k"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > ten_days + 600_000, "key expires after {ttl} ms");
+}
+
+/// The sweeper ends a hold whose gateway died after the bus had the order: the key then
+/// replays the order instead of answering "in flight" for its whole life.
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn a_dead_gateways_key_is_resolved_to_its_order() {
+    let gate = gate().await;
+    let s = sale(3, 1, None, None, 0);
+    gate.open_sale(&s).await.unwrap();
+    let order = buy(&gate, &s, "a", Some("k"), now_millis()).await.unwrap();
+    assert!(matches!(
+        gate.key_answer(&s, "a", "k").await.unwrap(),
+        Some(KeyAnswer::InFlight { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let stale = gate.stale_holds(&s, Duration::from_millis(10)).await.unwrap();
+    assert_eq!(stale, [order.id.clone()]);
+    gate.drop_hold(&s, &order.id, HoldEnd::Confirm(&order)).await.unwrap();
+    assert_eq!(
+        gate.key_answer(&s, "a", "k").await.unwrap(),
+        Some(KeyAnswer::Accepted(std::sync::Arc::new(order)))
+    );
+    assert_eq!(gate.remaining(&s).await.unwrap(), [2], "confirming gives nothing back");
+}
