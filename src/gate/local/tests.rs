@@ -445,7 +445,7 @@ fn sold_out_flag_follows_stock_under_concurrent_releases() {
                     return;
                 }
                 wait_until("bought", &|| {
-                    gate.decide(&s, &p, None, &id, 1_500).unwrap() == Decision::Reserved
+                    matches!(gate.decide(&s, &p, None, &id, 1_500).unwrap(), Decision::Reserved { .. })
                 });
                 bought.store(round, Ordering::SeqCst);
             }
@@ -464,7 +464,7 @@ fn sold_out_flag_follows_stock_under_concurrent_releases() {
             assert_eq!(remaining, 1, "round {round}");
             let id = format!("c{round}");
             let (decision, o) = buy(&id);
-            if decision != Decision::Reserved {
+            if !matches!(decision, Decision::Reserved { .. }) {
                 let flag = state.sold_out.load(Ordering::SeqCst);
                 stuck = Some(format!(
                     "round {round}: {remaining} unit left but a purchase without a key got \
