@@ -1,7 +1,6 @@
 //! A tansu broker of a test's own, for the suites that stop and restart the broker.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +61,8 @@ impl Broker {
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(self.dir.path())
-            .stdout(Stdio::null())
+            // tansu logs to stdout (RUST_LOG=tansu_broker=info for a post-mortem).
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
