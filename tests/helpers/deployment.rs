@@ -76,6 +76,9 @@ impl Deployment {
                 std::env::var("FLASHSALE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .env("FLASHSALE_SWEEP_INTERVAL_MS", "100")
+            // A buyer waits 2 s here, not 1 s: CI runs two suites at once on 2 cores, and
+            // a 503 "still on its way, retry" is right but not what these tests look at.
+            .env("FLASHSALE_BACKEND_TIMEOUT_MS", "2000")
             .env("FLASHSALE_HOLD_GRACE_MS", "3000")
             .env("FLASHSALE_KAFKA_DELIVERY_TIMEOUT_MS", "2000")
             .env("FLASHSALE_TOPIC_PREFIX", &self.topic_prefix)
