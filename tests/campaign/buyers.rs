@@ -131,6 +131,9 @@ pub struct Market {
     /// Units acknowledged so far (first 202 of each key), to time the fault.
     pub acked_units: AtomicU64,
     pub requests: AtomicU64,
+    /// Set when the run cannot prove anything any more (the test broker broke): buyers
+    /// stop at once.
+    pub abort: std::sync::atomic::AtomicBool,
     in_flight: tokio::sync::Semaphore,
 }
 
@@ -162,8 +165,13 @@ impl Market {
             started: Instant::now(),
             acked_units: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            abort: Default::default(),
             in_flight: tokio::sync::Semaphore::new(concurrency),
         }
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
     }
 
     pub fn elapsed_ms(&self) -> u64 {
@@ -271,7 +279,7 @@ impl Market {
                 intent.outcome = Some((*answer).clone());
                 break;
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || self.aborted() {
                 break;
             }
             // No answer or 503: the same key again, on the other gateway.
@@ -314,7 +322,7 @@ impl Market {
                 double_click: false,
                 after_accept: true,
             });
-            if done || Instant::now() >= deadline {
+            if done || Instant::now() >= deadline || self.aborted() {
                 return;
             }
             gateway += 1;
@@ -346,7 +354,7 @@ impl Market {
                     _ => return Payment::Refused,
                 }
             }
-            if Instant::now() >= until {
+            if Instant::now() >= until || self.aborted() {
                 return Payment::Unconfirmed;
             }
             gateway += 1;
@@ -378,7 +386,7 @@ pub async fn run(market: Arc<Market>, plan: &Plan) -> Ledger {
             tokio::time::sleep_until(market.started + Duration::from_millis(arrival)).await;
             let mut payments = tokio::task::JoinSet::new();
             for n in 0..rng.usize(plan.intents.0..=plan.intents.1) {
-                if market.started.elapsed() > plan.stop_after {
+                if market.started.elapsed() > plan.stop_after || market.aborted() {
                     break;
                 }
                 let units = plan.baskets[rng.usize(..plan.baskets.len())].clone();

@@ -215,6 +215,9 @@ pub fn campaign() -> Vec<Scenario> {
 /// The services the campaign owns, shared by its runs (one run at a time).
 pub struct Services {
     pub redis: RedisServer,
+    /// A copy of the `flashsale` binary taken when the campaign started: every run
+    /// tests the same code, whatever is rebuilt meanwhile.
+    pub binary: std::path::PathBuf,
     /// The broker of the current Kafka run: each Kafka run starts its own (in ~50 ms),
     /// so that a broker that broke (tansu 0.6 sometimes panics after a restart) cannot
     /// spoil the runs after it.
@@ -312,6 +315,7 @@ pub async fn run(scenario: Scenario, services: Arc<Mutex<Services>>) -> RunResul
     };
     let mut deployment = Deployment::new(backends, &["--admin-token", ADMIN_TOKEN]).await;
     deployment.redis_url = services.redis.url();
+    deployment.binary = services.binary.clone();
     if scenario.kind == Kind::Kafka {
         services.broker = Some(Broker::start().await);
     }
@@ -355,9 +359,15 @@ pub async fn run(scenario: Scenario, services: Arc<Mutex<Services>>) -> RunResul
         plan.concurrency,
     ));
     let gateways = Mutex::new(vec![first, second]);
+    let finished = std::sync::atomic::AtomicBool::new(false);
     let workers = Mutex::new(workers);
-    let (ledger, fault_note) = tokio::join!(
-        buyers::run(market.clone(), &plan),
+    let broker_log = services.broker.as_ref().map(|b| b.log_path());
+    let (ledger, fault_note, ()) = tokio::join!(
+        async {
+            let ledger = buyers::run(market.clone(), &plan).await;
+            finished.store(true, Ordering::Relaxed);
+            ledger
+        },
         inject(
             &scenario,
             &market,
@@ -367,6 +377,7 @@ pub async fn run(scenario: Scenario, services: Arc<Mutex<Services>>) -> RunResul
             &workers,
             &mut services
         ),
+        watch_broker(broker_log, &market, &finished),
     );
     let load_done_ms = market.elapsed_ms();
 
@@ -379,24 +390,31 @@ pub async fn run(scenario: Scenario, services: Arc<Mutex<Services>>) -> RunResul
         .iter()
         .flat_map(|i| i.accepted_ids().into_iter().map(str::to_string))
         .collect();
+    // A run whose broker broke proves nothing: no waiting for it.
+    let aborted = market.aborted();
+    let drain_timeout = if aborted {
+        Duration::ZERO
+    } else {
+        DRAIN_TIMEOUT
+    };
     let drain_started = Instant::now();
     let mut stored = loop {
         let stored = store.sale_orders(&sale).await.expect("read orders");
         let ids: HashSet<&str> = stored.iter().map(|o| o.id.as_str()).collect();
         if acked.iter().all(|id| ids.contains(id.as_str()))
-            || drain_started.elapsed() > DRAIN_TIMEOUT
+            || drain_started.elapsed() >= drain_timeout
         {
             break stored;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let drained_s = drain_started.elapsed().as_secs_f64();
-    let drained = drained_s <= DRAIN_TIMEOUT.as_secs_f64();
+    let drained = drained_s < DRAIN_TIMEOUT.as_secs_f64() && !aborted;
     // Orders stuck on the bus cannot expire: no use waiting long for the sweeps then.
-    let settle_timeout = if drained {
-        SETTLE_TIMEOUT
-    } else {
-        Duration::from_secs(5)
+    let settle_timeout = match (drained, aborted) {
+        (_, true) => Duration::ZERO,
+        (true, false) => SETTLE_TIMEOUT,
+        (false, false) => Duration::from_secs(5),
     };
 
     // Past every window (and the hold grace of 1 s), the sweeps put every unpaid unit
@@ -408,7 +426,7 @@ pub async fn run(scenario: Scenario, services: Arc<Mutex<Services>>) -> RunResul
         .unwrap_or(0);
     let wait_until = last_window + 2_500;
     let now = flashsale::domain::now_millis();
-    if wait_until > now {
+    if wait_until > now && !aborted {
         tokio::time::sleep(Duration::from_millis((wait_until - now) as u64)).await;
     }
     let settle_started = Instant::now();
@@ -438,10 +456,17 @@ pub async fn run(scenario: Scenario, services: Arc<Mutex<Services>>) -> RunResul
         histories.insert(order.id.clone(), history);
     }
 
-    let check = deployment.run("check", &["--sale", &sale]).await;
-    let check_ok = check.status.success();
-    let out = String::from_utf8_lossy(&check.stdout);
-    let err = String::from_utf8_lossy(&check.stderr);
+    let check = match aborted {
+        true => None,
+        false => Some(deployment.run("check", &["--sale", &sale]).await),
+    };
+    let check_ok = check.as_ref().is_none_or(|c| c.status.success());
+    let (out, err) = match &check {
+        Some(c) => (c.stdout.clone(), c.stderr.clone()),
+        None => (b"checked nothing: the broker broke".to_vec(), Vec::new()),
+    };
+    let out = String::from_utf8_lossy(&out);
+    let err = String::from_utf8_lossy(&err);
     let lines: Vec<&str> = out.lines().chain(err.lines()).collect();
     // `… bus lag N: OK`: messages the workers have not stored yet.
     let bus_lag = lines.iter().find_map(|l| {
@@ -492,6 +517,24 @@ pub async fn run(scenario: Scenario, services: Arc<Mutex<Services>>) -> RunResul
         fault_note,
         seconds: started.elapsed().as_secs_f64(),
         logs,
+    }
+}
+
+/// Watches the test broker's log while the buyers run: once tansu has panicked (its
+/// storage task dies, and with it every answer), the run is aborted.
+async fn watch_broker(
+    log: Option<std::path::PathBuf>,
+    market: &Market,
+    finished: &std::sync::atomic::AtomicBool,
+) {
+    let Some(log) = log else { return };
+    while !finished.load(Ordering::Relaxed) {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("panicked at") {
+            market.abort.store(true, Ordering::Relaxed);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -26,6 +26,9 @@ pub struct Deployment {
     pub kafka_url: String,
     pub redis_url: String,
     pub extra_args: Vec<String>,
+    /// The `flashsale` binary the processes run: this build's, unless a suite pins a
+    /// copy (the fault campaign does, so that a rebuild meanwhile cannot change it).
+    pub binary: std::path::PathBuf,
 }
 
 impl Deployment {
@@ -46,6 +49,7 @@ impl Deployment {
             kafka_url: KAFKA_URL.to_string(),
             redis_url: services::redis_url(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            binary: env!("CARGO_BIN_EXE_flashsale").into(),
         }
     }
 
@@ -60,7 +64,7 @@ impl Deployment {
             .append(true)
             .open(self.dir.path().join(log_name))
             .expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+        let mut command = Command::new(&self.binary);
         command
             .args(role.split_whitespace())
             .args(["--store", &self.store_url, "--gate", &gate, "--bus", bus])
