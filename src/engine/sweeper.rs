@@ -97,19 +97,36 @@ impl Engine {
             if stale.is_empty() {
                 continue;
             }
-            let Ok(on_the_bus) = self.bus.undelivered(&sale.id, grace).await else {
-                continue; // cannot tell yet: try again next time
-            };
+            // The store first (cheap, by id); the bus only for what it does not hold
+            // (reading the topic back is costly, and may fail while a partition waits
+            // for a worker: those holds wait for the next pass).
+            let mut found_in_store = Vec::with_capacity(stale.len());
             for order_id in stale {
-                let stored = match self.store.get_order(&order_id).await {
-                    Ok(stored) => stored,
+                match self.store.get_order(&order_id).await {
+                    Ok(stored) => found_in_store.push((order_id, stored)),
                     Err(e) => {
                         tracing::warn!(order = %order_id, error = %e, "hold not resolved; skipped");
                         sweep.skipped += 1;
-                        continue;
                     }
+                }
+            }
+            let on_the_bus = if found_in_store.iter().any(|(_, stored)| stored.is_none()) {
+                match self.bus.undelivered(&sale.id, grace).await {
+                    Ok(orders) => Some(orders),
+                    Err(e) => {
+                        tracing::debug!(sale = %sale.id, error = %e, "bus not readable; holds wait");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            for (order_id, stored) in found_in_store {
+                let found = match (stored, &on_the_bus) {
+                    (Some(order), _) => Some(order),
+                    (None, Some(bus)) => bus.iter().find(|o| o.id == order_id).cloned(),
+                    (None, None) => continue, // cannot tell yet
                 };
-                let found = stored.or_else(|| on_the_bus.iter().find(|o| o.id == order_id).cloned());
                 let end = match &found {
                     Some(order) => HoldEnd::Confirm(order),
                     None => HoldEnd::Release,

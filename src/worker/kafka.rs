@@ -48,9 +48,13 @@ pub async fn run(
         .set("group.id", &bus.worker_group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        // A killed worker's partitions move to the others within seconds.
+        // A killed worker's partitions move to the others within seconds. The poll
+        // interval is also the rebalance timeout: a rebalance (a worker joining) waits
+        // that long for members to rejoin, and a killed one never does. At the default
+        // (5 min) a rebalance after a kill -9 stalled the dead member's partitions.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "10000")
         .create()?;
     consumer.subscribe(&[&bus.topics.orders])?;
     let producer: FutureProducer = producer_config(&bus.brokers, Duration::from_secs(10)).create()?;
