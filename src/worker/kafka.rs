@@ -22,6 +22,32 @@ use crate::bus::kafka::{
 use crate::domain::{OrderEvent, OrderStatus, now_millis};
 use crate::store::{InsertOutcome, OrderStore, StoreError};
 
+/// How often an idle worker checks whether the group is stalled, and after how long idle.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+const STALL_AFTER: Duration = Duration::from_secs(8);
+
+/// A consumer in the workers' group, subscribed to the orders topic.
+fn join_group(bus: &KafkaSettings) -> Result<StreamConsumer, WorkerError> {
+    let consumer: StreamConsumer = client_config(&bus.brokers)
+        .set("group.id", &bus.worker_group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // A killed worker's partitions move to the others within seconds. The poll
+        // interval is also the rebalance timeout: a rebalance (a worker joining) waits
+        // that long for members to rejoin, and a killed one never does.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "10000")
+        .create()?;
+    consumer.subscribe(&[&bus.topics.orders])?;
+    Ok(consumer)
+}
+
+/// Whether the workers' group has orders left to store.
+async fn group_has_lag(bus: &KafkaSettings) -> bool {
+    matches!(bus.consumer_lag().await, Ok(lag) if lag > 0)
+}
+
 /// A worker's settings: where the bus is, and how it batches.
 #[derive(Debug, Clone)]
 pub struct KafkaWorkerConfig {
@@ -44,28 +70,30 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let bus = &config.bus;
     ensure_topics(bus).await?;
-    let consumer: StreamConsumer = client_config(&bus.brokers)
-        .set("group.id", &bus.worker_group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        // A killed worker's partitions move to the others within seconds. The poll
-        // interval is also the rebalance timeout: a rebalance (a worker joining) waits
-        // that long for members to rejoin, and a killed one never does. At the default
-        // (5 min) a rebalance after a kill -9 stalled the dead member's partitions.
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000")
-        .set("max.poll.interval.ms", "10000")
-        .create()?;
-    consumer.subscribe(&[&bus.topics.orders])?;
+    let mut consumer = join_group(bus)?;
     let producer: FutureProducer = producer_config(&bus.brokers, Duration::from_secs(10)).create()?;
     tokio::pin!(shutdown);
     tracing::info!(group = %bus.worker_group, topic = %bus.topics.orders, "worker consuming");
 
+    let mut last_message = tokio::time::Instant::now();
     loop {
         let first = tokio::select! {
             message = consumer.recv() => message,
+            () = tokio::time::sleep(STALL_CHECK) => {
+                // Nothing for a while: if the group has lag, its partitions are held by a
+                // member that is gone (tansu 0.6 was seen keeping a killed worker's
+                // partition assigned); joining again as a new member forces a rebalance.
+                if last_message.elapsed() >= STALL_AFTER && group_has_lag(bus).await {
+                    tracing::warn!(group = %bus.worker_group, "lag but nothing assigned to consume: joining the group again");
+                    drop(consumer);
+                    consumer = join_group(bus)?;
+                    last_message = tokio::time::Instant::now();
+                }
+                continue;
+            }
             () = &mut shutdown => break,
         };
+        last_message = tokio::time::Instant::now();
         let mut batch = match first {
             Ok(message) => vec![message.detach()],
             Err(e) => {
