@@ -101,7 +101,7 @@ async fn fault_campaign() {
     let mut results: Vec<RunResult> = Vec::new();
     for (n, scenario) in scenarios.iter().enumerate() {
         let mut result = run_once(scenario, &services).await;
-        for _ in 0..2 {
+        for _ in 0..3 {
             if result.environment.is_none() {
                 break;
             }
