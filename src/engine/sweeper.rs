@@ -124,7 +124,20 @@ impl Engine {
             for (order_id, stored) in found_in_store {
                 let found = match (stored, &on_the_bus) {
                     (Some(order), _) => Some(order),
-                    (None, Some(bus)) => bus.iter().find(|o| o.id == order_id).cloned(),
+                    (None, Some(bus)) => match bus.iter().find(|o| o.id == order_id) {
+                        Some(order) => Some(order.clone()),
+                        // A worker may have stored it (and moved its offsets past it)
+                        // between the first look in the store and the read of the bus:
+                        // look again, after the bus, before calling it an orphan.
+                        None => match self.store.get_order(&order_id).await {
+                            Ok(stored) => stored,
+                            Err(e) => {
+                                tracing::warn!(order = %order_id, error = %e, "hold not resolved; skipped");
+                                sweep.skipped += 1;
+                                continue;
+                            }
+                        },
+                    },
                     (None, None) => continue, // cannot tell yet
                 };
                 let end = match &found {

@@ -428,7 +428,8 @@ impl StockGate for RedisGate {
             .arg(&order.id)
             .arg((forget_key && order.idempotency_key.is_some()) as u8)
             .arg(&sale.id)
-            .arg(order.created_at);
+            .arg(order.created_at)
+            .arg(serde_json::to_string(order).expect("orders serialize"));
         for (item, units) in order.units(sale) {
             call.arg(item).arg(units);
         }

@@ -193,3 +193,20 @@ async fn a_dead_gateways_key_is_resolved_to_its_order() {
     );
     assert_eq!(gate.remaining(&s).await.unwrap(), [2], "confirming gives nothing back");
 }
+
+/// A dead gateway's order that ends (expires) before the hold sweeper got to it: the
+/// release drops the hold, and the key answers the order instead of staying in flight.
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn an_ended_orders_release_settles_its_key() {
+    let gate = gate().await;
+    let s = sale(3, 1, None, None, 60);
+    gate.open_sale(&s).await.unwrap();
+    let order = buy(&gate, &s, "a", Some("k"), now_millis()).await.unwrap();
+    gate.release(&s, &order, false).await.unwrap();
+    assert_eq!(
+        gate.key_answer(&s, "a", "k").await.unwrap(),
+        Some(KeyAnswer::Accepted(std::sync::Arc::new(order)))
+    );
+    assert_eq!(gate.remaining(&s).await.unwrap(), [3]);
+}
