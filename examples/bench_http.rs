@@ -407,7 +407,10 @@ async fn start_worker(config: &Config) -> anyhow::Result<Option<tokio::task::Joi
     }
     let store = flashsale::store::connect(&config.store).await?;
     let bus = config.bus_settings();
-    let (max_batch, linger) = (config.batch_max, Duration::from_millis(config.worker_linger_ms));
+    let (max_batch, linger) = (
+        config.batch_max,
+        Duration::from_millis(config.worker_linger_ms),
+    );
     Ok(Some(tokio::spawn(async move {
         let stop = std::future::pending();
         if let Err(e) = flashsale::worker::consume_bus(&bus, max_batch, linger, store, stop).await {

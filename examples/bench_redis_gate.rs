@@ -21,7 +21,8 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let requests = args.first().copied().unwrap_or(200_000);
     let connections = args.get(1).copied().unwrap_or(50) as usize;
-    let url = std::env::var("FLASHSALE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url =
+        std::env::var("FLASHSALE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let gate = Arc::new(RedisGate::connect(&url, Duration::from_secs(5)).await?);
 
     // A sale that cannot sell out during the run: every purchase runs the whole script.

@@ -58,7 +58,9 @@ async fn main() -> anyhow::Result<()> {
     store.create_sale(&sale).await?;
     let run = uuid::Uuid::new_v4().simple();
     let settings = BusSettings {
-        url: format!("kafka://{BROKERS}").parse().map_err(anyhow::Error::msg)?,
+        url: format!("kafka://{BROKERS}")
+            .parse()
+            .map_err(anyhow::Error::msg)?,
         capacity: 8192,
         topic_prefix: format!("bench-{run}."),
         worker_group: format!("bench-{run}"),
@@ -109,7 +111,10 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. The ceiling: the same rows, straight in, 1,000 per INSERT, one transaction each.
     let bare_db = fresh_postgres_database().await?;
-    store::connect(&bare_db.parse().map_err(anyhow::Error::msg)?).await?.create_sale(&sale).await?;
+    store::connect(&bare_db.parse().map_err(anyhow::Error::msg)?)
+        .await?
+        .create_sale(&sale)
+        .await?;
     let mut conn = sqlx::PgConnection::connect(&bare_db).await?;
     let started = Instant::now();
     for chunk in orders.chunks(1000) {

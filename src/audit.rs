@@ -139,10 +139,15 @@ impl Audit {
     }
 
     /// I1: per item, the units held are within its stock.
-    pub fn no_oversell<'a>(&mut self, sale: &SaleFacts, held: impl IntoIterator<Item = Holding<'a>>) {
+    pub fn no_oversell<'a>(
+        &mut self,
+        sale: &SaleFacts,
+        held: impl IntoIterator<Item = Holding<'a>>,
+    ) {
         let held: Vec<Holding> = held.into_iter().collect();
         for (item, stock) in &sale.items {
-            let holders: Vec<&Holding> = held.iter().filter(|h| h.items.contains_key(item)).collect();
+            let holders: Vec<&Holding> =
+                held.iter().filter(|h| h.items.contains_key(item)).collect();
             let units: u64 = holders.iter().map(|h| h.items[item] as u64).sum();
             if units > *stock as u64 {
                 self.oversold += units - *stock as u64;
@@ -152,7 +157,11 @@ impl Audit {
             }
         }
         for h in &held {
-            if let Some(unknown) = h.items.keys().find(|id| !sale.items.iter().any(|(i, _)| i == *id)) {
+            if let Some(unknown) = h
+                .items
+                .keys()
+                .find(|id| !sale.items.iter().any(|(i, _)| i == *id))
+            {
                 let detail = format!("order of unknown item {unknown}");
                 self.violation(Invariant::I1, sale, detail, vec![h.order_id.to_string()]);
             }
@@ -160,7 +169,11 @@ impl Audit {
     }
 
     /// I2: per buyer, the units held are within the limit.
-    pub fn within_limit<'a>(&mut self, sale: &SaleFacts, held: impl IntoIterator<Item = Holding<'a>>) {
+    pub fn within_limit<'a>(
+        &mut self,
+        sale: &SaleFacts,
+        held: impl IntoIterator<Item = Holding<'a>>,
+    ) {
         let mut per_buyer: BTreeMap<&str, Vec<Holding>> = BTreeMap::new();
         for h in held {
             per_buyer.entry(h.user_id).or_default().push(h);
@@ -170,7 +183,10 @@ impl Audit {
             if units > sale.per_user_limit as u64 {
                 self.buyers_over_limit += 1;
                 let orders = holdings.iter().map(|h| h.order_id.to_string()).collect();
-                let detail = format!("buyer {user} holds {units} units (limit {})", sale.per_user_limit);
+                let detail = format!(
+                    "buyer {user} holds {units} units (limit {})",
+                    sale.per_user_limit
+                );
                 self.violation(Invariant::I2, sale, detail, orders);
             }
         }
@@ -185,8 +201,14 @@ impl Audit {
     ) {
         let acknowledged: HashSet<&str> = acknowledged.into_iter().collect();
         let stored: HashSet<&str> = stored.iter().map(|o| o.id.as_str()).collect();
-        let mut lost: Vec<String> = acknowledged.difference(&stored).map(|s| s.to_string()).collect();
-        let mut phantom: Vec<String> = stored.difference(&acknowledged).map(|s| s.to_string()).collect();
+        let mut lost: Vec<String> = acknowledged
+            .difference(&stored)
+            .map(|s| s.to_string())
+            .collect();
+        let mut phantom: Vec<String> = stored
+            .difference(&acknowledged)
+            .map(|s| s.to_string())
+            .collect();
         self.lost = Some(lost.len() as u64);
         self.phantom = Some(phantom.len() as u64);
         if !lost.is_empty() {
@@ -211,7 +233,9 @@ impl Audit {
         releasing: &[Order],
     ) {
         let units = |orders: &mut dyn Iterator<Item = &Order>, item: &str| -> i64 {
-            orders.map(|o| o.items.get(item).copied().unwrap_or(0) as i64).sum()
+            orders
+                .map(|o| o.items.get(item).copied().unwrap_or(0) as i64)
+                .sum()
         };
         let mut gap_total = 0;
         for (i, (item, stock)) in sale.items.iter().enumerate() {
@@ -234,14 +258,21 @@ impl Audit {
     pub fn replays_agree(&mut self, sale: &SaleFacts, mismatches: u64) {
         self.replay_mismatches = mismatches;
         if mismatches > 0 {
-            let detail = format!("{mismatches} retries got a different answer than their first request");
+            let detail =
+                format!("{mismatches} retries got a different answer than their first request");
             self.violation(Invariant::I5, sale, detail, vec![]);
         }
     }
 
     /// I6: no unpaid order is still pending `grace` after its window (the sweeper runs
     /// every second or so).
-    pub fn nothing_leaked(&mut self, sale: &SaleFacts, stored: &[Order], now: Millis, grace: Millis) {
+    pub fn nothing_leaked(
+        &mut self,
+        sale: &SaleFacts,
+        stored: &[Order],
+        now: Millis,
+        grace: Millis,
+    ) {
         let overdue: Vec<String> = stored
             .iter()
             .filter(|o| o.is_overdue(now - grace))
@@ -249,7 +280,10 @@ impl Audit {
             .collect();
         self.leaked = Some(overdue.len() as u64);
         if !overdue.is_empty() {
-            let detail = format!("{} unpaid orders past their window (is a sweeper running?)", overdue.len());
+            let detail = format!(
+                "{} unpaid orders past their window (is a sweeper running?)",
+                overdue.len()
+            );
             self.violation(Invariant::I6, sale, detail, overdue);
         }
     }
@@ -292,11 +326,27 @@ mod tests {
 
     #[test]
     fn oversell_is_counted_per_item_and_the_limit_per_buyer() {
-        let (one_a, a_and_b, one_b) = (items(&[("a", 1)]), items(&[("a", 1), ("b", 1)]), items(&[("b", 1)]));
+        let (one_a, a_and_b, one_b) = (
+            items(&[("a", 1)]),
+            items(&[("a", 1), ("b", 1)]),
+            items(&[("b", 1)]),
+        );
         let held = [
-            Holding { order_id: "o1", user_id: "u1", items: &one_a },
-            Holding { order_id: "o2", user_id: "u2", items: &a_and_b },
-            Holding { order_id: "o3", user_id: "u2", items: &one_b },
+            Holding {
+                order_id: "o1",
+                user_id: "u1",
+                items: &one_a,
+            },
+            Holding {
+                order_id: "o2",
+                user_id: "u2",
+                items: &a_and_b,
+            },
+            Holding {
+                order_id: "o3",
+                user_id: "u2",
+                items: &one_b,
+            },
         ];
         let mut audit = Audit::default();
         audit.no_oversell(&facts(), held);

@@ -73,7 +73,10 @@ impl Report {
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
         }
-        let lag = self.bus_lag.map(|l| l.to_string()).unwrap_or_else(|| "n/a".into());
+        let lag = self
+            .bus_lag
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "n/a".into());
         out.push_str(&format!(
             "checked {} sales, {} orders ({} failed and compensated), bus lag {lag}: {}",
             self.sales,
@@ -89,7 +92,12 @@ impl Report {
 pub async fn run(config: &Config, options: &CheckOptions) -> Result<Report, CheckError> {
     let store = store::connect(&config.store).await?;
     let sales = match &options.sale {
-        Some(id) => vec![store.get_sale(id).await?.ok_or_else(|| CheckError::NoSale(id.clone()))?],
+        Some(id) => vec![
+            store
+                .get_sale(id)
+                .await?
+                .ok_or_else(|| CheckError::NoSale(id.clone()))?,
+        ],
         None => store.list_sales().await?,
     };
     let mut report = Report {
@@ -103,7 +111,14 @@ pub async fn run(config: &Config, options: &CheckOptions) -> Result<Report, Chec
     }
     let quiescent = report.bus_lag.unwrap_or(0) == 0;
     let gate: Option<std::sync::Arc<dyn StockGate>> = match (&options.url, &config.gate) {
-        (None, GateUrl::Redis(_)) => Some(gate::connect(&config.gate, std::time::Duration::from_secs(5)).await?),
+        (None, GateUrl::Redis(_)) => Some(
+            gate::connect(
+                &config.gate,
+                std::time::Duration::from_secs(5),
+                config.key_policy(),
+            )
+            .await?,
+        ),
         _ => None,
     };
     for sale in &sales {
@@ -128,7 +143,9 @@ pub async fn check_sale(
     report: &mut Report,
 ) -> Result<(), StoreError> {
     let orders = store.sale_orders(&sale.id).await?;
-    let releasing = store.pending_releases(Some(&sale.id), None, i64::MAX).await?;
+    let releasing = store
+        .pending_releases(Some(&sale.id), None, i64::MAX)
+        .await?;
     let counters: HashMap<String, i64> = store.sold_counters(&sale.id).await?.into_iter().collect();
     report.sales += 1;
     report.orders += orders.len();
@@ -152,7 +169,10 @@ pub async fn check_sale(
             .filter(|o| o.items.contains_key(&item.id))
             .map(|o| o.id.clone())
             .collect();
-        let units: i64 = live.iter().map(|o| o.items.get(&item.id).copied().unwrap_or(0) as i64).sum();
+        let units: i64 = live
+            .iter()
+            .map(|o| o.items.get(&item.id).copied().unwrap_or(0) as i64)
+            .sum();
         let counter = counters.get(&item.id).copied().unwrap_or(0);
         if counter != units {
             let detail = format!(
@@ -165,10 +185,13 @@ pub async fn check_sale(
     audit.within_limit(&facts, live.iter().map(|o| Holding::from(*o)));
     audit.nothing_leaked(&facts, &orders, now_millis(), EXPIRY_GRACE_MS);
     match gate {
-        Err(why) => report.notes.push(format!("sale {}: gate not compared: {why}", sale.id)),
-        Ok(_) if !quiescent => report
+        Err(why) => report
             .notes
-            .push(format!("sale {}: bus not drained, gate not compared", sale.id)),
+            .push(format!("sale {}: gate not compared: {why}", sale.id)),
+        Ok(_) if !quiescent => report.notes.push(format!(
+            "sale {}: bus not drained, gate not compared",
+            sale.id
+        )),
         Ok(remaining) => audit.gate_matches_store(&facts, &remaining, &live, &releasing),
     }
     report.audit.merge(audit);

@@ -4,16 +4,19 @@
 //! while the layers are read, and `validate` checks the rest before anything starts, so
 //! a bad setting is named at start, not discovered at its first use.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{
+    Auth, AuthError, BuyerKey, MIN_ADMIN_TOKEN, MIN_AUTH_SECRET, MIN_PAYMENT_SECRET,
+};
 use crate::bus::{BusSettings, BusUrl};
 use crate::engine::EngineSettings;
-use crate::gate::GateUrl;
+use crate::gate::{GateUrl, KeyPolicy};
 use crate::store::StoreUrl;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,10 +29,39 @@ pub struct Config {
     pub bus: BusUrl,
     /// Order store: `sqlite://PATH` or `postgres://…`.
     pub store: StoreUrl,
-    /// Token for admin routes; admin routes are open when unset.
+    /// Token for admin routes (at least 16 bytes); with no credential configured at
+    /// all, every route is open (development on loopback).
     pub admin_token: Option<String>,
+    /// File holding the admin token (first line), so that it is not visible in `ps`.
+    pub admin_token_file: Option<PathBuf>,
+    /// HS256 secret (at least 32 bytes) of buyer tokens: buyer routes then need
+    /// `Authorization: Bearer <JWT>` with `sub` and `exp`.
+    pub auth_secret: Option<String>,
+    /// File holding `auth_secret`.
+    pub auth_secret_file: Option<PathBuf>,
+    /// PEM file of an identity provider's public key (RS256/384/512, ES256/384) that
+    /// signs buyer tokens; instead of `auth_secret`.
+    pub auth_public_key: Option<PathBuf>,
+    /// Secret (at least 16 bytes) the payment service signs payment confirmations with.
+    pub payment_secret: Option<String>,
+    /// File holding `payment_secret`.
+    pub payment_secret_file: Option<PathBuf>,
+    /// How far a payment signature's timestamp may be from this server's clock, in s.
+    pub payment_tolerance_s: u64,
+    /// Listen beyond loopback with no credential configured (anyone may buy as anyone
+    /// and create sales): only behind something that authenticates.
+    pub insecure: bool,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// Connections open at once; beyond it a new connection is closed at once.
+    pub max_connections: usize,
+    /// A request's header must arrive within this, in ms; an idle keep-alive connection
+    /// is closed after it too.
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this, in ms (else 408).
+    pub body_read_timeout_ms: u64,
+    /// On SIGTERM, how long requests in flight may take to finish, in ms.
+    pub shutdown_grace_ms: u64,
     /// Orders that may wait for the store; past it, purchases are shed with 503.
     pub bus_capacity: usize,
     /// Most orders written in one transaction.
@@ -58,8 +90,14 @@ pub struct Config {
     pub worker_group: String,
     /// How long a worker's batch waits for more messages, in ms.
     pub worker_linger_ms: u64,
-    /// How long a retry waits for the first request with its key, in ms.
+    /// How long a retry waits for the first request with its key, in ms; then 409
+    /// `request_in_progress`.
     pub replay_wait_ms: u64,
+    /// How long an accepted idempotency key is kept, in s (and never less than an hour
+    /// past its sale's end and payment window); then it is forgotten.
+    pub idempotency_ttl_s: u64,
+    /// Live idempotency keys a buyer may hold in one sale; a new one beyond is 429.
+    pub max_keys_per_buyer: u32,
 }
 
 impl Default for Config {
@@ -70,10 +108,24 @@ impl Default for Config {
             bus: BusUrl::Memory,
             store: "sqlite://flashsale.db".parse().expect("a valid default"),
             admin_token: None,
+            admin_token_file: None,
+            auth_secret: None,
+            auth_secret_file: None,
+            auth_public_key: None,
+            payment_secret: None,
+            payment_secret_file: None,
+            payment_tolerance_s: 300,
+            insecure: false,
             body_limit: 16 * 1024,
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
             bus_capacity: 8192,
             batch_max: 1024,
             replay_wait_ms: 2000,
+            idempotency_ttl_s: 24 * 3600,
+            max_keys_per_buyer: 16,
             backend_timeout_ms: 1000,
             sweep_interval_ms: 1000,
             hold_grace_ms: 10_000,
@@ -100,6 +152,22 @@ pub enum ConfigError {
     },
 }
 
+/// `value` from `file` (its first line), unless both are given.
+fn read_secret(
+    setting: &'static str,
+    value: &mut Option<String>,
+    file: Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    let Some(file) = file else { return Ok(()) };
+    if value.is_some() {
+        return Err(invalid(setting, "given both directly and as a file"));
+    }
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| invalid(setting, format!("cannot read {}: {e}", file.display())))?;
+    *value = Some(text.lines().next().unwrap_or("").trim_end().to_string());
+    Ok(())
+}
+
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting,
@@ -110,20 +178,109 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
 impl Config {
     /// Reads every layer, `flags` last (only its fields that are set), and validates.
     pub fn load(file: &Path, flags: &impl Serialize) -> Result<Config, ConfigError> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(file))
             .merge(Env::prefixed("FLASHSALE_"))
             .merge(Serialized::defaults(flags))
             .extract()
             .map_err(Box::new)?;
+        config.read_secret_files()?;
         config.validate()?;
         Ok(config)
     }
 
+    /// Replaces each `*_file` secret setting by the file's first line.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        read_secret(
+            "admin_token",
+            &mut self.admin_token,
+            self.admin_token_file.take(),
+        )?;
+        read_secret(
+            "auth_secret",
+            &mut self.auth_secret,
+            self.auth_secret_file.take(),
+        )?;
+        read_secret(
+            "payment_secret",
+            &mut self.payment_secret,
+            self.payment_secret_file.take(),
+        )
+    }
+
+    /// The credentials `serve` checks, from these settings.
+    pub fn auth(&self) -> Result<Auth, AuthError> {
+        let buyer_key = match (&self.auth_secret, &self.auth_public_key) {
+            (Some(secret), _) => Some(BuyerKey::Secret(secret)),
+            (None, Some(path)) => Some(BuyerKey::PublicKeyFile(path)),
+            (None, None) => None,
+        };
+        Auth::new(
+            self.admin_token.as_deref(),
+            buyer_key,
+            self.payment_secret.as_deref(),
+            Duration::from_secs(self.payment_tolerance_s),
+        )
+    }
+
+    fn validate_credentials(&self) -> Result<(), ConfigError> {
+        if let Some(token) = &self.admin_token
+            && token.len() < MIN_ADMIN_TOKEN
+        {
+            return Err(invalid(
+                "admin_token",
+                format!("must be at least {MIN_ADMIN_TOKEN} bytes (an empty token is no token)"),
+            ));
+        }
+        if let Some(secret) = &self.auth_secret
+            && secret.len() < MIN_AUTH_SECRET
+        {
+            return Err(invalid(
+                "auth_secret",
+                format!("must be at least {MIN_AUTH_SECRET} bytes"),
+            ));
+        }
+        if self.auth_secret.is_some() && self.auth_public_key.is_some() {
+            return Err(invalid(
+                "auth_public_key",
+                "give either auth_secret (HS256) or auth_public_key, not both",
+            ));
+        }
+        if let Some(secret) = &self.payment_secret
+            && secret.len() < MIN_PAYMENT_SECRET
+        {
+            return Err(invalid(
+                "payment_secret",
+                format!("must be at least {MIN_PAYMENT_SECRET} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether nothing guards the routes (development mode).
+    pub fn is_open(&self) -> bool {
+        self.admin_token.is_none()
+            && self.auth_secret.is_none()
+            && self.auth_public_key.is_none()
+            && self.payment_secret.is_none()
+    }
+
     /// Checks what parsing cannot: ranges, and what this build can run.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_credentials()?;
         if self.body_limit == 0 || self.body_limit > 64 * 1024 * 1024 {
             return Err(invalid("body_limit", "must be between 1 byte and 64 MiB"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        for (setting, ms) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+        ] {
+            if ms < 100 {
+                return Err(invalid(setting, "must be at least 100 ms"));
+            }
         }
         if self.bus_capacity == 0 {
             return Err(invalid("bus_capacity", "must be at least 1"));
@@ -170,6 +327,12 @@ impl Config {
                 ),
             ));
         }
+        if self.idempotency_ttl_s < 60 {
+            return Err(invalid("idempotency_ttl_s", "must be at least 60 s"));
+        }
+        if self.max_keys_per_buyer == 0 {
+            return Err(invalid("max_keys_per_buyer", "must be at least 1"));
+        }
         if self.worker_group.trim().is_empty() {
             return Err(invalid("worker_group", "must not be empty"));
         }
@@ -177,6 +340,25 @@ impl Config {
             return Err(invalid("bus", crate::bus::NO_KAFKA));
         }
         Ok(())
+    }
+
+    pub fn connection_limits(&self) -> crate::server::ConnectionLimits {
+        crate::server::ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    pub fn key_policy(&self) -> KeyPolicy {
+        KeyPolicy {
+            ttl: Duration::from_secs(self.idempotency_ttl_s),
+            max_per_buyer: self.max_keys_per_buyer,
+        }
     }
 
     pub fn backend_timeout(&self) -> Duration {

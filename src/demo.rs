@@ -144,17 +144,30 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         probe: None,
     })
     .await?;
-    let gate_remaining: Vec<u32> = client.sale(&sale.id).await?.items.iter().map(|i| i.remaining).collect();
+    let gate_remaining: Vec<u32> = client
+        .sale(&sale.id)
+        .await?
+        .items
+        .iter()
+        .map(|i| i.remaining)
+        .collect();
     server.stop().await;
 
     // Audit from the store itself, opened afresh after the server has drained.
-    let stored = store::connect(&store_url).await?.sale_orders(&sale.id).await?;
+    let stored = store::connect(&store_url)
+        .await?
+        .sale_orders(&sale.id)
+        .await?;
     let live: Vec<_> = stored.iter().filter(|o| o.status.holds_stock()).collect();
     let facts = SaleFacts::from(&sale);
     let mut audit = Audit::default();
     audit.no_oversell(&facts, live.iter().map(|o| Holding::from(*o)));
     audit.within_limit(&facts, live.iter().map(|o| Holding::from(*o)));
-    audit.acknowledged_equals_stored(&facts, load.accepted.iter().map(|a| a.order_id.as_str()), &stored);
+    audit.acknowledged_equals_stored(
+        &facts,
+        load.accepted.iter().map(|a| a.order_id.as_str()),
+        &stored,
+    );
     audit.gate_matches_store(&facts, &gate_remaining, &live, &[]);
     audit.replays_agree(&facts, load.replay_mismatches);
     Ok(DemoReport {

@@ -15,7 +15,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "flashsale",
     version,
-    about = "A flash-sale engine that sells every unit exactly once"
+    about = "A flash-sale engine that sells every unit exactly once",
+    // A flag given twice takes its last value (scripts append their overrides).
+    args_override_self = true
 )]
 struct Cli {
     /// Settings file (defaults < file < FLASHSALE_* env < flags).
@@ -42,6 +44,8 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Load generator against a running gateway (closed or open loop).
     Load(commands::load::LoadArgs),
+    /// Mint a buyer token (HS256, with the server's auth secret) for demos and tests.
+    Token(commands::token::TokenArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Dlq(command) => commands::dlq::run(config, command).await,
             Command::Demo(args) => commands::demo::run(args).await,
             Command::Load(args) => commands::load::run(args).await,
+            Command::Token(args) => commands::token::run(config, args),
         }
     })
 }

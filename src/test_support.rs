@@ -61,7 +61,9 @@ impl FaultyStore {
 }
 
 fn lost(what: &str) -> StoreError {
-    StoreError::Database(sqlx::Error::Protocol(format!("connection lost during {what}")))
+    StoreError::Database(sqlx::Error::Protocol(format!(
+        "connection lost during {what}"
+    )))
 }
 
 #[async_trait]

@@ -53,6 +53,8 @@ impl From<EngineError> for ApiError {
             EngineError::OrderNotFound(_) => (StatusCode::NOT_FOUND, "order_not_found"),
             EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             EngineError::KeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            EngineError::InProgress => (StatusCode::CONFLICT, "request_in_progress"),
+            EngineError::TooManyKeys => (StatusCode::TOO_MANY_REQUESTS, "too_many_keys"),
             EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             // The code is the status that stands in the way: `expired`, `cancelled`, `paid`.
             EngineError::OrderIs(status) => (StatusCode::CONFLICT, status.as_str()),
@@ -91,6 +93,9 @@ impl IntoResponse for ApiError {
         );
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -1,10 +1,12 @@
 //! The HTTP API (DESIGN.md §3): routes, handlers, and how errors look.
 
+mod caller;
 mod error;
 mod extract;
 mod views;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -12,22 +14,25 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use error::ApiError;
 pub use views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
 
-use crate::domain::{NewSale, PurchaseRequest};
+use crate::auth::{Auth, AuthError, SIGNATURE_HEADER};
+use crate::domain::{NewSale, Order, PurchaseRequest};
 use crate::engine::Engine;
-use extract::{IdempotencyKey, JsonBody};
+use caller::{Admin, Caller, bearer, forbidden, unauthorized};
+use extract::{IdempotencyKey, JsonBody, RawBody};
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
-    /// When set, admin routes need `Authorization: Bearer <token>`.
-    pub admin_token: Option<Arc<str>>,
+    /// Who may call what (buyer tokens, payment signatures, the admin token).
+    pub auth: Arc<Auth>,
 }
 
-pub fn router(state: AppState, body_limit: usize) -> Router {
+pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -> Router {
     Router::new()
         .route("/api/sales", post(create_sale))
         .route("/api/sales/{id}", get(get_sale))
@@ -40,6 +45,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        // A body that trickles in is cut off (its read fails: 408, see `extract`).
+        .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -51,36 +58,11 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .with_state(state)
 }
 
-fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.admin_token else {
-        return Ok(());
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this route needs `Authorization: Bearer <admin token>`",
-        ))
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn create_sale(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     JsonBody(new): JsonBody<NewSale>,
 ) -> Result<Response, ApiError> {
-    check_admin(&state, &headers)?;
     let sale = state.engine.create_sale(new).await?;
     let view = SaleView::from(sale);
     let location = format!("/api/sales/{}", view.id);
@@ -102,41 +84,106 @@ async fn get_sale(
 async fn purchase(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    caller: Caller,
     IdempotencyKey(key): IdempotencyKey,
-    JsonBody(request): JsonBody<PurchaseRequest>,
+    JsonBody(mut request): JsonBody<PurchaseRequest>,
 ) -> Result<Response, ApiError> {
+    match caller {
+        Caller::Buyer(buyer) => {
+            if !request.user_id.is_empty() {
+                return Err(ApiError::invalid(
+                    "user_id is not accepted here: the buyer is the token's `sub`",
+                ));
+            }
+            request.user_id = buyer;
+        }
+        Caller::Admin if state.auth.buyers_need_tokens() => {
+            return Err(forbidden(
+                "the admin token does not buy: buyers use their own token",
+            ));
+        }
+        Caller::Admin | Caller::Anyone => {}
+    }
     let order = state.engine.purchase(&id, request, key).await?;
     Ok((StatusCode::ACCEPTED, Json(OrderView::from(&*order))).into_response())
+}
+
+/// The order, if the caller may see it (another buyer's order is "not found").
+async fn visible_order(state: &AppState, caller: &Caller, id: &str) -> Result<Order, ApiError> {
+    let order = state.engine.order(id).await?;
+    if caller.may_see(&order.user_id) {
+        Ok(order)
+    } else {
+        Err(crate::engine::EngineError::OrderNotFound(id.to_string()).into())
+    }
 }
 
 async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    caller: Caller,
 ) -> Result<Json<OrderDetail>, ApiError> {
-    let order = state.engine.order(&id).await?;
+    let order = visible_order(&state, &caller, &id).await?;
     detail(&state, order).await
 }
 
+/// Payment confirmation: the payment service (signature) or the operator (admin
+/// token); never the buyer. Open only in development mode (nothing configured).
 async fn pay_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
 ) -> Result<Json<OrderDetail>, ApiError> {
+    if !state.auth.is_open() {
+        check_payment_caller(&state.auth, &headers, &id, &body)?;
+    }
     let order = state.engine.pay(&id).await?;
     detail(&state, order).await
+}
+
+fn check_payment_caller(
+    auth: &Auth,
+    headers: &HeaderMap,
+    order_id: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    if let Some(token) = bearer(headers) {
+        if auth.is_admin(token) {
+            return Ok(());
+        }
+        if auth.buyer(token).is_ok() {
+            return Err(forbidden(
+                "a buyer cannot confirm a payment: the payment service does",
+            ));
+        }
+    }
+    let Some(signature) = headers.get(SIGNATURE_HEADER) else {
+        return Err(unauthorized(AuthError::Missing(
+            "payment confirmations need the payment service's `Flashsale-Signature` \
+             or the admin token",
+        )));
+    };
+    let signature = signature
+        .to_str()
+        .map_err(|_| unauthorized(AuthError::Invalid("unreadable signature".into())))?;
+    auth.payment(signature, order_id, body, chrono::Utc::now().timestamp())
+        .map_err(unauthorized)
 }
 
 async fn cancel_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    caller: Caller,
 ) -> Result<Json<OrderDetail>, ApiError> {
+    if let Caller::Buyer(_) = caller {
+        visible_order(&state, &caller, &id).await?;
+    }
     let order = state.engine.cancel(&id).await?;
     detail(&state, order).await
 }
 
-async fn detail(
-    state: &AppState,
-    order: crate::domain::Order,
-) -> Result<Json<OrderDetail>, ApiError> {
+async fn detail(state: &AppState, order: Order) -> Result<Json<OrderDetail>, ApiError> {
     let history = state.engine.order_history(&order.id).await?;
     let failure = match order.status {
         crate::domain::OrderStatus::Failed => state.engine.order_failure(&order.id).await?,

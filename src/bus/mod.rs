@@ -78,7 +78,10 @@ impl std::str::FromStr for BusUrl {
         if url == "memory" {
             return Ok(BusUrl::Memory);
         }
-        match url.strip_prefix("kafka://").map(|b| b.trim_end_matches('/')) {
+        match url
+            .strip_prefix("kafka://")
+            .map(|b| b.trim_end_matches('/'))
+        {
             Some(brokers) if !brokers.is_empty() => Ok(BusUrl::Kafka {
                 brokers: brokers.to_string(),
             }),
@@ -213,6 +216,12 @@ mod tests {
         );
         assert!("kafka://".parse::<BusUrl>().is_err());
         assert!("rabbitmq://x".parse::<BusUrl>().is_err());
-        assert_eq!(BusUrl::Kafka { brokers: "a:1".into() }.to_string(), "kafka://a:1");
+        assert_eq!(
+            BusUrl::Kafka {
+                brokers: "a:1".into()
+            }
+            .to_string(),
+            "kafka://a:1"
+        );
     }
 }

@@ -57,6 +57,10 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     admin_token: Option<String>,
+    /// Sent as `Authorization: Bearer` on buyer routes (servers with buyer tokens on).
+    buyer_token: Option<String>,
+    /// Signs payment confirmations as the payment service does.
+    payment_secret: Option<String>,
 }
 
 impl Client {
@@ -75,6 +79,8 @@ impl Client {
             http,
             base: base_url.trim_end_matches('/').to_string(),
             admin_token: None,
+            buyer_token: None,
+            payment_secret: None,
         }
     }
 
@@ -82,6 +88,26 @@ impl Client {
     pub fn with_admin_token(mut self, token: Option<String>) -> Client {
         self.admin_token = token;
         self
+    }
+
+    /// Buys and reads orders as the buyer this token names.
+    pub fn with_buyer_token(mut self, token: Option<String>) -> Client {
+        self.buyer_token = token;
+        self
+    }
+
+    /// Confirms payments with the payment service's signature (else with the admin
+    /// token, if any).
+    pub fn with_payment_secret(mut self, secret: Option<String>) -> Client {
+        self.payment_secret = secret;
+        self
+    }
+
+    fn as_buyer(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.buyer_token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -122,6 +148,7 @@ impl Client {
             .http
             .post(self.url(&format!("/api/sales/{sale_id}/purchase")))
             .json(purchase);
+        request = self.as_buyer(request);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
@@ -130,20 +157,27 @@ impl Client {
 
     pub async fn order(&self, id: &str) -> Result<OrderDetail, ClientError> {
         let request = self.http.get(self.url(&format!("/api/orders/{id}")));
-        answer(request.send().await, StatusCode::OK).await
+        answer(self.as_buyer(request).send().await, StatusCode::OK).await
     }
 
+    /// Confirms payment as the payment service (signed) or the operator (admin token).
     pub async fn pay(&self, id: &str) -> Result<OrderDetail, ClientError> {
-        self.order_action(id, "pay").await
+        let mut request = self.http.post(self.url(&format!("/api/orders/{id}/pay")));
+        if let Some(secret) = &self.payment_secret {
+            let now = chrono::Utc::now().timestamp();
+            let signature = crate::auth::sign_payment(secret.as_bytes(), now, id, b"");
+            request = request.header(crate::auth::SIGNATURE_HEADER, signature);
+        } else if let Some(token) = &self.admin_token {
+            request = request.bearer_auth(token);
+        }
+        answer(request.send().await, StatusCode::OK).await
     }
 
     pub async fn cancel(&self, id: &str) -> Result<OrderDetail, ClientError> {
-        self.order_action(id, "cancel").await
-    }
-
-    async fn order_action(&self, id: &str, action: &str) -> Result<OrderDetail, ClientError> {
-        let request = self.http.post(self.url(&format!("/api/orders/{id}/{action}")));
-        answer(request.send().await, StatusCode::OK).await
+        let request = self
+            .http
+            .post(self.url(&format!("/api/orders/{id}/cancel")));
+        answer(self.as_buyer(request).send().await, StatusCode::OK).await
     }
 }
 

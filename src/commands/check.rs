@@ -35,5 +35,9 @@ pub async fn run(config_file: &Path, args: CheckArgs) -> anyhow::Result<ExitCode
     } else {
         println!("{}", report.render());
     }
-    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

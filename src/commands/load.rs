@@ -51,7 +51,6 @@ pub struct LoadArgs {
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
-
     let attempts = match (args.requests, args.duration) {
         (Some(n), _) => n,
         (None, Some(_)) => u64::MAX,

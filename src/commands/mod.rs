@@ -7,6 +7,7 @@ pub mod demo;
 pub mod dlq;
 pub mod load;
 pub mod serve;
+pub mod token;
 pub mod worker;
 
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! `flashsale serve`: the HTTP gateway until SIGTERM / Ctrl-C.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -16,10 +16,38 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
-    /// Token required by admin routes (Authorization: Bearer TOKEN).
+    /// Token required by admin routes (Authorization: Bearer TOKEN), 16 bytes or more.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     admin_token: Option<String>,
+    /// File whose first line is the admin token (not visible in `ps`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_token_file: Option<PathBuf>,
+    /// HS256 secret of buyer tokens (32 bytes or more): buyers then need a JWT.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_secret: Option<String>,
+    /// File whose first line is the HS256 secret of buyer tokens.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_secret_file: Option<PathBuf>,
+    /// PEM public key (RSA or EC) of the identity provider that signs buyer tokens.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_public_key: Option<PathBuf>,
+    /// Secret the payment service signs payment confirmations with (16 bytes or more).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payment_secret: Option<String>,
+    /// File whose first line is the payment secret.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payment_secret_file: Option<PathBuf>,
+    /// Listen beyond loopback with no credential configured.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    insecure: bool,
     #[command(flatten)]
     #[serde(flatten)]
     backends: BackendArgs,
@@ -27,10 +55,18 @@ pub struct ServeArgs {
 
 pub async fn run(config_file: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = settings(config_file, &args)?;
-    let server = Server::start(&config).await.context("starting the server")?;
+    let server = Server::start(&config)
+        .await
+        .context("starting the server")?;
     // Tests and scripts read the address from this line (the port may have been 0).
     println!("flashsale listening on http://{}", server.addr);
     tracing::info!(gate = %config.gate, bus = %config.bus, store = %config.store, "serving");
+    if config.is_open() {
+        tracing::warn!(
+            "no credential configured: buyers are whoever the body says and every route is \
+             open (development mode)"
+        );
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight and draining the writer");
     server.stop().await;

@@ -14,7 +14,10 @@ pub async fn run(config_file: &Path, args: BackendArgs) -> anyhow::Result<ExitCo
         .await
         .context("opening the store")?;
     let bus = config.bus_settings();
-    println!("flashsale worker consuming {} into {}", bus.url, config.store);
+    println!(
+        "flashsale worker consuming {} into {}",
+        bus.url, config.store
+    );
     let linger = Duration::from_millis(config.worker_linger_ms);
     flashsale::worker::consume_bus(&bus, config.batch_max, linger, store, shutdown_signal())
         .await?;

@@ -12,6 +12,9 @@ pub type Units = Vec<(usize, u32)>;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
+    /// The buyer when buyer tokens are off; with them on, the token names the buyer and
+    /// the body must not (empty here means "not given").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantity: Option<u32>,

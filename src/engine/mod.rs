@@ -38,6 +38,15 @@ pub enum EngineError {
     Refused(Refusal),
     #[error("this idempotency key was used for a different purchase")]
     KeyReused,
+    /// A retry came while the first request with its key was still being decided, and
+    /// waited `replay_wait` in vain.
+    #[error("the first request with this Idempotency-Key is still in progress; retry later")]
+    InProgress,
+    #[error(
+        "this buyer holds too many live Idempotency-Keys in this sale; reuse the key of \
+         the purchase being retried"
+    )]
+    TooManyKeys,
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The order is in a status that does not allow the step (e.g. paying an expired order).

@@ -23,7 +23,11 @@ pub(super) struct KeyWaiters(Mutex<HashMap<String, Arc<Notify>>>);
 
 impl KeyWaiters {
     fn watch(&self, order_id: &str) -> Arc<Notify> {
-        self.0.lock().entry(order_id.to_string()).or_default().clone()
+        self.0
+            .lock()
+            .entry(order_id.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Wakes every replay of the order's key: its answer changed.
@@ -70,6 +74,7 @@ impl Engine {
         match decision {
             Decision::Refused(refusal) => Err(EngineError::Refused(refusal)),
             Decision::KeyReused => Err(EngineError::KeyReused),
+            Decision::TooManyKeys => Err(EngineError::TooManyKeys),
             Decision::Replay(answer) => {
                 let key = key.expect("only keyed purchases replay");
                 self.replay(&sale, &purchase.user_id, &key, answer).await
@@ -90,9 +95,8 @@ impl Engine {
                     order,
                 ));
                 match tokio::time::timeout(self.settings.buyer_wait, placing).await {
-                    Ok(placed) => placed.map_err(|e| {
-                        EngineError::Unavailable(format!("order task failed: {e}"))
-                    })?,
+                    Ok(placed) => placed
+                        .map_err(|e| EngineError::Unavailable(format!("order task failed: {e}")))?,
                     Err(_) => Err(EngineError::Unavailable(
                         "the order is still on its way to the store; retry with the same \
                          Idempotency-Key"
@@ -114,7 +118,6 @@ impl Engine {
     ) -> Result<Arc<Order>, EngineError> {
         let order_id = match answer {
             KeyAnswer::Accepted(order) => return Ok(order),
-            KeyAnswer::Refused(refusal) => return Err(EngineError::Refused(refusal)),
             KeyAnswer::InFlight { order_id } => order_id,
         };
         let notify = self.key_waiters.watch(&order_id);
@@ -141,7 +144,6 @@ impl Engine {
             settled.as_mut().enable();
             match self.gate.key_answer(sale, user_id, key).await? {
                 Some(KeyAnswer::Accepted(order)) => return Ok(order),
-                Some(KeyAnswer::Refused(refusal)) => return Err(EngineError::Refused(refusal)),
                 Some(KeyAnswer::InFlight { .. }) => {}
                 None => {
                     return Err(EngineError::Unavailable(
@@ -155,9 +157,7 @@ impl Engine {
                 () = tokio::time::sleep_until(wake_at) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(EngineError::Unavailable(
-                    "the first request with this key is still in progress".into(),
-                ));
+                return Err(EngineError::InProgress);
             }
             look_again = (look_again * 2).min(Duration::from_millis(100));
         }
@@ -173,6 +173,14 @@ fn crash_here_if_asked(point: &str) {
     }
 }
 
+/// Test-only: `FLASHSALE_FAILPOINT=slow-publish` makes the bus answer a second late
+/// (a slow broker), so that a retry meets its first request still in flight.
+async fn delay_here_if_asked(point: &str) {
+    if std::env::var("FLASHSALE_FAILPOINT").is_ok_and(|p| p == point) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Publishes a reserved order, then confirms the reservation, or releases it when the
 /// bus surely did not take the order. Replays of its key are woken either way.
 async fn place(
@@ -182,6 +190,7 @@ async fn place(
     sale: Arc<Sale>,
     order: Arc<Order>,
 ) -> Result<Arc<Order>, EngineError> {
+    delay_here_if_asked("slow-publish").await;
     let answer = match bus.publish(&order).await {
         Ok(()) => {
             crash_here_if_asked("after-publish");

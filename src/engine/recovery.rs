@@ -87,7 +87,9 @@ impl Engine {
         orders.extend(on_the_bus.into_iter().filter(|o| !stored.contains(&o.id)));
         // Orders whose release is pending are not counted: their release, whenever it
         // comes, finds them uncounted and gives nothing back (see the gate's release).
-        self.gate.restore(sale, &snapshot(sale, &orders), lease).await?;
+        self.gate
+            .restore(sale, &snapshot(sale, &orders), lease)
+            .await?;
         tracing::info!(sale = %sale.id, "sale restored in the gate");
         Ok(())
     }

@@ -30,6 +30,8 @@ pub struct Sweep {
     pub resolved: usize,
     /// Rows that failed and were skipped (logged); the next pass tries them again.
     pub skipped: usize,
+    /// Idempotency keys past their TTL, forgotten (local gate; Redis expires its own).
+    pub keys_forgotten: usize,
 }
 
 impl Engine {
@@ -39,11 +41,17 @@ impl Engine {
         let mut sweep = Sweep::default();
         let mut after: Option<(Millis, String)> = None;
         for _ in 0..SWEEP_BATCHES {
-            let overdue = self.store.overdue_orders(after.as_ref(), SWEEP_BATCH).await?;
+            let overdue = self
+                .store
+                .overdue_orders(after.as_ref(), SWEEP_BATCH)
+                .await?;
             let full = overdue.len() as i64 == SWEEP_BATCH;
             for order in overdue {
                 after = Some((order.expires_at.unwrap_or_default(), order.id.clone()));
-                match self.end_order(&order, OrderStatus::Expired, now_millis()).await {
+                match self
+                    .end_order(&order, OrderStatus::Expired, now_millis())
+                    .await
+                {
                     Ok(ended) => sweep.expired += (ended.status == OrderStatus::Expired) as usize,
                     Err(e) => {
                         tracing::warn!(order = %order.id, error = %e, "expiry failed; skipped");
@@ -77,6 +85,12 @@ impl Engine {
             }
         }
         self.sweep_holds(&mut sweep).await?;
+        for sale in self.sales.all() {
+            match self.gate.forget_expired_keys(&sale, now_millis()).await {
+                Ok(n) => sweep.keys_forgotten += n,
+                Err(e) => tracing::warn!(sale = %sale.id, error = %e, "expired keys not dropped"),
+            }
+        }
         Ok(sweep)
     }
 
@@ -198,7 +212,12 @@ mod tests {
         let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
         let (bus, inbox) = MemoryBus::new(64, Duration::from_secs(5));
         let stop = CancellationToken::new();
-        let writer = tokio::spawn(crate::worker::run_group_commit(inbox, store.clone(), 64, stop.clone()));
+        let writer = tokio::spawn(crate::worker::run_group_commit(
+            inbox,
+            store.clone(),
+            64,
+            stop.clone(),
+        ));
         let engine = Engine::start(
             Arc::new(LocalGate::new()),
             Arc::new(bus),
@@ -221,8 +240,19 @@ mod tests {
             .unwrap();
         let mut ids = Vec::new();
         for user in ["a", "b", "c"] {
-            let request = PurchaseRequest { user_id: user.into(), quantity: Some(1), items: None };
-            ids.push(engine.purchase(&sale.sale.id, request, None).await.unwrap().id.clone());
+            let request = PurchaseRequest {
+                user_id: user.into(),
+                quantity: Some(1),
+                items: None,
+            };
+            ids.push(
+                engine
+                    .purchase(&sale.sale.id, request, None)
+                    .await
+                    .unwrap()
+                    .id
+                    .clone(),
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -234,7 +264,10 @@ mod tests {
             let order = store.get_order(id).await.unwrap().unwrap();
             assert_eq!(order.status, OrderStatus::Expired);
         }
-        assert_eq!(engine.sale_state(&sale.sale.id).await.unwrap().remaining, [4]);
+        assert_eq!(
+            engine.sale_state(&sale.sale.id).await.unwrap().remaining,
+            [4]
+        );
         stop.cancel();
         drop(engine);
         writer.await.unwrap();

@@ -16,7 +16,7 @@ use foldhash::quality::RandomState;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use super::{Decision, GateError, KeyAnswer, RebuildLease, SaleSnapshot, StockGate};
+use super::{Decision, GateError, KeyAnswer, KeyPolicy, RebuildLease, SaleSnapshot, StockGate};
 use crate::domain::{Millis, Order, Refusal, Sale, Units, ValidPurchase};
 
 const SHARDS: usize = 64;
@@ -27,6 +27,7 @@ pub struct LocalGate {
     /// touch no shared counter.
     sales: ArcSwap<HashMap<String, Arc<SaleState>, RandomState>>,
     hasher: RandomState,
+    keys: KeyPolicy,
 }
 
 struct SaleState {
@@ -50,12 +51,14 @@ struct Shard {
 
 type BuyerKeys = Vec<(Box<str>, KeyEntry)>;
 
-/// Kept for every key until the gate restarts, so it is small: the order an accepted
+/// Kept for every accepted key until it expires, so it is small: the order an accepted
 /// key stands for is rebuilt from the fingerprint when a retry asks (bench 7: keeping
 /// the whole order made a keyed buyer cost ~900 bytes).
 struct KeyEntry {
     fingerprint: Box<str>,
     state: KeyState,
+    /// When the key may be forgotten (`KeyPolicy::expires_at`).
+    expires_at: Millis,
 }
 
 enum KeyState {
@@ -64,7 +67,6 @@ enum KeyState {
         order_id: OrderRef,
         created_at: Millis,
     },
-    Refused(Refusal),
 }
 
 /// An order id: our ids are UUIDs written as 32 lowercase hex digits, kept as their 16
@@ -102,7 +104,6 @@ impl KeyEntry {
             KeyState::InFlight(mine) | KeyState::Accepted { order_id: mine, .. } => {
                 mine.is(&order.id)
             }
-            KeyState::Refused(_) => false,
         }
     }
 
@@ -111,7 +112,6 @@ impl KeyEntry {
             KeyState::InFlight(order_id) => KeyAnswer::InFlight {
                 order_id: order_id.text(),
             },
-            KeyState::Refused(refusal) => KeyAnswer::Refused(*refusal),
             KeyState::Accepted {
                 order_id,
                 created_at,
@@ -123,8 +123,10 @@ impl KeyEntry {
                     Some(key.to_string()),
                     *created_at,
                 ))),
-                // Only a sale whose items changed under it; the buyer retries afresh.
-                None => KeyAnswer::Refused(Refusal::SoldOut),
+                // Only a sale whose items changed under it: nothing to replay but the id.
+                None => KeyAnswer::InFlight {
+                    order_id: order_id.text(),
+                },
             },
         }
     }
@@ -153,6 +155,31 @@ impl Shard {
                 self.keys.insert(user.into(), vec![(key.into(), entry)]);
             }
         }
+    }
+
+    /// Drops the buyer's expired keys; returns how many live keys the buyer has left.
+    fn live_keys(&mut self, user: &str, now: Millis) -> usize {
+        let Some(keys) = self.keys.get_mut(user) else {
+            return 0;
+        };
+        keys.retain(|(_, e)| e.expires_at > now);
+        let live = keys.len();
+        if live == 0 {
+            self.keys.remove(user);
+        }
+        live
+    }
+
+    /// Drops every expired key of the shard; returns how many.
+    fn forget_expired(&mut self, now: Millis) -> usize {
+        let mut forgotten = 0;
+        self.keys.retain(|_, keys| {
+            let before = keys.len();
+            keys.retain(|(_, e)| e.expires_at > now);
+            forgotten += before - keys.len();
+            !keys.is_empty()
+        });
+        forgotten
     }
 
     fn remove_key(&mut self, user: &str, key: &str) {
@@ -234,6 +261,13 @@ impl LocalGate {
         Self::default()
     }
 
+    pub fn with_key_policy(keys: KeyPolicy) -> Self {
+        LocalGate {
+            keys,
+            ..Self::default()
+        }
+    }
+
     fn state(&self, sale: &Sale) -> Result<Arc<SaleState>, GateError> {
         self.sales
             .load()
@@ -280,19 +314,24 @@ impl LocalGate {
         }
         let user = purchase.user_id.as_str();
         let mut shard = self.shard(state, user).lock();
-        if let Some(key) = key
-            && let Some(entry) = shard.key(user, key)
-        {
-            return Ok(if *entry.fingerprint == *purchase.fingerprint {
-                Decision::Replay(entry.answer(sale, user, key))
-            } else {
-                Decision::KeyReused
-            });
+        let mut live_keys = 0;
+        if let Some(key) = key {
+            live_keys = shard.live_keys(user, now);
+            if let Some(entry) = shard.key(user, key) {
+                return Ok(if *entry.fingerprint == *purchase.fingerprint {
+                    Decision::Replay(entry.answer(sale, user, key))
+                } else {
+                    Decision::KeyReused
+                });
+            }
         }
         let held = shard.units.get(user).copied().unwrap_or(0);
         let wanted = purchase.total_units();
         let outcome = if let Some(refusal) = window {
             Err(refusal)
+        } else if key.is_some() && live_keys >= self.keys.max_per_buyer as usize {
+            // Checked before the stock: a buyer at the key limit takes nothing.
+            return Ok(Decision::TooManyKeys);
         } else if held.saturating_add(wanted) > sale.per_user_limit {
             // When both apply, sold_out wins (the same order as the Redis gate).
             Err(if state.has(&purchase.units) {
@@ -314,14 +353,15 @@ impl LocalGate {
                 }
             }
         }
-        if let Some(key) = key {
-            let state = match outcome {
-                Ok(()) => KeyState::InFlight(OrderRef::new(order_id)),
-                Err(refusal) => KeyState::Refused(refusal),
-            };
+        // A refusal is not remembered: a retry with the key is decided afresh (a click
+        // before the start can buy after it), and refused keys take no memory.
+        if let Some(key) = key
+            && outcome.is_ok()
+        {
             let entry = KeyEntry {
                 fingerprint: purchase.fingerprint.as_str().into(),
-                state,
+                state: KeyState::InFlight(OrderRef::new(order_id)),
+                expires_at: self.keys.expires_at(sale, now),
             };
             shard.set_key(user, key, entry);
         }
@@ -429,6 +469,7 @@ impl StockGate for LocalGate {
                     order_id: OrderRef::new(&order.id),
                     created_at: order.created_at,
                 },
+                expires_at: self.keys.expires_at(sale, order.created_at),
             };
             shard.set_key(&order.user_id, key, entry);
         }
@@ -471,6 +512,15 @@ impl StockGate for LocalGate {
 
     async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError> {
         self.remaining_sync(sale)
+    }
+
+    async fn forget_expired_keys(&self, sale: &Sale, now: Millis) -> Result<usize, GateError> {
+        let state = self.state(sale)?;
+        Ok(state
+            .shards
+            .iter()
+            .map(|shard| shard.lock().forget_expired(now))
+            .sum())
     }
 }
 

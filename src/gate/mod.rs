@@ -24,8 +24,44 @@ pub enum KeyAnswer {
     InFlight { order_id: String },
     /// The first request was answered with this order.
     Accepted(Arc<Order>),
-    /// The first request was refused.
-    Refused(Refusal),
+}
+
+/// How long idempotency keys are kept, and how many a buyer may hold in one sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// An accepted key is kept this long after it was first used, and never less than
+    /// until an hour past the sale's end and its payment window.
+    pub ttl: std::time::Duration,
+    /// Live keys per buyer and sale; a new key beyond it is refused (429).
+    pub max_per_buyer: u32,
+}
+
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        KeyPolicy {
+            ttl: std::time::Duration::from_secs(24 * 3600),
+            max_per_buyer: 16,
+        }
+    }
+}
+
+/// How long after a sale's payment window a buyer's idempotency key is still kept.
+const KEY_MARGIN_MS: Millis = 3600 * 1000;
+
+impl KeyPolicy {
+    /// Until when (ms) the sale's keys must live whatever the TTL: an hour past its end
+    /// and payment window (a retry then cannot reserve a second order); 0 for a sale
+    /// without an end.
+    pub fn keep_until(sale: &Sale) -> Millis {
+        sale.ends_at
+            .map(|end| end + sale.payment_window as Millis * 1000 + KEY_MARGIN_MS)
+            .unwrap_or(0)
+    }
+
+    /// When a key first used at `now` may be forgotten.
+    pub fn expires_at(&self, sale: &Sale, now: Millis) -> Millis {
+        (now + self.ttl.as_millis() as Millis).max(Self::keep_until(sale))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,11 +69,15 @@ pub enum Decision {
     /// Units were reserved for the new order; the caller must `confirm` or `release` it.
     /// `at` is the gate's clock at the reservation (Redis's own clock in Redis mode):
     /// the order's creation time, from which its payment window runs.
-    Reserved { at: Millis },
+    Reserved {
+        at: Millis,
+    },
     /// The key was used before with the same purchase: its original answer.
     Replay(KeyAnswer),
     /// The key was used before with a different purchase.
     KeyReused,
+    /// A new key, and the buyer already holds `KeyPolicy::max_per_buyer` live keys.
+    TooManyKeys,
     Refused(Refusal),
 }
 
@@ -111,7 +151,9 @@ impl std::str::FromStr for GateUrl {
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
             Ok(GateUrl::Redis(url.to_string()))
         } else {
-            Err(format!("unsupported gate {url:?} (expected local or redis://host:port)"))
+            Err(format!(
+                "unsupported gate {url:?} (expected local or redis://host:port)"
+            ))
         }
     }
 }
@@ -142,10 +184,15 @@ impl std::fmt::Display for GateUrl {
 pub async fn connect(
     url: &GateUrl,
     deadline: std::time::Duration,
+    keys: KeyPolicy,
 ) -> Result<Arc<dyn StockGate>, GateError> {
     Ok(match url {
-        GateUrl::Local => Arc::new(LocalGate::new()),
-        GateUrl::Redis(url) => Arc::new(RedisGate::connect(url, deadline).await?),
+        GateUrl::Local => Arc::new(LocalGate::with_key_policy(keys)),
+        GateUrl::Redis(url) => Arc::new(
+            RedisGate::connect(url, deadline)
+                .await?
+                .with_key_policy(keys),
+        ),
     })
 }
 
@@ -236,4 +283,10 @@ pub trait StockGate: Send + Sync + 'static {
 
     /// Remaining units per item index.
     async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError>;
+
+    /// Forgets the sale's keys that expired before `now` (the sweeper calls this);
+    /// returns how many. Redis expires its keys itself.
+    async fn forget_expired_keys(&self, _sale: &Sale, _now: Millis) -> Result<usize, GateError> {
+        Ok(0)
+    }
 }

@@ -18,7 +18,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
 use super::{
-    AbortOnDrop, Decision, GateError, HoldEnd, KeyAnswer, RebuildLease, SaleSnapshot, StockGate,
+    AbortOnDrop, Decision, GateError, HoldEnd, KeyAnswer, KeyPolicy, RebuildLease, SaleSnapshot,
+    StockGate,
 };
 use crate::domain::{Millis, Order, Refusal, Sale, ValidPurchase};
 
@@ -26,18 +27,6 @@ const RESTOCK_CHANNEL: &str = "flashsale:restock";
 const SOLD_OUT_TTL: Duration = Duration::from_secs(1);
 /// How long a rebuild lease lasts unless renewed (it is renewed every third of it).
 const LEASE_MS: u64 = 10_000;
-/// How long after a sale's payment window a buyer's idempotency key is still kept.
-const KEY_MARGIN_MS: i64 = 3600 * 1000;
-
-/// Until when (ms) the idempotency keys of a sale are kept: past the end of the sale and
-/// its payment window (the scripts keep them at least a day); 0 for a sale without an
-/// end, whose keys live as long as the sale.
-fn keep_keys_until(sale: &Sale) -> i64 {
-    sale.ends_at
-        .map(|end| end + sale.payment_window as i64 * 1000 + KEY_MARGIN_MS)
-        .unwrap_or(0)
-}
-
 pub struct RedisGate {
     conn: ConnectionManager,
     deadline: Duration,
@@ -48,6 +37,7 @@ pub struct RedisGate {
     drop_hold: Script,
     restore: Script,
     lease: Script,
+    keys: KeyPolicy,
     /// sale id → when this gateway saw it sold out.
     sold_out: Arc<RwLock<HashMap<String, Instant>>>,
     /// The restock listener; it stops when the gate is dropped.
@@ -84,6 +74,12 @@ impl SaleKeys {
     fn idempotency(sale_id: &str, user_id: &str, key: &str) -> String {
         format!("{{sale:{sale_id}}}:idem:{}:{user_id}:{key}", user_id.len())
     }
+
+    /// A buyer's live idempotency keys (sorted set: key name by expiry), to count them.
+    /// drop_hold.lua builds the same name from the meta key's prefix.
+    fn key_index(sale_id: &str, user_id: &str) -> String {
+        format!("{{sale:{sale_id}}}:keys:{}:{user_id}", user_id.len())
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> GateError {
@@ -117,9 +113,15 @@ impl RedisGate {
             drop_hold: Script::new(include_str!("lua/drop_hold.lua")),
             restore: Script::new(include_str!("lua/restore.lua")),
             lease: Script::new(include_str!("lua/lease.lua")),
+            keys: KeyPolicy::default(),
             sold_out,
             _restock_listener: AbortOnDrop(listener),
         })
+    }
+
+    pub fn with_key_policy(mut self, keys: KeyPolicy) -> Self {
+        self.keys = keys;
+        self
     }
 
     async fn bounded<T>(
@@ -174,9 +176,6 @@ fn parse_answer(answer: &str) -> Result<KeyAnswer, GateError> {
         "accepted" => serde_json::from_str::<Order>(payload)
             .map(|o| KeyAnswer::Accepted(Arc::new(o)))
             .map_err(|e| unavailable(format!("corrupt key answer: {e}"))),
-        "refused" => Refusal::from_code(payload)
-            .map(KeyAnswer::Refused)
-            .ok_or_else(|| unavailable(format!("unknown refusal {payload:?}"))),
         other => Err(unavailable(format!("unknown key answer {other:?}"))),
     }
 }
@@ -292,7 +291,8 @@ impl StockGate for RedisGate {
             .arg(sale.starts_at)
             .arg(sale.ends_at.map(|e| e.to_string()).unwrap_or_default())
             .arg(sale.per_user_limit)
-            .arg(keep_keys_until(sale))
+            // Restored keys live as a new key would (from the rebuild, not their order).
+            .arg(self.keys.expires_at(sale, crate::domain::now_millis()))
             .arg(sale.items.len());
         for (i, item) in sale.items.iter().enumerate() {
             let sold = snapshot.sold.get(i).copied().unwrap_or(0);
@@ -322,7 +322,10 @@ impl StockGate for RedisGate {
                 Ok(())
             }
             "exists" => Err(GateError::Fenced(sale.id.clone(), "the sale exists")),
-            _ => Err(GateError::Fenced(sale.id.clone(), "the rebuild lease was lost")),
+            _ => Err(GateError::Fenced(
+                sale.id.clone(),
+                "the rebuild lease was lost",
+            )),
         }
     }
 
@@ -341,20 +344,27 @@ impl StockGate for RedisGate {
             return Ok(Decision::Refused(Refusal::SoldOut));
         }
         let keys = SaleKeys::new(&sale.id);
-        let idem = key
-            .map(|k| SaleKeys::idempotency(&sale.id, &purchase.user_id, k))
-            .unwrap_or_else(|| keys.meta.clone());
+        let (idem, index) = match key {
+            Some(k) => (
+                SaleKeys::idempotency(&sale.id, &purchase.user_id, k),
+                SaleKeys::key_index(&sale.id, &purchase.user_id),
+            ),
+            None => (keys.meta.clone(), keys.meta.clone()),
+        };
         let mut call = self.reserve.key(&keys.meta);
         call.key(&keys.stock)
             .key(&keys.buyers)
             .key(&idem)
             .key(&keys.holds)
             .key(&keys.hold_details)
-            .arg(keep_keys_until(sale))
+            .key(&index)
+            .arg(KeyPolicy::keep_until(sale))
             .arg(&purchase.user_id)
             .arg(&purchase.fingerprint)
             .arg(order_id)
-            .arg(key.is_some() as u8);
+            .arg(key.is_some() as u8)
+            .arg(self.keys.ttl.as_millis() as u64)
+            .arg(self.keys.max_per_buyer);
         for &(item, units) in &purchase.units {
             call.arg(item).arg(units);
         }
@@ -368,6 +378,7 @@ impl StockGate for RedisGate {
                 Ok(Decision::Reserved { at })
             }
             "key_reused" => Ok(Decision::KeyReused),
+            "too_many_keys" => Ok(Decision::TooManyKeys),
             "replay" => Ok(Decision::Replay(parse_answer(&text(&reply[1]))?)),
             "refused" => {
                 let code = reply.get(1).map(text).unwrap_or_default();
@@ -411,11 +422,13 @@ impl StockGate for RedisGate {
 
     async fn release(&self, sale: &Sale, order: &Order, forget_key: bool) -> Result<(), GateError> {
         let keys = SaleKeys::new(&sale.id);
-        let idem = order
-            .idempotency_key
-            .as_deref()
-            .map(|k| SaleKeys::idempotency(&sale.id, &order.user_id, k))
-            .unwrap_or_else(|| keys.meta.clone());
+        let (idem, index) = match order.idempotency_key.as_deref() {
+            Some(k) => (
+                SaleKeys::idempotency(&sale.id, &order.user_id, k),
+                SaleKeys::key_index(&sale.id, &order.user_id),
+            ),
+            None => (keys.meta.clone(), keys.meta.clone()),
+        };
         let mut call = self.release.key(&keys.meta);
         call.key(&keys.stock)
             .key(&keys.buyers)
@@ -424,6 +437,7 @@ impl StockGate for RedisGate {
             .key(&keys.holds)
             .key(&keys.hold_details)
             .key(&keys.counted)
+            .key(&index)
             .arg(&order.user_id)
             .arg(&order.id)
             .arg((forget_key && order.idempotency_key.is_some()) as u8)
@@ -482,10 +496,18 @@ impl StockGate for RedisGate {
         .await
     }
 
-    async fn drop_hold(&self, sale: &Sale, order_id: &str, end: HoldEnd<'_>) -> Result<(), GateError> {
+    async fn drop_hold(
+        &self,
+        sale: &Sale,
+        order_id: &str,
+        end: HoldEnd<'_>,
+    ) -> Result<(), GateError> {
         let (release, json) = match end {
             HoldEnd::Release => (true, String::new()),
-            HoldEnd::Confirm(order) => (false, serde_json::to_string(order).expect("orders serialize")),
+            HoldEnd::Confirm(order) => (
+                false,
+                serde_json::to_string(order).expect("orders serialize"),
+            ),
         };
         let keys = SaleKeys::new(&sale.id);
         let mut call = self.drop_hold.key(&keys.meta);

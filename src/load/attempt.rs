@@ -120,7 +120,10 @@ pub(super) async fn buy(
     due: Option<Instant>,
     started: Instant,
 ) -> BuyerRun {
-    let body = target.probe.is_none().then(|| target.body(&user, plan.quantity));
+    let body = target
+        .probe
+        .is_none()
+        .then(|| target.body(&user, plan.quantity));
     let body = body.as_ref();
     let sent_at = Instant::now();
     let roll = fastrand::f64();

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-
 use super::{LoadPlan, LoadReport, Schedule};
 use crate::audit::{Audit, Holding, SaleFacts};
 

@@ -46,7 +46,9 @@ async fn commit(batch: &mut Vec<Envelope>, store: &dyn OrderStore) {
     // a rebuild elsewhere may already have counted without it.
     let now = tokio::time::Instant::now();
     for late in batch.extract_if(.., |e| e.deadline <= now) {
-        let _ = late.reply.send(Err("its delivery deadline passed before it was stored".into()));
+        let _ = late.reply.send(Err(
+            "its delivery deadline passed before it was stored".into()
+        ));
     }
     if batch.is_empty() {
         return;

@@ -16,8 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::WorkerError;
 use crate::bus::kafka::{
-    DeadLetter, KafkaSettings, OrderMessage, Topics, client_config, ensure_topics,
-    producer_config,
+    DeadLetter, KafkaSettings, OrderMessage, Topics, client_config, ensure_topics, producer_config,
 };
 use crate::domain::{OrderEvent, OrderStatus, now_millis};
 use crate::store::{InsertOutcome, OrderStore, StoreError};
@@ -71,7 +70,8 @@ pub async fn run(
     let bus = &config.bus;
     ensure_topics(bus).await?;
     let mut consumer = join_group(bus)?;
-    let producer: FutureProducer = producer_config(&bus.brokers, Duration::from_secs(10)).create()?;
+    let producer: FutureProducer =
+        producer_config(&bus.brokers, Duration::from_secs(10)).create()?;
     tokio::pin!(shutdown);
     tracing::info!(group = %bus.worker_group, topic = %bus.topics.orders, "worker consuming");
 
@@ -165,7 +165,12 @@ async fn store_batch(
             Ok(()) => {
                 let mut failed = order.clone();
                 failed.status = OrderStatus::Failed;
-                announce(producer, &topics.events, &OrderEvent::of(&failed, now_millis())).await;
+                announce(
+                    producer,
+                    &topics.events,
+                    &OrderEvent::of(&failed, now_millis()),
+                )
+                .await;
             }
             Err(e) => {
                 tracing::error!(order = %order.id, error = %e, "could not store it as failed; dead-lettered");
@@ -200,7 +205,9 @@ where
 /// Tells the gateways' listeners an order changed (best effort: the store has it).
 async fn announce(producer: &FutureProducer, topic: &str, event: &OrderEvent) {
     let payload = serde_json::to_vec(event).expect("events serialize");
-    let record = FutureRecord::to(topic).key(&event.order_id).payload(&payload);
+    let record = FutureRecord::to(topic)
+        .key(&event.order_id)
+        .payload(&payload);
     if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
         tracing::warn!(order = %event.order_id, error = %e, "status event not published");
     }

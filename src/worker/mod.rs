@@ -77,7 +77,10 @@ impl DeadLetters {
         let mut out = String::new();
         for l in &self.letters {
             let order = l.order_id.as_deref().unwrap_or("(undecodable)");
-            out.push_str(&format!("{}:{} order {order}: {}\n", l.partition, l.offset, l.reason));
+            out.push_str(&format!(
+                "{}:{} order {order}: {}\n",
+                l.partition, l.offset, l.reason
+            ));
         }
         out.push_str(&format!("{} dead letters", self.letters.len()));
         out

@@ -1,8 +1,7 @@
 //! The HTTP API: each answer and error code, produced by a request that triggers it.
 
-
-use chrono::{Duration, Utc};
 use crate::helpers::{Backends, TestServer};
+use chrono::{Duration, Utc};
 use serde_json::json;
 
 async fn sale_is_created_shown_and_sold(backends: Backends) {
@@ -255,7 +254,7 @@ async fn idempotency_key_replays_the_original_answer(backends: Backends) {
         2
     );
 
-    // A refusal replays as the same refusal.
+    // A refusal is not remembered: the retry is decided afresh (here, the same way).
     let one = app.live_sale(1, 1).await;
     assert_eq!(
         app.purchase(&one, json!({"user_id": "x"}), None)
@@ -272,6 +271,105 @@ async fn idempotency_key_replays_the_original_answer(backends: Backends) {
         .await;
     assert_eq!(replayed.text, refused.text);
     assert_eq!(app.settled_orders(&one).await.len(), 1);
+}
+
+/// Issue "Protection" §4: a key's refusal is not kept. A buyer who clicked before the
+/// start (key K1, `not_started`) and retries with K1 (as a client should) buys after
+/// it; before, K1 answered `not_started` for its whole life.
+async fn a_click_before_the_start_can_buy_after_it(backends: Backends) {
+    let app = TestServer::spawn_on(backends, &[]).await;
+    let starts_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let sale = app
+        .create_sale(json!({"name": "at noon", "stock": 1, "starts_at": starts_at}))
+        .await;
+    let id = sale["id"].as_str().unwrap();
+    app.purchase(id, json!({"user_id": "a"}), Some("K1"))
+        .await
+        .assert_problem(409, "not_started");
+    tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+    let bought = app.purchase(id, json!({"user_id": "a"}), Some("K1")).await;
+    assert_eq!(bought.status, 202, "{}", bought.text);
+    let again = app.purchase(id, json!({"user_id": "a"}), Some("K1")).await;
+    assert_eq!(again.text, bought.text, "an accepted key replays its order");
+}
+
+/// A retry while the first request with its key is still on its way waits
+/// `replay_wait_ms`, then gets 409 `request_in_progress` (not a second order, not a 503);
+/// once the first is answered, the retry gets its 202.
+async fn a_retry_during_the_first_request_is_in_progress(backends: Backends) {
+    let deployment = crate::helpers::Deployment::new(backends, &[]).await;
+    let mut app = deployment
+        .gateway_with_env(&[
+            ("FLASHSALE_FAILPOINT", "slow-publish"),
+            ("FLASHSALE_REPLAY_WAIT_MS", "200"),
+        ])
+        .await;
+    if backends == Backends::RedisKafkaPostgres {
+        app.workers.push(deployment.worker().await);
+    }
+    let app = std::sync::Arc::new(app);
+    let id = app.live_sale(5, 1).await;
+    let first = tokio::spawn({
+        let (app, id) = (app.clone(), id.clone());
+        async move { app.purchase(&id, json!({"user_id": "a"}), Some("K")).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    app.purchase(&id, json!({"user_id": "a"}), Some("K"))
+        .await
+        .assert_problem(409, "request_in_progress");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(200),
+        "waited replay_wait"
+    );
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 202, "{}", first.text);
+    let retry = app.purchase(&id, json!({"user_id": "a"}), Some("K")).await;
+    assert_eq!(retry.text, first.text);
+    assert_eq!(
+        app.get(&format!("/api/sales/{id}")).await.body["remaining"],
+        4
+    );
+}
+
+/// At most `max_keys_per_buyer` live keys per buyer and sale: a buyer cycling through
+/// fresh keys gets 429 `too_many_keys`, not a new decision each time.
+async fn a_buyer_cannot_hold_more_than_max_keys(backends: Backends) {
+    let deployment = crate::helpers::Deployment::new(backends, &[]).await;
+    let mut app = deployment
+        .gateway_with_env(&[("FLASHSALE_MAX_KEYS_PER_BUYER", "2")])
+        .await;
+    if backends == Backends::RedisKafkaPostgres {
+        app.workers.push(deployment.worker().await);
+    }
+    let id = app
+        .create_sale(json!({"name": "many", "stock": 10, "per_user_limit": 5}))
+        .await;
+    let id = id["id"].as_str().unwrap();
+    for key in ["k1", "k2"] {
+        let reply = app.purchase(id, json!({"user_id": "a"}), Some(key)).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    app.purchase(id, json!({"user_id": "a"}), Some("k3"))
+        .await
+        .assert_problem(429, "too_many_keys");
+    // Retries of the keys held still replay; other buyers are not affected.
+    assert_eq!(
+        app.purchase(id, json!({"user_id": "a"}), Some("k1"))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        app.purchase(id, json!({"user_id": "b"}), Some("k3"))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        app.get(&format!("/api/sales/{id}")).await.body["remaining"],
+        7
+    );
 }
 
 async fn multi_item_purchase_is_all_or_nothing(backends: Backends) {
@@ -319,7 +417,7 @@ async fn multi_item_purchase_is_all_or_nothing(backends: Backends) {
 }
 
 async fn admin_token_guards_sale_creation(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &["--admin-token", "s3cret"]).await;
+    let app = TestServer::spawn_on(backends, &["--admin-token", "admin-token-for-tests"]).await;
     let body = json!({"name": "guarded", "stock": 1});
     app.post("/api/sales", &body)
         .await
@@ -353,6 +451,9 @@ backend_tests!(
     multi_item_purchase_is_all_or_nothing,
     admin_token_guards_sale_creation,
     health_and_readiness,
+    a_click_before_the_start_can_buy_after_it,
+    a_buyer_cannot_hold_more_than_max_keys,
+    a_retry_during_the_first_request_is_in_progress,
 );
 
 /// A build without the `kafka` feature says how to get it instead of failing obscurely.

@@ -1,7 +1,6 @@
 //! `flashsale check` passes on a clean run and fails, naming the order, on a planted
 //! inconsistency.
 
-
 use crate::helpers::{Backends, TestServer};
 use serde_json::json;
 

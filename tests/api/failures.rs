@@ -2,7 +2,6 @@
 //! a failed store write answers 503 `unavailable`, releases the reservation and leaves
 //! nothing half-written.
 
-
 use crate::helpers::{Backends, TestServer};
 use serde_json::json;
 

@@ -1,7 +1,6 @@
 //! Order lifecycle: a reservation is a sale only once paid. Unpaid units go back on sale
 //! when the payment window passes, cancel gives them back, each exactly once.
 
-
 use std::sync::Arc;
 
 use crate::helpers::{Backends, Deployment, TestServer};

@@ -1,6 +1,5 @@
 //! `flashsale load` against a running gateway, open and closed loop.
 
-
 use crate::helpers::TestServer;
 
 async fn load(app: &TestServer, args: &[&str]) -> serde_json::Value {

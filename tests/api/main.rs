@@ -13,4 +13,6 @@ mod demo;
 mod failures;
 mod lifecycle;
 mod load;
+mod protection;
 mod restart;
+mod slow_clients;

@@ -1,7 +1,6 @@
 //! kill -9 the server in the middle of a sale and start it again on the same SQLite file:
 //! every acknowledged order is there and the gate is rebuilt exactly (I1–I5 across a crash).
 
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

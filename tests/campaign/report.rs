@@ -204,7 +204,7 @@ pub fn table(results: &[RunResult]) -> (String, bool) {
         + total.errors;
     writeln!(
         out,
-        "{} runs, {} requests, {} acknowledged; bad columns: oversold, over limit, lost (acknowledged, then missing or failed), undrained (acknowledged, still on the bus when the 45 s drain ended), dup (a key stored twice), replay≠ (I5), leaked / surplus (I6: sold + remaining ≠ stock), stuck keys (I5: no final answer after 30 s of keyed retries), check fail, errors (runs without a verdict: the harness failed, or the test broker broke in four attempts). unacked (stored orders never answered 202) is reported, not judged.",
+        "{} runs, {} requests, {} acknowledged; bad columns: oversold, over limit, lost (acknowledged, then missing or failed), undrained (acknowledged, still on the bus when the 45 s drain ended), dup (a key stored twice), replay≠ (I5), leaked / surplus (I6: sold + remaining ≠ stock), stuck keys (I5: no final answer after 30 s of keyed retries), check fail, errors (runs without a verdict: the harness failed, or the test broker broke in ten attempts). unacked (stored orders never answered 202) is reported, not judged.",
         total.runs, total.requests, total.acked
     )
     .unwrap();

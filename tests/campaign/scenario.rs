@@ -234,7 +234,7 @@ pub struct RunResult {
     /// The harness itself failed (a process did not start, a panic): no verdict.
     pub error: Option<String>,
     /// The test broker itself broke during the run (its log shows a panic): the verdict
-    /// is printed but not judged, the run is tried again (4 attempts in all).
+    /// is printed but not judged, the run is tried again (10 attempts in all).
     pub environment: Option<String>,
     pub fault_note: String,
     pub seconds: f64,

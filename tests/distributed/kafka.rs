@@ -1,7 +1,6 @@
 //! The Kafka bus under faults: a worker killed mid-stream, the broker stopped mid-sale.
 #![cfg(feature = "kafka")]
 
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -243,7 +242,9 @@ async fn an_acknowledged_order_the_store_refuses_is_compensated(backends: Backen
     let sale = gateway.live_sale(2, 1).await;
     let full = format!("UPDATE sale_items SET sold = stock WHERE sale_id = '{sale}'");
     gateway.execute_sql(&full, &full).await;
-    let reply = gateway.purchase(&sale, json!({"user_id": "told-yes"}), None).await;
+    let reply = gateway
+        .purchase(&sale, json!({"user_id": "told-yes"}), None)
+        .await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let order = reply.body["id"].as_str().unwrap().to_string();
     let undo = format!("UPDATE sale_items SET sold = 0 WHERE sale_id = '{sale}'");
@@ -254,14 +255,24 @@ async fn an_acknowledged_order_the_store_refuses_is_compensated(backends: Backen
         if detail.status == 200 && detail.body["status"] == "failed" {
             break detail.body;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "{}", detail.text);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            detail.text
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(detail["failure"].as_str().is_some_and(|f| !f.is_empty()), "{detail}");
+    assert!(
+        detail["failure"].as_str().is_some_and(|f| !f.is_empty()),
+        "{detail}"
+    );
     gateway.execute_sql(&undo, &undo).await;
     let started = Instant::now();
     while gateway.get(&format!("/api/sales/{sale}")).await.body["remaining"] != 2 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the unit never came back");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the unit never came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -281,8 +292,15 @@ async fn an_acknowledged_order_the_store_refuses_is_compensated(backends: Backen
     );
     let out = deployment.run("check", &[]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("1 failed and compensated") && stdout.contains(&order), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("1 failed and compensated") && stdout.contains(&order),
+        "{stdout}"
+    );
 }
 
 backend_tests!(kafka: status_changes_are_published, an_acknowledged_order_the_store_refuses_is_compensated);

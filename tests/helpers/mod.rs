@@ -15,4 +15,4 @@ pub mod services;
 
 pub use backends::Backends;
 pub use deployment::Deployment;
-pub use server::TestServer;
+pub use server::{Reply, TestServer};

@@ -75,6 +75,19 @@ impl TestServer {
         restarted
     }
 
+    /// SIGTERM, then waits for the process to exit: its status and how long it took.
+    pub async fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let pid = self.child.id().expect("still running") as i32;
+        let started = std::time::Instant::now();
+        // SAFETY: a plain kill(2) of our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM sent");
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("exited within 60 s of SIGTERM")
+            .expect("exit status");
+        (status, started.elapsed())
+    }
+
     pub async fn kill9(&mut self) {
         // tokio's Child::kill sends SIGKILL: no shutdown code runs.
         self.child.kill().await.expect("kill -9");

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
+use rdkafka::bindings::{rd_kafka_message_status, rd_kafka_msg_status_t};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{ProducerContext, ThreadedProducer};
-use rdkafka::bindings::{rd_kafka_message_status, rd_kafka_msg_status_t};
 use tokio::sync::oneshot;
 
 use crate::bus::BusError;
@@ -79,4 +79,3 @@ pub(super) fn new_producer(brokers: &str, timeout: Duration) -> Result<OrderProd
         .create_with_context(DeliveryContext)
         .map_err(|e| BusError::NotStored(format!("kafka producer: {e}")))
 }
-

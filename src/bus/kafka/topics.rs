@@ -64,8 +64,12 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), BusError> {
         .all()
         .into_iter()
         .map(|name| {
-            NewTopic::new(name, settings.partitions, TopicReplication::Fixed(replication))
-                .set("min.insync.replicas", &min_insync_text)
+            NewTopic::new(
+                name,
+                settings.partitions,
+                TopicReplication::Fixed(replication),
+            )
+            .set("min.insync.replicas", &min_insync_text)
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(timeout));

@@ -223,7 +223,10 @@ fn concurrent_buyers_on_threads_never_oversell() {
                     // Every user appears on two threads: the limit is contended too.
                     let user = format!("u{}", (t % 4) * 500 + u);
                     let p = purchase(&s, &user, &[(0, 1)]);
-                    if matches!(gate.decide(&s, &p, None, "o", 1_500).unwrap(), Decision::Reserved { .. }) {
+                    if matches!(
+                        gate.decide(&s, &p, None, "o", 1_500).unwrap(),
+                        Decision::Reserved { .. }
+                    ) {
                         won += 1;
                     }
                 }
@@ -274,12 +277,6 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Expected {
-    Order(String),
-    Refused(Refusal),
-}
-
 proptest! {
     /// Random interleavings of purchases, keyed retries, reused keys, failures and
     /// cancellations keep I1 (no oversell), I2 (per-user limit) and I5 (idempotency).
@@ -294,7 +291,9 @@ proptest! {
         let mut in_flight: Vec<Order> = Vec::new();
         let mut confirmed: Vec<Order> = Vec::new();
         let mut released: Vec<Order> = Vec::new();
-        let mut keys: HashMap<(String, String), (String, Expected)> = HashMap::new();
+        // Keys that reserved an order: (fingerprint, order id). A refused key is not
+        // remembered: its retry is decided afresh.
+        let mut keys: HashMap<(String, String), (String, String)> = HashMap::new();
         let mut next_id = 0;
 
         for op in ops {
@@ -314,9 +313,8 @@ proptest! {
                         (Decision::Replay(answer), Some((fp, expected))) => {
                             prop_assert_eq!(fp, &p.fingerprint);
                             let got = match answer {
-                                KeyAnswer::InFlight { order_id } => Expected::Order(order_id.clone()),
-                                KeyAnswer::Accepted(o) => Expected::Order(o.id.clone()),
-                                KeyAnswer::Refused(r) => Expected::Refused(*r),
+                                KeyAnswer::InFlight { order_id } => order_id.clone(),
+                                KeyAnswer::Accepted(o) => o.id.clone(),
                             };
                             prop_assert_eq!(&got, expected);
                             prop_assert_eq!(gate.remaining_sync(&s).unwrap(), before, "a replay reserved stock");
@@ -331,14 +329,13 @@ proptest! {
                         (Decision::Reserved { .. }, None) => {
                             let o = order(&s, &p, &id, key.as_deref());
                             if let Some(k) = key {
-                                keys.insert((p.user_id.clone(), k), (p.fingerprint.clone(), Expected::Order(id)));
+                                keys.insert((p.user_id.clone(), k), (p.fingerprint.clone(), id));
                             }
                             in_flight.push(o);
                         }
-                        (Decision::Refused(r), None) => {
-                            if let Some(k) = key {
-                                keys.insert((p.user_id.clone(), k), (p.fingerprint.clone(), Expected::Refused(*r)));
-                            }
+                        (Decision::Refused(_), None) => {}
+                        (Decision::TooManyKeys, _) => {
+                            prop_assert!(false, "at most 3 keys per buyer here, under the limit of 16")
                         }
                     }
                 }
@@ -445,7 +442,10 @@ fn sold_out_flag_follows_stock_under_concurrent_releases() {
                     return;
                 }
                 wait_until("bought", &|| {
-                    matches!(gate.decide(&s, &p, None, &id, 1_500).unwrap(), Decision::Reserved { .. })
+                    matches!(
+                        gate.decide(&s, &p, None, &id, 1_500).unwrap(),
+                        Decision::Reserved { .. }
+                    )
                 });
                 bought.store(round, Ordering::SeqCst);
             }
@@ -484,4 +484,115 @@ fn sold_out_flag_follows_stock_under_concurrent_releases() {
             panic!("{stuck}");
         }
     });
+}
+
+/// Issue "Protection" §4: a refusal is not remembered. Before, the key answered
+/// `not_started` for its whole life, so a buyer who clicked early could never buy.
+#[test]
+fn a_refused_key_is_decided_afresh() {
+    let s = sale(&[5], 1);
+    let gate = gate_with(&s);
+    let p = purchase(&s, "a", &[(0, 1)]);
+    assert_eq!(
+        gate.decide(&s, &p, Some("k1"), "o1", 500).unwrap(),
+        Decision::Refused(Refusal::NotStarted)
+    );
+    assert!(matches!(
+        gate.decide(&s, &p, Some("k1"), "o2", 1_500).unwrap(),
+        Decision::Reserved { .. }
+    ));
+    // Once it reserved, the key stands for that order.
+    assert!(matches!(
+        gate.decide(&s, &p, Some("k1"), "o3", 1_500).unwrap(),
+        Decision::Replay(KeyAnswer::InFlight { order_id }) if order_id == "o2"
+    ));
+}
+
+#[test]
+fn a_buyer_holds_at_most_max_keys_per_sale() {
+    let s = sale(&[10], 10);
+    let gate = LocalGate::with_key_policy(KeyPolicy {
+        max_per_buyer: 2,
+        ..KeyPolicy::default()
+    });
+    gate.set_state(&s, || Arc::new(SaleState::new([10].into_iter())), true);
+    let p = purchase(&s, "a", &[(0, 1)]);
+    let first = order(&s, &p, "o1", Some("k1"));
+    for (key, id) in [("k1", "o1"), ("k2", "o2")] {
+        assert!(matches!(
+            gate.decide(&s, &p, Some(key), id, 1_500).unwrap(),
+            Decision::Reserved { .. }
+        ));
+    }
+    assert_eq!(
+        gate.decide(&s, &p, Some("k3"), "o3", 1_500).unwrap(),
+        Decision::TooManyKeys
+    );
+    assert_eq!(
+        gate.remaining_sync(&s).unwrap(),
+        vec![8],
+        "a refused key takes nothing"
+    );
+    // Another buyer is not affected; the same buyer without a key neither.
+    let other = purchase(&s, "b", &[(0, 1)]);
+    assert!(matches!(
+        gate.decide(&s, &other, Some("k3"), "o4", 1_500).unwrap(),
+        Decision::Reserved { .. }
+    ));
+    // A key whose order failed is forgotten, and makes room.
+    gate.release_sync(&s, &first, true).unwrap();
+    assert!(matches!(
+        gate.decide(&s, &p, Some("k3"), "o5", 1_500).unwrap(),
+        Decision::Reserved { .. }
+    ));
+}
+
+#[tokio::test]
+async fn keys_are_forgotten_after_their_ttl_not_before_the_sale_and_window_end() {
+    let ttl = std::time::Duration::from_secs(60);
+    let gate = LocalGate::with_key_policy(KeyPolicy {
+        ttl,
+        ..KeyPolicy::default()
+    });
+    let mut endless = sale(&[10], 10);
+    endless.ends_at = None;
+    let mut ending = sale(&[10], 10);
+    ending.id = "ending".into();
+    ending.ends_at = Some(100_000);
+    ending.payment_window = 600;
+    for s in [&endless, &ending] {
+        gate.set_state(s, || Arc::new(SaleState::new([10].into_iter())), true);
+        let p = purchase(s, "a", &[(0, 1)]);
+        let placed = order(s, &p, "o1", Some("k1"));
+        gate.decide(s, &p, Some("k1"), "o1", 1_500).unwrap();
+        gate.confirm_sync(s, &placed).unwrap();
+    }
+    let after_ttl = 1_500 + 60_001;
+    assert_eq!(
+        gate.forget_expired_keys(&endless, after_ttl).await.unwrap(),
+        1
+    );
+    // The ending sale's key lives until an hour past its end and payment window.
+    assert_eq!(
+        gate.forget_expired_keys(&ending, after_ttl).await.unwrap(),
+        0
+    );
+    let kept_until = 100_000 + 600_000 + 3_600_000;
+    assert_eq!(
+        gate.forget_expired_keys(&ending, kept_until - 1)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        gate.forget_expired_keys(&ending, kept_until).await.unwrap(),
+        1
+    );
+    // A forgotten key is a new key: memory is bounded, and the buyer can use it again.
+    let p = purchase(&endless, "a", &[(0, 1)]);
+    assert!(matches!(
+        gate.decide(&endless, &p, Some("k1"), "o9", after_ttl)
+            .unwrap(),
+        Decision::Reserved { .. }
+    ));
 }

@@ -45,6 +45,9 @@ if idem ~= '' then
     local nl = string.find(previous, '\n', 1, true)
     if string.sub(previous, nl + 1) == 'inflight\n' .. ARGV[1] then
       redis.call('DEL', idem)
+      -- The buyer's live keys (RedisGate's key_index): '{sale:<id>}:' is meta's prefix.
+      local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #'meta')
+      redis.call('ZREM', prefix .. 'keys:' .. #user .. ':' .. user, idem)
     end
   end
 end

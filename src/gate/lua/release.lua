@@ -1,7 +1,7 @@
 -- Gives an order's units back, once per order, and tells every gateway that stock is back.
 -- KEYS: 1 meta, 2 stock, 3 buyers, 4 idempotency key of the order (or meta when none),
 --       5 set of released order ids, 6 holds, 7 hold details.
---       8 ids of the orders the last rebuild counted.
+--       8 ids of the orders the last rebuild counted, 9 the buyer's live keys (or meta).
 -- ARGV: 1 user, 2 order id, 3 forget the key (0/1; 0 when the order has no key),
 --       4 sale id (for the restock message), 5 the order's creation time (ms, Redis's
 --       clock), 6 the order's JSON, then pairs (item index, units).
@@ -51,6 +51,7 @@ if ARGV[3] == '1' then
     local answer = string.sub(previous, nl + 1)
     if answer == 'inflight\n' .. ARGV[2] then
       redis.call('DEL', KEYS[4])
+      redis.call('ZREM', KEYS[9], KEYS[4])
     end
   end
 end

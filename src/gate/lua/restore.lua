@@ -5,8 +5,8 @@
 -- counted here (see release.lua).
 -- KEYS: 1 meta, 2 stock, 3 buyers, 4 rebuild lease, 5 counted orders, 6 holds,
 --       7 hold details, then the idempotency key of each keyed order.
--- ARGV: 1 lease token, 2 starts_at, 3 ends_at ('' for none), 4 limit, 5 keep keys until
---       (ms; 0: no expiry), 6 item count n, then n remaining stocks, then a buyer count b
+-- ARGV: 1 lease token, 2 starts_at, 3 ends_at ('' for none), 4 limit, 5 keys expire at
+--       (ms; the buyers' key counts start afresh: see README), 6 item count n, then n remaining stocks, then a buyer count b
 --       and b pairs (user, units), then a count h and h counted order ids, then one
 --       value per idempotency key (KEYS[8..]).
 -- Returns 'restored', 'not_owner' or 'exists'.
@@ -41,9 +41,7 @@ end
 local keep_until = tonumber(ARGV[5])
 for k = 8, #KEYS do
   redis.call('SET', KEYS[k], ARGV[at])
-  if keep_until > 0 then
-    redis.call('PEXPIRE', KEYS[k], math.max(keep_until - now, 86400000))
-  end
+  redis.call('PEXPIRE', KEYS[k], math.max(keep_until - now, 1000))
   at = at + 1
 end
 -- meta last: the sale exists for the other gateways once everything is in.

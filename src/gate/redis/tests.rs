@@ -7,8 +7,11 @@ use super::*;
 use crate::domain::{NewSale, Order, PurchaseRequest, now_millis, validate_purchase};
 
 async fn gate() -> RedisGate {
-    let url = std::env::var("FLASHSALE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    RedisGate::connect(&url, Duration::from_secs(2)).await.unwrap()
+    let url =
+        std::env::var("FLASHSALE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    RedisGate::connect(&url, Duration::from_secs(2))
+        .await
+        .unwrap()
 }
 
 fn sale(stock: u32, limit: u32, starts_at: Option<i64>, ends_at: Option<i64>, window: u32) -> Sale {
@@ -26,8 +29,18 @@ fn sale(stock: u32, limit: u32, starts_at: Option<i64>, ends_at: Option<i64>, wi
 }
 
 /// Reserves one unit for `user` (with `key` if given); returns the order when reserved.
-async fn buy(gate: &RedisGate, sale: &Sale, user: &str, key: Option<&str>, now: i64) -> Result<Order, Decision> {
-    let request = PurchaseRequest { user_id: user.into(), quantity: Some(1), items: None };
+async fn buy(
+    gate: &RedisGate,
+    sale: &Sale,
+    user: &str,
+    key: Option<&str>,
+    now: i64,
+) -> Result<Order, Decision> {
+    let request = PurchaseRequest {
+        user_id: user.into(),
+        quantity: Some(1),
+        items: None,
+    };
     let purchase = validate_purchase(sale, request).unwrap();
     let id = uuid::Uuid::now_v7().simple().to_string();
     match gate.reserve(sale, &purchase, key, &id, now).await.unwrap() {
@@ -45,7 +58,11 @@ async fn lose(gate: &RedisGate, sale: &Sale) {
         .await
         .unwrap();
     if !keys.is_empty() {
-        redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await.unwrap();
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
     }
 }
 
@@ -75,19 +92,40 @@ async fn one_rebuild_at_a_time_across_gateways() {
     one.open_sale(&s).await.unwrap();
     lose(&one, &s).await;
     let lease = one.lease_rebuild(&s).await.unwrap().expect("lease free");
-    assert!(other.lease_rebuild(&s).await.unwrap().is_none(), "two leases at once");
+    assert!(
+        other.lease_rebuild(&s).await.unwrap().is_none(),
+        "two leases at once"
+    );
     // A restore whose lease is not (or no longer) its own is refused.
-    let stranger = RebuildLease { token: "not-the-owner".into(), _renewal: None };
+    let stranger = RebuildLease {
+        token: "not-the-owner".into(),
+        _renewal: None,
+    };
     let refused = other.restore(&s, &SaleSnapshot::default(), &stranger).await;
     assert!(matches!(refused, Err(GateError::Fenced(..))), "{refused:?}");
     assert!(!other.has_sale(&s).await.unwrap());
     // The lease is renewed while held: still held after its first expiry.
     tokio::time::sleep(Duration::from_millis(LEASE_MS + 500)).await;
-    assert!(other.lease_rebuild(&s).await.unwrap().is_none(), "lease lapsed while held");
-    one.restore(&s, &SaleSnapshot { sold: vec![0], ..Default::default() }, &lease).await.unwrap();
+    assert!(
+        other.lease_rebuild(&s).await.unwrap().is_none(),
+        "lease lapsed while held"
+    );
+    one.restore(
+        &s,
+        &SaleSnapshot {
+            sold: vec![0],
+            ..Default::default()
+        },
+        &lease,
+    )
+    .await
+    .unwrap();
     one.end_rebuild(&s, lease).await.unwrap();
     assert_eq!(one.remaining(&s).await.unwrap(), [5]);
-    assert!(other.lease_rebuild(&s).await.unwrap().is_some(), "lease not given back");
+    assert!(
+        other.lease_rebuild(&s).await.unwrap().is_some(),
+        "lease not given back"
+    );
 }
 
 /// After a rebuild, releasing an order the rebuild did not count (its release was
@@ -105,11 +143,17 @@ async fn a_release_after_a_rebuild_gives_back_only_what_the_rebuild_counted() {
     // Some milliseconds pass between the loss and the rebuild.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let lease = gate.lease_rebuild(&s).await.unwrap().unwrap();
-    gate.restore(&s, &snapshot_of(&s, std::slice::from_ref(&kept)), &lease).await.unwrap();
+    gate.restore(&s, &snapshot_of(&s, std::slice::from_ref(&kept)), &lease)
+        .await
+        .unwrap();
     gate.end_rebuild(&s, lease).await.unwrap();
     assert_eq!(gate.remaining(&s).await.unwrap(), [2]);
     gate.release(&s, &cancelled, false).await.unwrap();
-    assert_eq!(gate.remaining(&s).await.unwrap(), [2], "uncounted order released");
+    assert_eq!(
+        gate.remaining(&s).await.unwrap(),
+        [2],
+        "uncounted order released"
+    );
     gate.release(&s, &kept, false).await.unwrap();
     gate.release(&s, &kept, false).await.unwrap();
     assert_eq!(gate.remaining(&s).await.unwrap(), [3]);
@@ -148,7 +192,10 @@ async fn the_window_is_decided_on_the_redis_clock() {
     let open = sale(3, 1, None, None, 60);
     gate.open_sale(&open).await.unwrap();
     let order = buy(&gate, &open, "a", None, skewed).await.unwrap();
-    assert!((order.created_at - now_millis()).abs() < 60_000, "created on the gateway's clock");
+    assert!(
+        (order.created_at - now_millis()).abs() < 60_000,
+        "created on the gateway's clock"
+    );
 }
 
 /// A key lives until the sale has ended and its payment window has passed (a retry
@@ -184,14 +231,23 @@ async fn a_dead_gateways_key_is_resolved_to_its_order() {
         Some(KeyAnswer::InFlight { .. })
     ));
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let stale = gate.stale_holds(&s, Duration::from_millis(10)).await.unwrap();
+    let stale = gate
+        .stale_holds(&s, Duration::from_millis(10))
+        .await
+        .unwrap();
     assert_eq!(stale, [order.id.clone()]);
-    gate.drop_hold(&s, &order.id, HoldEnd::Confirm(&order)).await.unwrap();
+    gate.drop_hold(&s, &order.id, HoldEnd::Confirm(&order))
+        .await
+        .unwrap();
     assert_eq!(
         gate.key_answer(&s, "a", "k").await.unwrap(),
         Some(KeyAnswer::Accepted(std::sync::Arc::new(order)))
     );
-    assert_eq!(gate.remaining(&s).await.unwrap(), [2], "confirming gives nothing back");
+    assert_eq!(
+        gate.remaining(&s).await.unwrap(),
+        [2],
+        "confirming gives nothing back"
+    );
 }
 
 /// A dead gateway's order that ends (expires) before the hold sweeper got to it: the
@@ -209,4 +265,88 @@ async fn an_ended_orders_release_settles_its_key() {
         Some(KeyAnswer::Accepted(std::sync::Arc::new(order)))
     );
     assert_eq!(gate.remaining(&s).await.unwrap(), [3]);
+}
+
+async fn pttl(gate: &RedisGate, key: &str) -> i64 {
+    let mut conn = gate.conn.clone();
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// A refusal is not remembered: the key of a click before the start buys after it.
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn a_refused_key_is_decided_afresh() {
+    let gate = gate().await;
+    let s = sale(3, 1, Some(now_millis() + 300), None, 0);
+    gate.open_sale(&s).await.unwrap();
+    let early = buy(&gate, &s, "a", Some("k"), now_millis()).await;
+    assert_eq!(early.unwrap_err(), Decision::Refused(Refusal::NotStarted));
+    assert_eq!(gate.key_answer(&s, "a", "k").await.unwrap(), None);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    buy(&gate, &s, "a", Some("k"), now_millis()).await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn a_buyer_holds_at_most_max_keys_per_sale() {
+    let gate = gate().await.with_key_policy(KeyPolicy {
+        max_per_buyer: 2,
+        ..KeyPolicy::default()
+    });
+    let s = sale(10, 10, None, None, 0);
+    gate.open_sale(&s).await.unwrap();
+    let first = buy(&gate, &s, "a", Some("k1"), now_millis()).await.unwrap();
+    buy(&gate, &s, "a", Some("k2"), now_millis()).await.unwrap();
+    let third = buy(&gate, &s, "a", Some("k3"), now_millis()).await;
+    assert_eq!(third.unwrap_err(), Decision::TooManyKeys);
+    assert_eq!(
+        gate.remaining(&s).await.unwrap(),
+        vec![8],
+        "refused: took nothing"
+    );
+    buy(&gate, &s, "b", Some("k3"), now_millis()).await.unwrap();
+    // A key whose order failed is forgotten and makes room.
+    gate.release(&s, &first, true).await.unwrap();
+    buy(&gate, &s, "a", Some("k3"), now_millis()).await.unwrap();
+    // So does a dead gateway's key whose hold the sweeper gives back.
+    let s2 = sale(10, 10, None, None, 0);
+    gate.open_sale(&s2).await.unwrap();
+    let dead = buy(&gate, &s2, "a", Some("k1"), now_millis())
+        .await
+        .unwrap();
+    buy(&gate, &s2, "a", Some("k2"), now_millis())
+        .await
+        .unwrap();
+    gate.drop_hold(&s2, &dead.id, HoldEnd::Release)
+        .await
+        .unwrap();
+    buy(&gate, &s2, "a", Some("k3"), now_millis())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn a_key_expires_after_its_ttl_on_a_sale_without_an_end() {
+    let gate = gate().await.with_key_policy(KeyPolicy {
+        ttl: Duration::from_secs(60),
+        ..KeyPolicy::default()
+    });
+    let s = sale(3, 1, None, None, 0);
+    gate.open_sale(&s).await.unwrap();
+    buy(&gate, &s, "a", Some("k"), now_millis()).await.unwrap();
+    let ttl = pttl(&gate, &SaleKeys::idempotency(&s.id, "a", "k")).await;
+    assert!(
+        (55_000..=60_000).contains(&ttl),
+        "key expires after {ttl} ms"
+    );
+    let index = pttl(&gate, &SaleKeys::key_index(&s.id, "a")).await;
+    assert!(
+        (55_000..=60_000).contains(&index),
+        "key index expires after {index} ms"
+    );
 }

@@ -67,14 +67,20 @@ impl SqlStore {
         orders: &[Order],
     ) -> Result<Result<Vec<InsertOutcome>, String>, StoreError> {
         let savepoint = |verb: &str| sqlx::AssertSqlSafe(format!("{verb} {name}"));
-        sqlx::query(savepoint("SAVEPOINT")).execute(&mut *conn).await?;
+        sqlx::query(savepoint("SAVEPOINT"))
+            .execute(&mut *conn)
+            .await?;
         match Self::insert_batch(dialect, conn, orders).await {
             Ok(outcomes) => {
-                sqlx::query(savepoint("RELEASE SAVEPOINT")).execute(&mut *conn).await?;
+                sqlx::query(savepoint("RELEASE SAVEPOINT"))
+                    .execute(&mut *conn)
+                    .await?;
                 Ok(Ok(outcomes))
             }
             Err(BatchError::Refused(reason)) => {
-                sqlx::query(savepoint("ROLLBACK TO SAVEPOINT")).execute(&mut *conn).await?;
+                sqlx::query(savepoint("ROLLBACK TO SAVEPOINT"))
+                    .execute(&mut *conn)
+                    .await?;
                 Ok(Err(reason))
             }
             Err(BatchError::Database(e)) => Err(e.into()),
@@ -168,7 +174,9 @@ impl SqlStore {
             }
             let stored = query.execute(&mut *conn).await?.rows_affected();
             if stored as usize != chunk.len() {
-                return Err(BatchError::Refused("an order of a sale that does not exist".into()));
+                return Err(BatchError::Refused(
+                    "an order of a sale that does not exist".into(),
+                ));
             }
         }
         Ok(outcomes)

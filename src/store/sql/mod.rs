@@ -80,7 +80,6 @@ impl SqlStore {
             .connect(url)
             .await
     }
-
 }
 
 #[async_trait]
@@ -210,8 +209,14 @@ impl OrderStore for SqlStore {
         // The window is judged on the database's clock: paying needs it open, expiring
         // needs it closed; cancelling needs neither.
         let window = match to {
-            OrderStatus::Paid => format!("(expires_at IS NULL OR expires_at > {})", self.dialect.now_ms()),
-            OrderStatus::Expired => format!("(expires_at IS NOT NULL AND expires_at <= {})", self.dialect.now_ms()),
+            OrderStatus::Paid => format!(
+                "(expires_at IS NULL OR expires_at > {})",
+                self.dialect.now_ms()
+            ),
+            OrderStatus::Expired => format!(
+                "(expires_at IS NOT NULL AND expires_at <= {})",
+                self.dialect.now_ms()
+            ),
             _ => "1 = 1".to_string(),
         };
         let mut tx = self.pool.begin().await?;
@@ -339,22 +344,26 @@ impl OrderStore for SqlStore {
         .await?
         .rows_affected();
         if inserted == 1 {
-            sqlx::query("INSERT INTO order_events (order_id, status, at) VALUES ($1, 'failed', $2)")
-                .bind(&order.id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO order_events (order_id, status, at) VALUES ($1, 'failed', $2)",
+            )
+            .bind(&order.id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn order_failure(&self, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT failure FROM orders WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .flatten())
+        Ok(
+            sqlx::query_scalar("SELECT failure FROM orders WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
     }
 
     async fn stored_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
@@ -410,4 +419,3 @@ impl OrderStore for SqlStore {
             .collect()
     }
 }
-

@@ -1,8 +1,8 @@
 //! The SQL store against SQLite always and PostgreSQL when it runs (ignored otherwise).
 
 use super::*;
-use crate::store::InsertOutcome;
 use crate::domain::{NewSale, PurchaseRequest, validate_purchase};
+use crate::store::InsertOutcome;
 
 /// A fresh SQLite file, or a fresh PostgreSQL database for each test.
 async fn store(dialect: Dialect) -> (SqlStore, tempfile::TempDir) {
@@ -167,15 +167,34 @@ async fn transitions_judge_the_window_on_the_database_clock(dialect: Dialect) {
     store.insert_orders(&[in_time, late]).await.unwrap();
     let skewed = crate::domain::now_millis() + 3_600_000;
 
-    let early_expiry = store.transition("in-time", Expired, skewed).await.unwrap().unwrap();
+    let early_expiry = store
+        .transition("in-time", Expired, skewed)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!early_expiry.moved, "expired early on a skewed clock");
-    let paid = store.transition("in-time", Paid, skewed).await.unwrap().unwrap();
+    let paid = store
+        .transition("in-time", Paid, skewed)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(paid.moved && paid.order.status == Paid, "{paid:?}");
 
     let behind = crate::domain::now_millis() - 3_600_000;
-    let late_payment = store.transition("late", Paid, behind).await.unwrap().unwrap();
-    assert!(!late_payment.moved, "paid after its window on a clock behind");
-    let expired = store.transition("late", Expired, behind).await.unwrap().unwrap();
+    let late_payment = store
+        .transition("late", Paid, behind)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !late_payment.moved,
+        "paid after its window on a clock behind"
+    );
+    let expired = store
+        .transition("late", Expired, behind)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(expired.moved, "{expired:?}");
 
     let overdue = store.overdue_orders(None, 10).await.unwrap();
@@ -213,13 +232,28 @@ async fn a_refused_order_is_kept_as_failed(dialect: Dialect) {
 
     let failed = store.get_order("retry").await.unwrap().unwrap();
     assert_eq!(failed.status, Failed);
-    assert_eq!(store.order_failure("retry").await.unwrap().as_deref(), Some(reason.as_str()));
+    assert_eq!(
+        store.order_failure("retry").await.unwrap().as_deref(),
+        Some(reason.as_str())
+    );
     assert_eq!(store.order_failure("first").await.unwrap(), None);
-    let releases = store.pending_releases(Some("sale1"), None, 10).await.unwrap();
-    assert_eq!(releases.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["retry"]);
-    assert_eq!(store.sold_counters("sale1").await.unwrap(), [("default".to_string(), 1)]);
+    let releases = store
+        .pending_releases(Some("sale1"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        releases.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+        ["retry"]
+    );
+    assert_eq!(
+        store.sold_counters("sale1").await.unwrap(),
+        [("default".to_string(), 1)]
+    );
     let history = store.order_history("retry").await.unwrap();
-    assert_eq!(history.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [Failed]);
+    assert_eq!(
+        history.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [Failed]
+    );
     let mut found = store
         .stored_ids(&["first".into(), "retry".into(), "never".into()])
         .await

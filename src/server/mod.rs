@@ -5,6 +5,10 @@
 //! sequence (`stop`): stop accepting and finish the requests in flight, stop the
 //! sweeper, then close the in-process bus and let its writer store what it holds.
 
+mod connections;
+
+pub use connections::ConnectionLimits;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -32,6 +36,14 @@ pub enum StartError {
     Engine(#[from] EngineError),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    #[error("credentials: {0}")]
+    Auth(#[from] crate::auth::AuthError),
+    #[error(
+        "refusing to listen on {0} with no credential configured (anyone could buy as \
+         anyone and create sales): set admin_token and auth_secret / auth_public_key, \
+         listen on loopback, or pass --insecure"
+    )]
+    Insecure(SocketAddr),
 }
 
 /// A server running in this process.
@@ -41,7 +53,7 @@ pub struct Server {
     stop_http: CancellationToken,
     stop_sweeper: CancellationToken,
     stop_writer: CancellationToken,
-    http: JoinHandle<std::io::Result<()>>,
+    http: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     /// The in-process bus's writer (none on Kafka: workers are processes of their own).
     writer: Option<JoinHandle<()>>,
@@ -49,7 +61,24 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: &Config) -> Result<Server, StartError> {
-        let gate = gate::connect(&config.gate, config.backend_timeout()).await?;
+        let auth = Arc::new(config.auth()?);
+        if !config.is_open() && config.admin_token.is_none() {
+            return Err(StartError::Auth(crate::auth::AuthError::Setting(
+                "admin_token is needed once buyer tokens or payment signatures are on: \
+                 without it nobody could create a sale"
+                    .into(),
+            )));
+        }
+        if config.is_open() && !config.insecure {
+            let addrs = tokio::net::lookup_host(&config.listen)
+                .await
+                .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
+            if let Some(exposed) = addrs.into_iter().find(|a| !a.ip().is_loopback()) {
+                return Err(StartError::Insecure(exposed));
+            }
+        }
+        let gate =
+            gate::connect(&config.gate, config.backend_timeout(), config.key_policy()).await?;
         let store = store::connect(&config.store).await?;
         let (bus, inbox) = bus::connect(&config.bus_settings()).await?;
         let stop_writer = CancellationToken::new();
@@ -72,9 +101,9 @@ impl Server {
             .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
         let state = AppState {
             engine: engine.clone(),
-            admin_token: config.admin_token.as_deref().map(Arc::from),
+            auth,
         };
-        let app = api::router(state, config.body_limit);
+        let app = api::router(state, config.body_limit, config.body_read_timeout());
 
         let stop_sweeper = CancellationToken::new();
         let sweeper = tokio::spawn(engine::run_sweeper(
@@ -83,14 +112,12 @@ impl Server {
             stop_sweeper.clone(),
         ));
         let stop_http = CancellationToken::new();
-        let http = tokio::spawn({
-            let stop = stop_http.clone();
-            async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            }
-        });
+        let http = tokio::spawn(connections::serve(
+            listener,
+            app,
+            config.connection_limits(),
+            stop_http.clone(),
+        ));
         Ok(Server {
             addr,
             stop_http,
@@ -106,10 +133,8 @@ impl Server {
     /// the order writer: every order acknowledged is stored when this returns.
     pub async fn stop(self) {
         self.stop_http.cancel();
-        match self.http.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "http server failed"),
-            Err(e) => tracing::error!(error = %e, "http server task failed"),
+        if let Err(e) = self.http.await {
+            tracing::error!(error = %e, "http server task failed");
         }
         self.stop_sweeper.cancel();
         let _ = self.sweeper.await;

@@ -1,0 +1,95 @@
+//! Who is calling, decided from the headers before any body is read (so a caller
+//! without credentials gets 401 before a malformed body could get 400).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::AuthError;
+
+/// `Authorization: Bearer <token>`, the scheme compared without case (RFC 9110 §11.1).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub fn unauthorized(error: AuthError) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string())
+}
+
+pub fn forbidden(detail: &'static str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
+}
+
+/// The operator: admin routes take this first.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.auth.is_open() {
+            return Ok(Admin);
+        }
+        match bearer(&parts.headers) {
+            Some(token) if state.auth.is_admin(token) => Ok(Admin),
+            Some(_) => Err(unauthorized(AuthError::Invalid(
+                "this route needs the admin token".into(),
+            ))),
+            None => Err(unauthorized(AuthError::Missing(
+                "this route needs `Authorization: Bearer <admin token>`",
+            ))),
+        }
+    }
+}
+
+/// The caller of a buyer route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Buyer tokens are off: the body's `user_id` names the buyer.
+    Anyone,
+    /// A buyer, by the `sub` of a valid token.
+    Buyer(String),
+    /// The operator, with the admin token.
+    Admin,
+}
+
+impl Caller {
+    /// Whether this caller may see and act on an order of `owner`. Another buyer's
+    /// order is answered as missing, so that order ids cannot be probed.
+    pub fn may_see(&self, owner: &str) -> bool {
+        match self {
+            Caller::Buyer(buyer) => buyer == owner,
+            Caller::Anyone | Caller::Admin => true,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers);
+        if let Some(token) = token
+            && state.auth.is_admin(token)
+        {
+            return Ok(Caller::Admin);
+        }
+        if !state.auth.buyers_need_tokens() {
+            return Ok(Caller::Anyone);
+        }
+        let token = token.ok_or_else(|| {
+            unauthorized(AuthError::Missing(
+                "buyer routes need `Authorization: Bearer <token>`",
+            ))
+        })?;
+        state
+            .auth
+            .buyer(token)
+            .map(Caller::Buyer)
+            .map_err(unauthorized)
+    }
+}
