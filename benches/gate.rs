@@ -30,6 +30,7 @@ fn sale(stock: u32) -> Sale {
         starts_at: 0,
         ends_at: None,
         payment_window: 0,
+        rate_limits: Default::default(),
         created_at: 0,
     }
 }

@@ -65,6 +65,10 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()))
             .parse()
             .map_err(anyhow::Error::msg)?,
+        // The rate limits at their defaults, each request from its own buyer and address
+        // (a random X-Forwarded-For from both clients, trusted from loopback): the
+        // limiters' worst case, a new key per request, without refusing any.
+        trusted_proxies: vec!["127.0.0.1".into()],
         ..Config::default()
     };
     let server = server_rt.block_on(Server::start(&config))?;
@@ -242,6 +246,7 @@ impl Bench<'_> {
             quantity: 1,
             probe: probe.map(String::from),
             progress: false,
+            forwarded_for: true,
         }
     }
 
@@ -290,12 +295,14 @@ impl Bench<'_> {
         }
         let script =
             std::env::temp_dir().join(format!("flashsale-bench-{}.lua", std::process::id()));
-        // Random buyers, seeded per run so that rounds do not repeat each other's ids.
+        // Random buyers and client addresses, seeded per run so that rounds do not repeat each other's ids.
         std::fs::write(
             &script,
             "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
              math.randomseed(os.time() + math.floor(os.clock() * 1000000))\n\
-             request = function()\n  return wrk.format(nil, nil, nil, \
+             request = function()\n  wrk.headers[\"X-Forwarded-For\"] = math.random(1, 223) .. \".\" .. \
+             math.random(0, 255) .. \".\" .. math.random(0, 255) .. \".\" .. math.random(1, 254)\n  \
+             return wrk.format(nil, nil, nil, \
              '{\"user_id\":\"w' .. math.random(1, 2000000000) .. '\"}')\nend\n",
         )
         .ok()?;

@@ -64,6 +64,7 @@ async fn gate_bytes_per_buyer(buyers: u64) -> anyhow::Result<()> {
         starts_at: 0,
         ends_at: None,
         payment_window: 0,
+        rate_limits: Default::default(),
         created_at: 0,
     };
     // The purchases are made before counting: only what the gate keeps is measured.
@@ -154,6 +155,7 @@ async fn serve_rss(buyers: u64) -> anyhow::Result<()> {
         quantity: 1,
         probe: None,
         progress: true,
+        forwarded_for: false,
     })
     .await?;
     let rss = rss_kb(server.id())?;

@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         starts_at: 0,
         ends_at: None,
         payment_window: 0,
+        rate_limits: Default::default(),
         created_at: 0,
     });
     gate.open_sale(&sale).await?;

@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
         starts_at: 0,
         ends_at: None,
         payment_window: 0,
+        rate_limits: Default::default(),
         created_at: 0,
     };
     let orders: Vec<Order> = (0..orders_n)

@@ -16,7 +16,10 @@ use crate::auth::{
 };
 use crate::bus::{BusSettings, BusUrl};
 use crate::engine::EngineSettings;
+use crate::domain::RateLimit;
 use crate::gate::{GateUrl, KeyPolicy};
+use crate::protect::TrustedProxies;
+use crate::protect::rate::RateDefaults;
 use crate::store::StoreUrl;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +101,15 @@ pub struct Config {
     pub idempotency_ttl_s: u64,
     /// Live idempotency keys a buyer may hold in one sale; a new one beyond is 429.
     pub max_keys_per_buyer: u32,
+    /// Purchases one buyer may make in one sale: `10/s`, `600/min burst 50`, or `off`
+    /// (a sale's `rate_limits` override it). Beyond it: 429 `rate_limited`.
+    pub rate_per_buyer: RateLimit,
+    /// Purchases from one client address in one sale, and, apart, other API requests
+    /// from it (IPv6 counted by /64).
+    pub rate_per_ip: RateLimit,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client; from
+    /// anyone else the header is ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Config {
@@ -126,6 +138,9 @@ impl Default for Config {
             replay_wait_ms: 2000,
             idempotency_ttl_s: 24 * 3600,
             max_keys_per_buyer: 16,
+            rate_per_buyer: "5/s burst 10".parse().expect("a valid default"),
+            rate_per_ip: "100/s burst 200".parse().expect("a valid default"),
+            trusted_proxies: Vec::new(),
             backend_timeout_ms: 1000,
             sweep_interval_ms: 1000,
             hold_grace_ms: 10_000,
@@ -333,6 +348,7 @@ impl Config {
         if self.max_keys_per_buyer == 0 {
             return Err(invalid("max_keys_per_buyer", "must be at least 1"));
         }
+        self.trusted_proxies()?;
         if self.worker_group.trim().is_empty() {
             return Err(invalid("worker_group", "must not be empty"));
         }
@@ -358,6 +374,21 @@ impl Config {
         KeyPolicy {
             ttl: Duration::from_secs(self.idempotency_ttl_s),
             max_per_buyer: self.max_keys_per_buyer,
+        }
+    }
+
+    pub fn trusted_proxies(&self) -> Result<TrustedProxies, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|n| TrustedProxies::parse_network(n).map_err(|e| invalid("trusted_proxies", e)))
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies::new)
+    }
+
+    pub fn rate_defaults(&self) -> RateDefaults {
+        RateDefaults {
+            per_buyer: self.rate_per_buyer,
+            per_ip: self.rate_per_ip,
         }
     }
 

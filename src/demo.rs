@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::audit::{Audit, Holding, SaleFacts};
 use crate::client::{Client, ClientError};
 use crate::config::Config;
-use crate::domain::NewSale;
+use crate::domain::{NewSale, RateLimit};
 use crate::load::{self, LatencySummary, LoadError, LoadPlan};
 use crate::server::{Server, StartError};
 use crate::store::{self, StoreError};
@@ -114,6 +114,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     let config = Config {
         listen: "127.0.0.1:0".into(),
         store: store_url.clone(),
+        // The simulated buyers all come from this machine: one address.
+        rate_per_ip: RateLimit::Off,
         ..Config::default()
     };
     let server = Server::start(&config).await?;
@@ -137,6 +139,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             connections: options.connections,
         },
         progress: false,
+        forwarded_for: false,
         retry_ratio: options.retry_ratio,
         double_click_ratio: options.double_click_ratio,
         quantity: 1,

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod engine;
 pub mod gate;
 pub mod load;
+pub mod protect;
 pub mod server;
 pub mod store;
 pub mod worker;

@@ -3,12 +3,13 @@
 use std::borrow::Cow;
 
 use axum::body::Body;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::domain::Refusal;
 use crate::engine::EngineError;
+use crate::protect::{RateLimited, RateScope};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -17,6 +18,9 @@ pub struct ApiError {
     /// Static for the refusals a sale answers by the thousand (sold out), so that the
     /// hottest answer allocates only its body.
     pub detail: Cow<'static, str>,
+    /// Headers a refusal carries besides the usual ones (rate limits' policy), boxed:
+    /// most refusals have none.
+    pub headers: Option<Box<HeaderMap>>,
 }
 
 impl ApiError {
@@ -29,11 +33,37 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            headers: None,
         }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers
+            .get_or_insert_with(Default::default)
+            .insert(name, value);
+        self
     }
 
     pub fn invalid(detail: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
+    }
+}
+
+impl From<RateLimited> for ApiError {
+    /// 429 with `Retry-After` and the IETF draft's `RateLimit-Policy` / `RateLimit`.
+    fn from(limited: RateLimited) -> Self {
+        let value = |text: String| HeaderValue::try_from(text).expect("ASCII header value");
+        let detail = match limited.scope {
+            RateScope::Buyer => "too many purchases by this buyer: retry after the time given",
+            RateScope::Ip => "too many requests from this address: retry after the time given",
+        };
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
+            .with_header(header::RETRY_AFTER, value(limited.retry_after_secs().to_string()))
+            .with_header(
+                HeaderName::from_static("ratelimit-policy"),
+                value(limited.policy_header()),
+            )
+            .with_header(HeaderName::from_static("ratelimit"), value(limited.limit_header()))
     }
 }
 
@@ -93,6 +123,9 @@ impl IntoResponse for ApiError {
         );
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(extra) = self.headers {
+            headers.extend(*extra);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -8,7 +8,8 @@ mod views;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::middleware::{self, Next};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +23,8 @@ pub use views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
 use crate::auth::{Auth, AuthError, SIGNATURE_HEADER};
 use crate::domain::{NewSale, Order, PurchaseRequest};
 use crate::engine::Engine;
-use caller::{Admin, Caller, bearer, forbidden, unauthorized};
+use crate::protect::{RateLimiters, TrustedProxies};
+use caller::{Admin, Caller, ClientIp, bearer, forbidden, unauthorized};
 use extract::{IdempotencyKey, JsonBody, RawBody};
 
 #[derive(Clone)]
@@ -30,16 +32,29 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Who may call what (buyer tokens, payment signatures, the admin token).
     pub auth: Arc<Auth>,
+    /// How often a buyer or an address may ask.
+    pub limits: Arc<RateLimiters>,
+    /// Whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -> Router {
+    // The buyers' other routes count against their address's budget (purchases count
+    // in the handler, per sale). Server-to-server routes (admin, payment confirmations)
+    // are authenticated and not limited by address.
+    let buyer_reads = Router::new()
+        .route("/api/sales/{id}", get(get_sale))
+        .route("/api/orders/{id}", get(get_order))
+        .route("/api/orders/{id}/cancel", post(cancel_order))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_by_address,
+        ));
     Router::new()
         .route("/api/sales", post(create_sale))
-        .route("/api/sales/{id}", get(get_sale))
         .route("/api/sales/{id}/purchase", post(purchase))
-        .route("/api/orders/{id}", get(get_order))
         .route("/api/orders/{id}/pay", post(pay_order))
-        .route("/api/orders/{id}/cancel", post(cancel_order))
+        .merge(buyer_reads)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -81,10 +96,24 @@ async fn get_sale(
     Ok(Json(state.engine.sale_state(&id).await?.into()))
 }
 
+/// 429 `rate_limited` once an address is over its budget for non-purchase routes.
+async fn limit_by_address(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.limits.admit_request(ip) {
+        Ok(()) => next.run(request).await,
+        Err(limited) => ApiError::from(limited).into_response(),
+    }
+}
+
 async fn purchase(
     State(state): State<AppState>,
     Path(id): Path<String>,
     caller: Caller,
+    ClientIp(ip): ClientIp,
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(mut request): JsonBody<PurchaseRequest>,
 ) -> Result<Response, ApiError> {
@@ -104,6 +133,10 @@ async fn purchase(
         }
         Caller::Admin | Caller::Anyone => {}
     }
+    let sale = state.engine.sale(&id).await?;
+    state
+        .limits
+        .admit_purchase(&sale.id, &sale.rate_limits, ip, &request.user_id)?;
     let order = state.engine.purchase(&id, request, key).await?;
     Ok((StatusCode::ACCEPTED, Json(OrderView::from(&*order))).into_response())
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Millis, Order, OrderStatus, SaleStatus, now_millis};
+use crate::domain::{Millis, Order, OrderStatus, SaleRateLimits, SaleStatus, now_millis};
 use crate::engine::SaleState;
 
 pub fn rfc3339(ms: Millis) -> String {
@@ -35,6 +35,9 @@ pub struct SaleView {
     pub payment_window: u32,
     pub created_at: String,
     pub items: Vec<ItemView>,
+    /// The sale's own purchase rate limits, when it has any.
+    #[serde(default, skip_serializing_if = "SaleRateLimits::is_default")]
+    pub rate_limits: SaleRateLimits,
 }
 
 impl From<SaleState> for SaleView {
@@ -62,6 +65,7 @@ impl From<SaleState> for SaleView {
                     remaining,
                 })
                 .collect(),
+            rate_limits: sale.rate_limits,
         }
     }
 }

@@ -61,6 +61,9 @@ pub struct Client {
     buyer_token: Option<String>,
     /// Signs payment confirmations as the payment service does.
     payment_secret: Option<String>,
+    /// Sends each purchase with a random `X-Forwarded-For`, as a proxy in front of many
+    /// clients would (load tests of a gateway that trusts this client as its proxy).
+    random_forwarded_for: bool,
 }
 
 impl Client {
@@ -78,6 +81,7 @@ impl Client {
         Client {
             http,
             base: base_url.trim_end_matches('/').to_string(),
+            random_forwarded_for: false,
             admin_token: None,
             buyer_token: None,
             payment_secret: None,
@@ -85,6 +89,12 @@ impl Client {
     }
 
     /// Sends `Authorization: Bearer <token>` on admin routes.
+    /// Each purchase as from a random client address behind a proxy (see the field).
+    pub fn with_random_forwarded_for(mut self, on: bool) -> Self {
+        self.random_forwarded_for = on;
+        self
+    }
+
     pub fn with_admin_token(mut self, token: Option<String>) -> Client {
         self.admin_token = token;
         self
@@ -151,6 +161,10 @@ impl Client {
         request = self.as_buyer(request);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
+        }
+        if self.random_forwarded_for {
+            let client = std::net::Ipv4Addr::from(fastrand::u32(0x0100_0000..0xe000_0000));
+            request = request.header("X-Forwarded-For", client.to_string());
         }
         answer(request.send().await, StatusCode::ACCEPTED).await
     }

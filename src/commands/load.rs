@@ -34,6 +34,11 @@ pub struct LoadArgs {
     /// with the same client and connections.
     #[arg(long, value_name = "PATH")]
     probe: Option<String>,
+    /// Send each purchase with a random X-Forwarded-For: against a gateway that lists
+    /// this machine in --trusted-proxy, each counts as a client of its own (without it,
+    /// the gateway's per-address limit sees one client).
+    #[arg(long)]
+    forwarded_for: bool,
     /// Also write the report as one self-contained HTML page (charts inline, no CDN).
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,
@@ -73,6 +78,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         quantity: args.quantity,
         probe: args.probe.clone(),
         progress: !args.json,
+        forwarded_for: args.forwarded_for,
     };
     let report = load::run(plan.clone()).await?;
     let summary = Summary::new(&plan, &report);

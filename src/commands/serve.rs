@@ -44,6 +44,19 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     payment_secret_file: Option<PathBuf>,
+    /// Purchases per buyer and sale: `5/s burst 10` (the default), `600/min`, `off`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_per_buyer: Option<String>,
+    /// Purchases per client address and sale, and apart other API requests per address:
+    /// `100/s burst 200` (the default), `off`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_per_ip: Option<String>,
+    /// A proxy (CIDR or address) whose X-Forwarded-For names the client; repeatable.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    #[serde(rename = "trusted_proxies", skip_serializing_if = "Vec::is_empty")]
+    trusted_proxy: Vec<String>,
     /// Listen beyond loopback with no credential configured.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -2,12 +2,14 @@
 //! everything else (gate, bus, store, api) speaks in these types.
 
 mod purchase;
+mod rate;
 mod sale;
 
 pub use purchase::{
     Order, OrderEvent, OrderStatus, PurchaseError, PurchaseRequest, Units, ValidPurchase,
     valid_user_id, validate_purchase,
 };
+pub use rate::{RateLimit, RateQuota, SaleRateLimits};
 pub use sale::{DEFAULT_ITEM, Item, NewItem, NewSale, Sale, SaleError, SaleStatus};
 
 /// Milliseconds since the Unix epoch. All times in the engine are UTC millis; the API

@@ -286,6 +286,7 @@ mod tests {
             starts_at: 0,
             ends_at: None,
             payment_window: 0,
+            rate_limits: Default::default(),
             created_at: 0,
         }
     }

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Millis, Refusal};
+use super::{Millis, Refusal, SaleRateLimits};
 
 /// Item id of a sale created with a plain `stock` (one item).
 pub const DEFAULT_ITEM: &str = "default";
@@ -28,6 +28,9 @@ pub struct NewSale {
     /// Seconds a buyer has to pay; 0 (the default) means an order is paid when placed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payment_window: Option<u32>,
+    /// This sale's own rate limits for purchases (else the gateway's defaults).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<SaleRateLimits>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +56,8 @@ pub struct Sale {
     pub ends_at: Option<Millis>,
     pub payment_window: u32,
     pub created_at: Millis,
+    #[serde(default, skip_serializing_if = "SaleRateLimits::is_default")]
+    pub rate_limits: SaleRateLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +149,7 @@ impl NewSale {
             ends_at,
             payment_window: self.payment_window.unwrap_or(0),
             created_at: now,
+            rate_limits: self.rate_limits.unwrap_or_default(),
         })
     }
 }
@@ -191,6 +197,7 @@ mod tests {
             starts_at: None,
             ends_at: None,
             payment_window: None,
+            rate_limits: None,
         }
     }
 

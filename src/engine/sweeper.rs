@@ -235,6 +235,7 @@ mod tests {
                 starts_at: None,
                 ends_at: None,
                 payment_window: Some(1),
+                rate_limits: None,
             })
             .await
             .unwrap();

@@ -66,6 +66,9 @@ pub struct LoadPlan {
     pub probe: Option<String>,
     /// Show a progress bar on the terminal.
     pub progress: bool,
+    /// Send each purchase with a random `X-Forwarded-For` (a gateway that lists this
+    /// client in `--trusted-proxy` then counts each as its own address).
+    pub forwarded_for: bool,
 }
 
 impl LoadPlan {
@@ -165,7 +168,8 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport, LoadError> {
         .pool_max_idle_per_host(plan.connections() * 2)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let client = Client::with_http(&plan.base_url, http);
+    let client =
+        Client::with_http(&plan.base_url, http).with_random_forwarded_for(plan.forwarded_for);
     let (target, sale) = Target::new(client, &plan).await?;
     let progress = progress_bar(&plan);
     let live = Arc::new(Live::default());

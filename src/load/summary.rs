@@ -174,6 +174,7 @@ mod tests {
             starts_at: String::new(),
             ends_at: None,
             payment_window: 0,
+            rate_limits: Default::default(),
             created_at: String::new(),
             items: items
                 .iter()

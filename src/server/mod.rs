@@ -20,6 +20,7 @@ use crate::api::{self, AppState};
 use crate::bus::{self, BusError};
 use crate::config::Config;
 use crate::engine::{self, Engine, EngineError};
+use crate::protect::RateLimiters;
 use crate::gate::{self, GateError};
 use crate::store::{self, StoreError};
 use crate::worker;
@@ -36,6 +37,8 @@ pub enum StartError {
     Engine(#[from] EngineError),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("credentials: {0}")]
     Auth(#[from] crate::auth::AuthError),
     #[error(
@@ -55,6 +58,8 @@ pub struct Server {
     stop_writer: CancellationToken,
     http: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    /// Drops idle rate-limit keys every second (bounded memory).
+    forgetter: JoinHandle<()>,
     /// The in-process bus's writer (none on Kafka: workers are processes of their own).
     writer: Option<JoinHandle<()>>,
 }
@@ -99,9 +104,12 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
+        let limits = Arc::new(RateLimiters::new(config.rate_defaults()));
         let state = AppState {
             engine: engine.clone(),
             auth,
+            limits: limits.clone(),
+            trusted_proxies: Arc::new(config.trusted_proxies().map_err(StartError::Config)?),
         };
         let app = api::router(state, config.body_limit, config.body_read_timeout());
 
@@ -111,6 +119,7 @@ impl Server {
             std::time::Duration::from_millis(config.sweep_interval_ms),
             stop_sweeper.clone(),
         ));
+        let forgetter = tokio::spawn(forget_idle_rate_keys(limits, stop_sweeper.clone()));
         let stop_http = CancellationToken::new();
         let http = tokio::spawn(connections::serve(
             listener,
@@ -125,6 +134,7 @@ impl Server {
             stop_writer,
             http,
             sweeper,
+            forgetter,
             writer,
         })
     }
@@ -138,9 +148,27 @@ impl Server {
         }
         self.stop_sweeper.cancel();
         let _ = self.sweeper.await;
+        let _ = self.forgetter.await;
         self.stop_writer.cancel();
         if let Some(writer) = self.writer {
             let _ = writer.await;
+        }
+    }
+}
+
+/// Forgets the rate-limit keys that went quiet, every second, until `stop`.
+async fn forget_idle_rate_keys(limits: Arc<RateLimiters>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let limits = limits.clone();
+                // Sweeping a few hundred thousand keys takes milliseconds: off the
+                // request threads.
+                let held = tokio::task::spawn_blocking(move || limits.forget_idle()).await;
+                tracing::trace!(?held, "rate-limit keys held");
+            }
         }
     }
 }

@@ -136,6 +136,7 @@ mod tests {
             starts_at: None,
             ends_at: None,
             payment_window: None,
+            rate_limits: None,
         }
         .into_sale("sale".into(), 0)
         .unwrap();

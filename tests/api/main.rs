@@ -14,5 +14,6 @@ mod failures;
 mod lifecycle;
 mod load;
 mod protection;
+mod rate_limits;
 mod restart;
 mod slow_clients;

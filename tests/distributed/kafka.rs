@@ -276,20 +276,34 @@ async fn an_acknowledged_order_the_store_refuses_is_compensated(backends: Backen
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The event is published after the `failed` row is committed, so it may still be on
+    // its way to the broker when the row is seen: read the topic until it is there.
     let topic = flashsale::bus::kafka::Topics::with_prefix(&deployment.topic_prefix).events;
-    let (messages, _) = tokio::task::spawn_blocking(move || {
-        flashsale::bus::kafka::read_after_committed("127.0.0.1:9092", &topic, "events-reader", true)
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        messages.iter().any(|m| {
+    let started = Instant::now();
+    loop {
+        let topic = topic.clone();
+        // An error (e.g. the topic not created yet) counts as "not there yet".
+        let messages = tokio::task::spawn_blocking(move || {
+            flashsale::bus::kafka::read_after_committed("127.0.0.1:9092", &topic, "events-reader", true)
+        })
+        .await
+        .unwrap()
+        .map(|(messages, _)| messages)
+        .unwrap_or_default();
+        let published = messages.iter().any(|m| {
             let event: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
             event["order_id"] == order.as_str() && event["status"] == "failed"
-        }),
-        "no failed event"
-    );
+        });
+        if published {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no failed event in 20 s: {} events",
+            messages.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let out = deployment.run("check", &[]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -80,6 +80,10 @@ impl Deployment {
                 std::env::var("FLASHSALE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .env("FLASHSALE_SWEEP_INTERVAL_MS", "100")
+            // Every test client is 127.0.0.1 and many tests hammer one buyer on purpose:
+            // rate limits are off unless a test turns them on (flags win over these).
+            .env("FLASHSALE_RATE_PER_BUYER", "off")
+            .env("FLASHSALE_RATE_PER_IP", "off")
             // A buyer waits 2 s here, not 1 s: CI runs two suites at once on 2 cores, and
             // a 503 "still on its way, retry" is right but not what these tests look at.
             .env("FLASHSALE_BACKEND_TIMEOUT_MS", "2000")

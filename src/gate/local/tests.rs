@@ -21,6 +21,7 @@ fn sale(stocks: &[u32], limit: u32) -> Sale {
         starts_at: 1_000,
         ends_at: Some(2_000),
         payment_window: 0,
+        rate_limits: Default::default(),
         created_at: 0,
     }
 }

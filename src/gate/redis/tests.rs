@@ -23,6 +23,7 @@ fn sale(stock: u32, limit: u32, starts_at: Option<i64>, ends_at: Option<i64>, wi
         starts_at: starts_at.and_then(chrono::DateTime::from_timestamp_millis),
         ends_at: ends_at.and_then(chrono::DateTime::from_timestamp_millis),
         payment_window: Some(window),
+        rate_limits: None,
     }
     .into_sale(uuid::Uuid::new_v4().simple().to_string(), now_millis())
     .unwrap()

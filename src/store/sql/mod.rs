@@ -93,7 +93,7 @@ impl OrderStore for SqlStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sales (id, name, per_user_limit, starts_at, ends_at, payment_window, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             created_at, rate_limits) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&sale.id)
         .bind(&sale.name)
@@ -102,6 +102,10 @@ impl OrderStore for SqlStore {
         .bind(sale.ends_at)
         .bind(sale.payment_window as i64)
         .bind(sale.created_at)
+        .bind(
+            (!sale.rate_limits.is_default())
+                .then(|| serde_json::to_string(&sale.rate_limits).expect("limits serialize")),
+        )
         .execute(&mut *tx)
         .await?;
         for (position, item) in sale.items.iter().enumerate() {
@@ -121,8 +125,8 @@ impl OrderStore for SqlStore {
 
     async fn get_sale(&self, id: &str) -> Result<Option<Sale>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, name, per_user_limit, starts_at, ends_at, payment_window, created_at \
-             FROM sales WHERE id = $1",
+            "SELECT id, name, per_user_limit, starts_at, ends_at, payment_window, created_at, \
+             rate_limits FROM sales WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -153,6 +157,11 @@ impl OrderStore for SqlStore {
             ends_at: row.try_get("ends_at")?,
             payment_window: u32_column(&row, "payment_window")?,
             created_at: row.try_get("created_at")?,
+            rate_limits: match row.try_get::<Option<String>, _>("rate_limits")? {
+                Some(json) => serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("sale {id}: rate_limits: {e}")))?,
+                None => Default::default(),
+            },
         }))
     }
 

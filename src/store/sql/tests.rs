@@ -23,6 +23,7 @@ fn sale(stock: u32, limit: u32) -> Sale {
         starts_at: None,
         ends_at: None,
         payment_window: None,
+        rate_limits: None,
     }
     .into_sale("sale1".into(), 0)
     .unwrap()

@@ -1,0 +1,9 @@
+//! What stands between the internet and the engine: who the client is behind proxies
+//! (`client_ip`), how often one buyer or one address may ask (`rate`), and how much
+//! work the gateway takes on at once (`overload`).
+
+pub mod client_ip;
+pub mod rate;
+
+pub use client_ip::{TrustedProxies, client_ip};
+pub use rate::{RateLimited, RateLimiters, RateScope};
