@@ -18,7 +18,7 @@ use crate::bus::{BusSettings, BusUrl};
 use crate::engine::EngineSettings;
 use crate::domain::RateLimit;
 use crate::gate::{GateUrl, KeyPolicy};
-use crate::protect::TrustedProxies;
+use crate::protect::{OverloadLimits, TrustedProxies};
 use crate::protect::rate::RateDefaults;
 use crate::store::StoreUrl;
 
@@ -110,6 +110,11 @@ pub struct Config {
     /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client; from
     /// anyone else the header is ignored.
     pub trusted_proxies: Vec<String>,
+    /// Purchases served at once; beyond it a purchase gets 503 `overloaded` at once.
+    pub max_in_flight_purchases: usize,
+    /// Longest a purchase may wait in the server (from its head's arrival) before its
+    /// decision, in ms; past it, 503 `timeout` instead of a late decision.
+    pub max_queue_time_ms: u64,
 }
 
 impl Default for Config {
@@ -141,6 +146,8 @@ impl Default for Config {
             rate_per_buyer: "5/s burst 10".parse().expect("a valid default"),
             rate_per_ip: "100/s burst 200".parse().expect("a valid default"),
             trusted_proxies: Vec::new(),
+            max_in_flight_purchases: 1024,
+            max_queue_time_ms: 500,
             backend_timeout_ms: 1000,
             sweep_interval_ms: 1000,
             hold_grace_ms: 10_000,
@@ -349,6 +356,12 @@ impl Config {
             return Err(invalid("max_keys_per_buyer", "must be at least 1"));
         }
         self.trusted_proxies()?;
+        if self.max_in_flight_purchases == 0 {
+            return Err(invalid("max_in_flight_purchases", "must be at least 1"));
+        }
+        if self.max_queue_time_ms < 10 {
+            return Err(invalid("max_queue_time_ms", "must be at least 10 ms"));
+        }
         if self.worker_group.trim().is_empty() {
             return Err(invalid("worker_group", "must not be empty"));
         }
@@ -383,6 +396,13 @@ impl Config {
             .map(|n| TrustedProxies::parse_network(n).map_err(|e| invalid("trusted_proxies", e)))
             .collect::<Result<_, _>>()
             .map(TrustedProxies::new)
+    }
+
+    pub fn overload_limits(&self) -> OverloadLimits {
+        OverloadLimits {
+            max_in_flight_purchases: self.max_in_flight_purchases,
+            max_queue_time: Duration::from_millis(self.max_queue_time_ms),
+        }
     }
 
     pub fn rate_defaults(&self) -> RateDefaults {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::domain::Refusal;
 use crate::engine::EngineError;
-use crate::protect::{RateLimited, RateScope};
+use crate::protect::{RateLimited, RateScope, Shed};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -64,6 +64,27 @@ impl From<RateLimited> for ApiError {
                 value(limited.policy_header()),
             )
             .with_header(HeaderName::from_static("ratelimit"), value(limited.limit_header()))
+    }
+}
+
+impl From<Shed> for ApiError {
+    fn from(shed: Shed) -> Self {
+        match shed {
+            Shed::Overloaded => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many purchases in flight: retry in a moment",
+            ),
+            Shed::TooLate(waited) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the request waited {} ms in the server before its turn, too long to \
+                     be decided: retry",
+                    waited.as_millis()
+                ),
+            ),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ mod views;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +23,7 @@ pub use views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
 use crate::auth::{Auth, AuthError, SIGNATURE_HEADER};
 use crate::domain::{NewSale, Order, PurchaseRequest};
 use crate::engine::Engine;
-use crate::protect::{RateLimiters, TrustedProxies};
+use crate::protect::{Overload, RateLimiters, ReceivedAt, TrustedProxies};
 use caller::{Admin, Caller, ClientIp, bearer, forbidden, unauthorized};
 use extract::{IdempotencyKey, JsonBody, RawBody};
 
@@ -36,6 +36,8 @@ pub struct AppState {
     pub limits: Arc<RateLimiters>,
     /// Whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// How many purchases may be in flight, and how long one may wait for its turn.
+    pub overload: Arc<Overload>,
 }
 
 pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -> Router {
@@ -52,7 +54,13 @@ pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -
         ));
     Router::new()
         .route("/api/sales", post(create_sale))
-        .route("/api/sales/{id}/purchase", post(purchase))
+        .route(
+            "/api/sales/{id}/purchase",
+            post(purchase).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                shed_purchases_past_the_limit,
+            )),
+        )
         .route("/api/orders/{id}/pay", post(pay_order))
         .merge(buyer_reads)
         .route("/healthz", get(healthz))
@@ -109,8 +117,22 @@ async fn limit_by_address(
     }
 }
 
+/// 503 `overloaded` at once when `max_in_flight_purchases` are being served: shed
+/// before any work (auth, body, gate), never queued.
+async fn shed_purchases_past_the_limit(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.overload.enter() {
+        Ok(_in_flight) => next.run(request).await,
+        Err(shed) => ApiError::from(shed).into_response(),
+    }
+}
+
 async fn purchase(
     State(state): State<AppState>,
+    received: Option<Extension<ReceivedAt>>,
     Path(id): Path<String>,
     caller: Caller,
     ClientIp(ip): ClientIp,
@@ -137,6 +159,7 @@ async fn purchase(
     state
         .limits
         .admit_purchase(&sale.id, &sale.rate_limits, ip, &request.user_id)?;
+    state.overload.still_in_time(received.map(|Extension(r)| r))?;
     let order = state.engine.purchase(&id, request, key).await?;
     Ok((StatusCode::ACCEPTED, Json(OrderView::from(&*order))).into_response())
 }

@@ -57,6 +57,15 @@ pub struct ServeArgs {
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     #[serde(rename = "trusted_proxies", skip_serializing_if = "Vec::is_empty")]
     trusted_proxy: Vec<String>,
+    /// Purchases served at once; beyond it 503 `overloaded` at once (default 1024).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_in_flight_purchases: Option<usize>,
+    /// Longest a purchase may wait in the server before its decision, in ms (else 503
+    /// `timeout`; default 500).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_queue_time_ms: Option<u64>,
     /// Listen beyond loopback with no credential configured.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -3,7 +3,9 @@
 //! work the gateway takes on at once (`overload`).
 
 pub mod client_ip;
+pub mod overload;
 pub mod rate;
 
 pub use client_ip::{TrustedProxies, client_ip};
+pub use overload::{Overload, OverloadLimits, ReceivedAt, Shed};
 pub use rate::{RateLimited, RateLimiters, RateScope};

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+
+use crate::protect::ReceivedAt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -70,6 +72,10 @@ pub async fn serve(
             .clone()
             .map_request(move |mut request: hyper::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
+                // The head has just been read: the start of this request's wait.
+                request
+                    .extensions_mut()
+                    .insert(ReceivedAt(std::time::Instant::now()));
                 request
             });
         let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));

@@ -20,7 +20,7 @@ use crate::api::{self, AppState};
 use crate::bus::{self, BusError};
 use crate::config::Config;
 use crate::engine::{self, Engine, EngineError};
-use crate::protect::RateLimiters;
+use crate::protect::{Overload, RateLimiters};
 use crate::gate::{self, GateError};
 use crate::store::{self, StoreError};
 use crate::worker;
@@ -110,6 +110,7 @@ impl Server {
             auth,
             limits: limits.clone(),
             trusted_proxies: Arc::new(config.trusted_proxies().map_err(StartError::Config)?),
+            overload: Arc::new(Overload::new(config.overload_limits())),
         };
         let app = api::router(state, config.body_limit, config.body_read_timeout());
 

@@ -84,6 +84,10 @@ impl Deployment {
             // rate limits are off unless a test turns them on (flags win over these).
             .env("FLASHSALE_RATE_PER_BUYER", "off")
             .env("FLASHSALE_RATE_PER_IP", "off")
+            // Nor is load shed by default: on a 2-core CI machine running two suites, a
+            // debug build can keep a request waiting longer than the production 500 ms.
+            .env("FLASHSALE_MAX_QUEUE_TIME_MS", "30000")
+            .env("FLASHSALE_MAX_IN_FLIGHT_PURCHASES", "100000")
             // A buyer waits 2 s here, not 1 s: CI runs two suites at once on 2 cores, and
             // a 503 "still on its way, retry" is right but not what these tests look at.
             .env("FLASHSALE_BACKEND_TIMEOUT_MS", "2000")
