@@ -18,7 +18,7 @@ use crate::bus::{BusSettings, BusUrl};
 use crate::engine::EngineSettings;
 use crate::domain::RateLimit;
 use crate::gate::{GateUrl, KeyPolicy};
-use crate::protect::{OverloadLimits, TrustedProxies};
+use crate::protect::{BreakerSettings, OverloadLimits, TrustedProxies};
 use crate::protect::rate::RateDefaults;
 use crate::store::StoreUrl;
 
@@ -115,6 +115,11 @@ pub struct Config {
     /// Longest a purchase may wait in the server (from its head's arrival) before its
     /// decision, in ms; past it, 503 `timeout` instead of a late decision.
     pub max_queue_time_ms: u64,
+    /// Failures in a row of a backend (gate, bus, store) on the request path after
+    /// which requests fail fast (503) instead of calling it, for `breaker_cool_down_ms`.
+    pub breaker_failures: u32,
+    /// How long a tripped breaker fails fast before letting one probe through, in ms.
+    pub breaker_cool_down_ms: u64,
 }
 
 impl Default for Config {
@@ -148,6 +153,8 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             max_in_flight_purchases: 1024,
             max_queue_time_ms: 500,
+            breaker_failures: 5,
+            breaker_cool_down_ms: 2000,
             backend_timeout_ms: 1000,
             sweep_interval_ms: 1000,
             hold_grace_ms: 10_000,
@@ -359,6 +366,12 @@ impl Config {
         if self.max_in_flight_purchases == 0 {
             return Err(invalid("max_in_flight_purchases", "must be at least 1"));
         }
+        if self.breaker_failures == 0 {
+            return Err(invalid("breaker_failures", "must be at least 1"));
+        }
+        if self.breaker_cool_down_ms < 10 {
+            return Err(invalid("breaker_cool_down_ms", "must be at least 10 ms"));
+        }
         if self.max_queue_time_ms < 10 {
             return Err(invalid("max_queue_time_ms", "must be at least 10 ms"));
         }
@@ -422,6 +435,10 @@ impl Config {
             hold_grace: Duration::from_millis(self.hold_grace_ms),
             buyer_wait: self.backend_timeout(),
             delivery_deadline: self.bus_settings().delivery_deadline(),
+            breakers: BreakerSettings {
+                failures_to_open: self.breaker_failures,
+                cool_down: Duration::from_millis(self.breaker_cool_down_ms),
+            },
             ..EngineSettings::default()
         }
     }

@@ -66,6 +66,14 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_queue_time_ms: Option<u64>,
+    /// Failures in a row of a backend after which requests fail fast (default 5).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breaker_failures: Option<u32>,
+    /// How long a tripped breaker fails fast before a probe, in ms (default 2000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breaker_cool_down_ms: Option<u64>,
     /// Listen beyond loopback with no credential configured.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -24,6 +24,7 @@ pub use sweeper::{Sweep, run as run_sweeper};
 use crate::bus::OrderBus;
 use crate::domain::{OrderEvent, OrderStatus, Refusal};
 use crate::gate::{GateError, StockGate};
+use crate::protect::{BreakerOpen, BreakerSettings, Breakers};
 use crate::store::{OrderStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,12 @@ impl From<StoreError> for EngineError {
     }
 }
 
+impl From<BreakerOpen> for EngineError {
+    fn from(open: BreakerOpen) -> Self {
+        EngineError::Unavailable(open.to_string())
+    }
+}
+
 impl From<GateError> for EngineError {
     fn from(e: GateError) -> Self {
         match e {
@@ -94,6 +101,8 @@ pub struct EngineSettings {
     /// never will. A rebuild of a shared gate waits this long for other gateways'
     /// reservations made before the loss.
     pub delivery_deadline: Duration,
+    /// When the request path stops calling a failing backend, and for how long.
+    pub breakers: BreakerSettings,
 }
 
 impl Default for EngineSettings {
@@ -104,6 +113,7 @@ impl Default for EngineSettings {
             hold_grace: Duration::from_secs(10),
             buyer_wait: Duration::from_secs(1),
             delivery_deadline: Duration::from_secs(1),
+            breakers: BreakerSettings::default(),
         }
     }
 }
@@ -113,6 +123,8 @@ pub struct Engine {
     bus: Arc<dyn OrderBus>,
     store: Arc<dyn OrderStore>,
     settings: EngineSettings,
+    /// Fail fast on the request path while a backend is failing.
+    breakers: Breakers,
     sales: sales::SaleCache,
     /// Replays of a key waiting for its first request, woken when it settles.
     key_waiters: Arc<purchase::KeyWaiters>,
@@ -135,6 +147,7 @@ impl Engine {
             gate,
             bus,
             store,
+            breakers: Breakers::new(settings.breakers),
             settings,
             sales: Default::default(),
             key_waiters: Default::default(),

@@ -7,9 +7,10 @@ use crate::domain::{Millis, Order, OrderEvent, OrderStatus, now_millis};
 
 impl Engine {
     pub async fn order(&self, id: &str) -> Result<Order, EngineError> {
-        self.store
-            .get_order(id)
-            .await?
+        self.breakers
+            .store
+            .call(self.store.get_order(id), |_| true)
+            .await??
             .ok_or_else(|| EngineError::OrderNotFound(id.to_string()))
     }
 

@@ -11,9 +11,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::{Engine, EngineError};
-use crate::bus::OrderBus;
+use crate::bus::{BusError, OrderBus};
 use crate::domain::{Order, PurchaseRequest, Sale, now_millis, validate_purchase};
-use crate::gate::{Decision, KeyAnswer, StockGate};
+use crate::gate::{Decision, GateError, KeyAnswer, StockGate};
+use crate::protect::Permit;
 
 /// Replays waiting for the order their key reserved to settle (confirmed or released),
 /// by order id. The request that placed the order wakes them; a key in flight at another
@@ -63,11 +64,10 @@ impl Engine {
             validate_purchase(&sale, request).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let order_id = uuid::Uuid::now_v7().simple().to_string();
         let now = now_millis();
-        let decision = match self
+        let reserve = self
             .gate
-            .reserve(&sale, &purchase, key.as_deref(), &order_id, now)
-            .await
-        {
+            .reserve(&sale, &purchase, key.as_deref(), &order_id, now);
+        let decision = match self.breakers.gate.call(reserve, gate_unavailable).await? {
             Ok(decision) => decision,
             Err(e) => return Err(self.gate_failed(&sale, e).await),
         };
@@ -84,12 +84,24 @@ impl Engine {
                 // Created at the gate's clock (Redis's in Redis mode): the payment window
                 // runs on the one clock every gateway shares.
                 let order = Arc::new(Order::new(order_id, &sale, &purchase, key, at));
+                // A bus known to be failing is not tried: the unit goes back at once.
+                let bus_permit = match self.breakers.bus.admit() {
+                    Ok(permit) => permit,
+                    Err(open) => {
+                        if let Err(e) = self.gate.release(&sale, &order, true).await {
+                            tracing::error!(order = %order.id, error = %e, "reservation not released");
+                        }
+                        self.key_waiters.settled(&order.id);
+                        return Err(open.into());
+                    }
+                };
                 // The rest runs in its own task: if the buyer hangs up, or waits longer
                 // than `buyer_wait`, the order is still stored or released, never left
                 // behind; a retry with the same key then gets its answer.
                 let placing = tokio::spawn(place(
                     self.gate.clone(),
                     self.bus.clone(),
+                    bus_permit,
                     self.key_waiters.clone(),
                     sale,
                     order,
@@ -164,6 +176,12 @@ impl Engine {
     }
 }
 
+/// Whether a gate error is the gate being unavailable (what the breaker counts), not
+/// an answer such as "unknown sale".
+fn gate_unavailable(e: &GateError) -> bool {
+    matches!(e, GateError::Unavailable(_))
+}
+
 /// Test-only failpoints: `FLASHSALE_FAILPOINT=after-reserve` kills the process right
 /// after the gate reserved and before the bus has the order, `after-publish` once the
 /// bus has it and before the gate's key is confirmed (as a `kill -9` would).
@@ -186,12 +204,16 @@ async fn delay_here_if_asked(point: &str) {
 async fn place(
     gate: Arc<dyn StockGate>,
     bus: Arc<dyn OrderBus>,
+    bus_permit: Permit,
     key_waiters: Arc<KeyWaiters>,
     sale: Arc<Sale>,
     order: Arc<Order>,
 ) -> Result<Arc<Order>, EngineError> {
     delay_here_if_asked("slow-publish").await;
-    let answer = match bus.publish(&order).await {
+    let published = bus.publish(&order).await;
+    // A full in-process bus is a writer behind, not a bus down: it sheds by itself.
+    bus_permit.record(!matches!(&published, Err(e) if !matches!(e, BusError::Full)));
+    let answer = match published {
         Ok(()) => {
             crash_here_if_asked("after-publish");
             if let Err(e) = gate.confirm(&sale, &order).await {

@@ -53,9 +53,10 @@ impl Engine {
             return Ok(sale);
         }
         let sale = self
+            .breakers
             .store
-            .get_sale(id)
-            .await?
+            .call(self.store.get_sale(id), |_| true)
+            .await??
             .ok_or_else(|| EngineError::SaleNotFound(id.to_string()))?;
         let sale = Arc::new(sale);
         self.sales.insert(sale.clone());
