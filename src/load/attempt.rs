@@ -42,6 +42,9 @@ pub(super) struct BuyerRun {
     pub(super) requests: u64,
     /// Latency of each of its requests, in microseconds.
     pub(super) latencies_us: Vec<u64>,
+    /// Time from sending each request to its answer (the server's part, without the
+    /// client's own lateness), in microseconds.
+    pub(super) service_us: Vec<u64>,
     pub(super) answers: Vec<(String, Answer, u16)>,
     pub(super) mismatch: bool,
     /// Second of the run in which the attempt ended.
@@ -156,9 +159,14 @@ pub(super) async fn buy(
         })
         .map(|d| d.as_micros() as u64)
         .collect();
+    let service_us = answers
+        .iter()
+        .map(|(_, took, _)| took.as_micros() as u64)
+        .collect();
     BuyerRun {
         requests: answers.len() as u64,
         latencies_us,
+        service_us,
         answers: answers
             .into_iter()
             .map(|(answer, _, status)| (user.clone(), answer, status))

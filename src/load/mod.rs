@@ -91,6 +91,9 @@ pub struct LoadReport {
     pub replay_mismatches: u64,
     /// Latency of every request, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Time from sending each request to its answer, in microseconds: on the open loop,
+    /// the server's part when the client itself falls behind the schedule.
+    pub service_us: Histogram<u64>,
     /// Answers by HTTP status (`0`: no answer).
     pub by_status: BTreeMap<u16, u64>,
     /// Requests answered in each second of the run.
@@ -277,6 +280,7 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport, LoadError> {
         rejected: BTreeMap::new(),
         replay_mismatches: 0,
         latency_us: latency_histogram(),
+        service_us: latency_histogram(),
         by_status: BTreeMap::new(),
         per_second: Vec::new(),
         accepted_per_second: Vec::new(),
@@ -301,6 +305,9 @@ impl LoadReport {
     fn add(&mut self, run: BuyerRun, seen: &mut std::collections::HashSet<String>) {
         for &us in &run.latencies_us {
             self.latency_us.saturating_record(us);
+        }
+        for &us in &run.service_us {
+            self.service_us.saturating_record(us);
         }
         self.requests += run.requests;
         self.replay_mismatches += run.mismatch as u64;

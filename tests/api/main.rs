@@ -13,6 +13,7 @@ mod demo;
 mod failures;
 mod lifecycle;
 mod load;
+mod malformed;
 mod overload;
 mod protection;
 mod rate_limits;
