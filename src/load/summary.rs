@@ -202,6 +202,7 @@ mod tests {
             rejected: BTreeMap::new(),
             replay_mismatches: 0,
             latency_us: crate::load::latency_histogram(),
+            service_us: crate::load::latency_histogram(),
             by_status: BTreeMap::new(),
             per_second: vec![],
             accepted_per_second: vec![],
