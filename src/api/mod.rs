@@ -24,11 +24,29 @@ use crate::auth::{Auth, AuthError, SIGNATURE_HEADER};
 use crate::domain::{NewSale, Order, PurchaseRequest};
 use crate::engine::Engine;
 use crate::protect::{Overload, RateLimiters, ReceivedAt, TrustedProxies};
-use caller::{Admin, Caller, ClientIp, bearer, forbidden, unauthorized};
+use caller::{Admin, Caller, ClientIp, InFlight, bearer, forbidden, unauthorized};
 use extract::{IdempotencyKey, JsonBody, RawBody};
 
+/// What the handlers share: one `Arc`, so that a request's clones of the state (one per
+/// `State` extractor) cost one reference count, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> Self {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+pub struct AppParts {
     pub engine: Arc<Engine>,
     /// Who may call what (buyer tokens, payment signatures, the admin token).
     pub auth: Arc<Auth>,
@@ -54,13 +72,7 @@ pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -
         ));
     Router::new()
         .route("/api/sales", post(create_sale))
-        .route(
-            "/api/sales/{id}/purchase",
-            post(purchase).route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                shed_purchases_past_the_limit,
-            )),
-        )
+        .route("/api/sales/{id}/purchase", post(purchase))
         .route("/api/orders/{id}/pay", post(pay_order))
         .merge(buyer_reads)
         .route("/healthz", get(healthz))
@@ -117,20 +129,9 @@ async fn limit_by_address(
     }
 }
 
-/// 503 `overloaded` at once when `max_in_flight_purchases` are being served: shed
-/// before any work (auth, body, gate), never queued.
-async fn shed_purchases_past_the_limit(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match state.overload.enter() {
-        Ok(_in_flight) => next.run(request).await,
-        Err(shed) => ApiError::from(shed).into_response(),
-    }
-}
-
 async fn purchase(
+    // First: past `max_in_flight_purchases`, 503 `overloaded` before any other work.
+    _in_flight: InFlight,
     State(state): State<AppState>,
     received: Option<Extension<ReceivedAt>>,
     Path(id): Path<String>,
@@ -160,7 +161,7 @@ async fn purchase(
         .limits
         .admit_purchase(&sale.id, &sale.rate_limits, ip, &request.user_id)?;
     state.overload.still_in_time(received.map(|Extension(r)| r))?;
-    let order = state.engine.purchase(&id, request, key).await?;
+    let order = state.engine.purchase_in(sale, request, key).await?;
     Ok((StatusCode::ACCEPTED, Json(OrderView::from(&*order))).into_response())
 }
 

@@ -163,7 +163,8 @@ impl Client {
             request = request.header("Idempotency-Key", key);
         }
         if self.random_forwarded_for {
-            let client = std::net::Ipv4Addr::from(fastrand::u32(0x0100_0000..0xe000_0000));
+            // 65,536 addresses: many clients, each coming back (as behind real proxies).
+            let client = std::net::Ipv4Addr::new(10, fastrand::u8(..), fastrand::u8(..), 1);
             request = request.header("X-Forwarded-For", client.to_string());
         }
         answer(request.send().await, StatusCode::ACCEPTED).await

@@ -60,6 +60,16 @@ impl Engine {
         key: Option<String>,
     ) -> Result<Arc<Order>, EngineError> {
         let sale = self.sale(sale_id).await?;
+        self.purchase_in(sale, request, key).await
+    }
+
+    /// The same, for a sale the caller already looked up.
+    pub async fn purchase_in(
+        &self,
+        sale: Arc<Sale>,
+        request: PurchaseRequest,
+        key: Option<String>,
+    ) -> Result<Arc<Order>, EngineError> {
         let purchase =
             validate_purchase(&sale, request).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let order_id = uuid::Uuid::now_v7().simple().to_string();

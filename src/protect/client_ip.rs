@@ -50,15 +50,14 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
     if trusted.is_empty() || !trusted.trusts(peer) {
         return peer;
     }
-    // Every X-Forwarded-For line, in order, as one list; the nearest hop is last.
+    // Every X-Forwarded-For line, in order, is one list; the nearest hop is last.
     let hops = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect::<Vec<_>>();
+        .rev()
+        .flat_map(|v| v.to_str().unwrap_or("garbage").rsplit(','));
     let mut client = peer;
-    for hop in hops.iter().rev() {
+    for hop in hops {
         match IpAddr::from_str(hop.trim()) {
             Ok(ip) => {
                 client = canonical(ip);

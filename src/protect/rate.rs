@@ -9,11 +9,14 @@
 //! an entry has the same size whatever the buyer id.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use foldhash::fast::RandomState;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
@@ -22,7 +25,8 @@ use governor::{Quota, RateLimiter};
 
 use crate::domain::{RateLimit, RateQuota, SaleRateLimits};
 
-type Limiter<C> = RateLimiter<u64, DashMapStateStore<u64>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Limiter<C> =
+    RateLimiter<u64, DashMapStateStore<u64, RandomState>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// What a limit is counted by; its name is the policy name in the response headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +86,17 @@ pub struct RateDefaults {
 }
 
 /// Every limiter of a gateway. One limiter per distinct quota, shared by the sales that
-/// use it; keys carry the sale, so each sale counts on its own.
+/// use it; keys carry the sale, so each sale counts on its own. The defaults' limiters
+/// are at hand; a sale's own quotas are looked up (a read lock, rarely written).
 pub struct RateLimiters<C: Clock = DefaultClock> {
     defaults: RateDefaults,
+    per_buyer: Option<Arc<Limiter<C>>>,
+    per_ip: Option<Arc<Limiter<C>>>,
     clock: C,
     hasher: RandomState,
-    by_quota: Mutex<HashMap<RateQuota, Arc<Limiter<C>>>>,
+    by_quota: RwLock<HashMap<RateQuota, Arc<Limiter<C>>>>,
+    /// Keys held after the last `forget_idle` that shrank the maps.
+    held_at_last_shrink: AtomicUsize,
 }
 
 impl RateLimiters<DefaultClock> {
@@ -98,12 +107,18 @@ impl RateLimiters<DefaultClock> {
 
 impl<C: Clock + Clone> RateLimiters<C> {
     pub fn with_clock(defaults: RateDefaults, clock: C) -> Self {
-        RateLimiters {
+        let mut limiters = RateLimiters {
             defaults,
+            per_buyer: None,
+            per_ip: None,
             clock,
-            hasher: RandomState::new(),
-            by_quota: Mutex::new(HashMap::new()),
-        }
+            hasher: RandomState::default(),
+            by_quota: RwLock::new(HashMap::new()),
+            held_at_last_shrink: AtomicUsize::new(0),
+        };
+        limiters.per_buyer = defaults.per_buyer.quota().map(|q| limiters.limiter(q));
+        limiters.per_ip = defaults.per_ip.quota().map(|q| limiters.limiter(q));
+        limiters
     }
 
     /// Admits a purchase of `sale_id` by `buyer` from `ip`, under the sale's own limits
@@ -127,11 +142,23 @@ impl<C: Clock + Clone> RateLimiters<C> {
         self.check(RateScope::Ip, self.defaults.per_ip, ((), ip_key(ip)))
     }
 
-    fn check(&self, scope: RateScope, limit: RateLimit, key: impl std::hash::Hash) -> Result<(), RateLimited> {
+    fn check(
+        &self,
+        scope: RateScope,
+        limit: RateLimit,
+        key: impl std::hash::Hash,
+    ) -> Result<(), RateLimited> {
         let Some(quota) = limit.quota() else {
             return Ok(());
         };
-        let limiter = self.limiter(quota);
+        let default = match scope {
+            RateScope::Buyer => &self.per_buyer,
+            RateScope::Ip => &self.per_ip,
+        };
+        let limiter = match default {
+            Some(limiter) if limit == self.default_of(scope) => limiter.clone(),
+            _ => self.limiter(quota),
+        };
         // The scope is hashed in so that one limiter can hold both kinds of keys.
         let key = self.hasher.hash_one((scope.name(), key));
         limiter.check_key(&key).map_err(|not_until| RateLimited {
@@ -141,37 +168,59 @@ impl<C: Clock + Clone> RateLimiters<C> {
         })
     }
 
+    fn default_of(&self, scope: RateScope) -> RateLimit {
+        match scope {
+            RateScope::Buyer => self.defaults.per_buyer,
+            RateScope::Ip => self.defaults.per_ip,
+        }
+    }
+
     fn limiter(&self, quota: RateQuota) -> Arc<Limiter<C>> {
-        let mut limiters = self.by_quota.lock().expect("rate limiters lock");
+        if let Some(limiter) = self.by_quota.read().expect("rate limiters lock").get(&quota) {
+            return limiter.clone();
+        }
+        let mut limiters = self.by_quota.write().expect("rate limiters lock");
         limiters
             .entry(quota)
             .or_insert_with(|| {
                 let gcra = Quota::with_period(Duration::from_micros(quota.interval_micros()))
                     .expect("an interval of at least 1 µs")
                     .allow_burst(NonZeroU32::new(quota.burst).expect("a burst of at least 1"));
-                Arc::new(RateLimiter::dashmap_with_clock(gcra, self.clock.clone()))
+                Arc::new(RateLimiter::dashmap_with_clock_and_hasher(
+                    gcra,
+                    self.clock.clone(),
+                    RandomState::default(),
+                ))
             })
             .clone()
     }
 
     /// Drops the entries of keys that have been quiet for a full window (their state is
-    /// that of a new key) and gives the memory back. Returns how many keys are held.
+    /// that of a new key). The maps give their memory back when what they hold fell to
+    /// a quarter of what they held at the last shrink (shrinking every second would make
+    /// them grow again every second). Returns how many keys are held.
     pub fn forget_idle(&self) -> usize {
         let limiters: Vec<_> = self
             .by_quota
-            .lock()
+            .read()
             .expect("rate limiters lock")
             .values()
             .cloned()
             .collect();
-        limiters
-            .iter()
-            .map(|limiter| {
-                limiter.retain_recent();
+        for limiter in &limiters {
+            limiter.retain_recent();
+        }
+        let held: usize = limiters.iter().map(|l| l.len()).sum();
+        let before = self.held_at_last_shrink.load(Ordering::Relaxed);
+        if held > before {
+            self.held_at_last_shrink.store(held, Ordering::Relaxed);
+        } else if held * 4 < before {
+            for limiter in &limiters {
                 limiter.shrink_to_fit();
-                limiter.len()
-            })
-            .sum()
+            }
+            self.held_at_last_shrink.store(held, Ordering::Relaxed);
+        }
+        held
     }
 }
 

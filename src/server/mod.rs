@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppParts, AppState};
 use crate::bus::{self, BusError};
 use crate::config::Config;
 use crate::engine::{self, Engine, EngineError};
@@ -105,13 +105,13 @@ impl Server {
             .local_addr()
             .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
         let limits = Arc::new(RateLimiters::new(config.rate_defaults()));
-        let state = AppState {
+        let state = AppState::new(AppParts {
             engine: engine.clone(),
             auth,
             limits: limits.clone(),
             trusted_proxies: Arc::new(config.trusted_proxies().map_err(StartError::Config)?),
             overload: Arc::new(Overload::new(config.overload_limits())),
-        };
+        });
         let app = api::router(state, config.body_limit, config.body_read_timeout());
 
         let stop_sweeper = CancellationToken::new();
