@@ -247,6 +247,7 @@ impl Bench<'_> {
             probe: probe.map(String::from),
             progress: false,
             forwarded_for: true,
+            max_in_flight: None,
         }
     }
 

@@ -156,6 +156,7 @@ async fn serve_rss(buyers: u64) -> anyhow::Result<()> {
         probe: None,
         progress: true,
         forwarded_for: false,
+        max_in_flight: None,
     })
     .await?;
     let rss = rss_kb(server.id())?;

@@ -39,6 +39,10 @@ pub struct LoadArgs {
     /// the gateway's per-address limit sees one client).
     #[arg(long)]
     forwarded_for: bool,
+    /// Open loop: at most this many requests in flight; attempts due beyond are skipped
+    /// and counted (default: unbounded).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Also write the report as one self-contained HTML page (charts inline, no CDN).
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,
@@ -79,6 +83,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         probe: args.probe.clone(),
         progress: !args.json,
         forwarded_for: args.forwarded_for,
+        max_in_flight: args.max_in_flight,
     };
     let report = load::run(plan.clone()).await?;
     let summary = Summary::new(&plan, &report);

@@ -69,6 +69,10 @@ pub struct LoadPlan {
     /// Send each purchase with a random `X-Forwarded-For` (a gateway that lists this
     /// client in `--trusted-proxy` then counts each as its own address).
     pub forwarded_for: bool,
+    /// Open loop: at most this many requests in flight; an attempt due while they are
+    /// is skipped (counted, not sent), as a flood's clients would give up, instead of
+    /// opening connections without bound. `None`: unbounded.
+    pub max_in_flight: Option<usize>,
 }
 
 impl LoadPlan {
@@ -94,6 +98,8 @@ pub struct LoadReport {
     /// Time from sending each request to its answer, in microseconds: on the open loop,
     /// the server's part when the client itself falls behind the schedule.
     pub service_us: Histogram<u64>,
+    /// The same, of the 503 answers alone (how fast load is shed).
+    pub service_503_us: Histogram<u64>,
     /// Answers by HTTP status (`0`: no answer).
     pub by_status: BTreeMap<u16, u64>,
     /// Requests answered in each second of the run.
@@ -102,6 +108,9 @@ pub struct LoadReport {
     pub accepted_per_second: Vec<u64>,
     /// Attempts offered (open loop: what the schedule asked for, answered or not).
     pub attempts: u64,
+    /// Open loop with `max_in_flight`: attempts due while that many were in flight,
+    /// not sent.
+    pub skipped: u64,
     pub elapsed: Duration,
     /// The sale as `GET /api/sales/{id}` showed it before the run (none for a probe).
     pub sale: Option<SaleView>,
@@ -200,6 +209,7 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport, LoadError> {
     };
     let mut tasks = tokio::task::JoinSet::new();
     let offered = Arc::new(AtomicU64::new(0));
+    let skipped = Arc::new(AtomicU64::new(0));
 
     match plan.schedule {
         Schedule::Closed { connections } => {
@@ -253,8 +263,21 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport, LoadError> {
                     }
                 }
             });
+            let in_flight = plan
+                .max_in_flight
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
             while let Some((i, due)) = due_rx.recv().await {
                 offered.fetch_add(1, Ordering::Relaxed);
+                let place = match &in_flight {
+                    Some(limit) => match limit.clone().try_acquire_owned() {
+                        Ok(place) => Some(place),
+                        Err(_) => {
+                            skipped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let (target, plan, user, progress, live) = (
                     target.clone(),
                     plan.clone(),
@@ -264,6 +287,7 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport, LoadError> {
                 );
                 tasks.spawn(async move {
                     let run = buy(&target, &plan, user, Some(due), started).await;
+                    drop(place);
                     live.count(&run);
                     if plan.duration.is_none() {
                         progress.inc(1);
@@ -281,10 +305,12 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport, LoadError> {
         replay_mismatches: 0,
         latency_us: latency_histogram(),
         service_us: latency_histogram(),
+        service_503_us: latency_histogram(),
         by_status: BTreeMap::new(),
         per_second: Vec::new(),
         accepted_per_second: Vec::new(),
         attempts: 0,
+        skipped: 0,
         elapsed: Duration::ZERO,
         sale,
     };
@@ -297,6 +323,7 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport, LoadError> {
     ticker.abort();
     progress.finish_and_clear();
     report.attempts = offered.load(Ordering::Relaxed);
+    report.skipped = skipped.load(Ordering::Relaxed);
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -306,8 +333,11 @@ impl LoadReport {
         for &us in &run.latencies_us {
             self.latency_us.saturating_record(us);
         }
-        for &us in &run.service_us {
+        for (&us, (_, _, status)) in run.service_us.iter().zip(&run.answers) {
             self.service_us.saturating_record(us);
+            if *status == 503 {
+                self.service_503_us.saturating_record(us);
+            }
         }
         self.requests += run.requests;
         self.replay_mismatches += run.mismatch as u64;

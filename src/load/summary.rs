@@ -16,6 +16,8 @@ pub struct Summary {
     pub attempts: u64,
     /// Offered attempts per second (open loop only).
     pub offered_rps: Option<f64>,
+    /// Attempts not sent: due while `--max-in-flight` requests were in flight.
+    pub skipped: u64,
     pub throughput_rps: f64,
     pub elapsed_s: f64,
     pub accepted: u64,
@@ -104,6 +106,7 @@ impl Summary {
                 Schedule::Open { rate } => Some(rate),
                 Schedule::Closed { .. } => None,
             },
+            skipped: report.skipped,
             throughput_rps: report.throughput_rps(),
             elapsed_s: report.elapsed.as_secs_f64(),
             accepted: report.accepted.len() as u64,
@@ -124,7 +127,10 @@ impl Summary {
         let l = &self.latency_ms;
         let offered = self
             .offered_rps
-            .map(|r| format!(" (offered {r:.0} attempts/s)"))
+            .map(|r| match self.skipped {
+                0 => format!(" (offered {r:.0} attempts/s)"),
+                skipped => format!(" (offered {r:.0} attempts/s, {skipped} skipped at --max-in-flight)"),
+            })
             .unwrap_or_default();
         [
             format!(
@@ -203,6 +209,8 @@ mod tests {
             replay_mismatches: 0,
             latency_us: crate::load::latency_histogram(),
             service_us: crate::load::latency_histogram(),
+            service_503_us: crate::load::latency_histogram(),
+            skipped: 0,
             by_status: BTreeMap::new(),
             per_second: vec![],
             accepted_per_second: vec![],
