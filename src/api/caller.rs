@@ -1,16 +1,16 @@
 //! Who is calling, decided from the headers before any body is read (so a caller
 //! without credentials gets 401 before a malformed body could get 400).
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 
 use super::AppState;
 use super::error::ApiError;
 use crate::auth::AuthError;
-use crate::protect::client_ip;
+use crate::protect::{Arrival, client_ip};
 
 /// `Authorization: Bearer <token>`, the scheme compared without case (RFC 9110 §11.1).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -98,8 +98,8 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// The client's address (`crate::protect::client_ip`: the peer, or what a trusted
-/// proxy says). A request that did not come through the server's accept loop (no peer
-/// recorded) counts as loopback.
+/// proxy says). A request that did not come through the server's accept loop (no
+/// `Arrival` recorded) counts as loopback.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
@@ -112,8 +112,8 @@ impl FromRequestParts<AppState> for ClientIp {
     ) -> Result<Self, std::convert::Infallible> {
         let peer = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip())
+            .get::<Arrival>()
+            .map(|arrival| arrival.peer.ip())
             .unwrap_or(IpAddr::V6(Ipv6Addr::LOCALHOST));
         Ok(ClientIp(client_ip(peer, &parts.headers, &state.trusted_proxies)))
     }

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -125,17 +125,50 @@ struct Problem<'a> {
     detail: &'a str,
 }
 
+fn problem_bytes(status: StatusCode, code: &'static str, detail: &str) -> Vec<u8> {
+    serde_json::to_vec(&Problem {
+        kind: "about:blank",
+        title: status.canonical_reason().unwrap_or("error"),
+        status: status.as_u16(),
+        code,
+        detail,
+    })
+    .expect("a problem document always serializes")
+}
+
+/// The body of a 409 refusal with a static detail, serialized once per (code, detail)
+/// and kept for the life of the process (a handful: the refusals and order states).
+fn refusal_body(code: &'static str, detail: &'static str) -> &'static [u8] {
+    static BODIES: std::sync::OnceLock<
+        parking_lot::RwLock<std::collections::HashMap<[usize; 4], &'static [u8]>>,
+    > = std::sync::OnceLock::new();
+    // Static strings are told apart by address and length (a literal may be a prefix of
+    // another at the same address): no hashing of their text per answer.
+    let key = [
+        code.as_ptr() as usize,
+        code.len(),
+        detail.as_ptr() as usize,
+        detail.len(),
+    ];
+    let bodies = BODIES.get_or_init(Default::default);
+    if let Some(body) = bodies.read().get(&key) {
+        return body;
+    }
+    let body: &'static [u8] =
+        Box::leak(problem_bytes(StatusCode::CONFLICT, code, detail).into_boxed_slice());
+    *bodies.write().entry(key).or_insert(body)
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&Problem {
-            kind: "about:blank",
-            title: self.status.canonical_reason().unwrap_or("error"),
-            status: self.status.as_u16(),
-            code: self.code,
-            detail: &self.detail,
-        })
-        .expect("a problem document always serializes");
-        let mut response = Response::new(Body::from(body));
+        let body = match (&self.detail, self.status) {
+            // The refusals a sale answers by the thousand: written once, then shared.
+            (Cow::Borrowed(detail), StatusCode::CONFLICT) => Body::from(Bytes::from_static(
+                refusal_body(self.code, detail),
+            )),
+            _ => Body::from(problem_bytes(self.status, self.code, &self.detail)),
+        };
+        let mut response = Response::new(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(

@@ -23,7 +23,7 @@ pub use views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
 use crate::auth::{Auth, AuthError, SIGNATURE_HEADER};
 use crate::domain::{NewSale, Order, PurchaseRequest};
 use crate::engine::Engine;
-use crate::protect::{Overload, RateLimiters, ReceivedAt, TrustedProxies};
+use crate::protect::{Arrival, Overload, RateLimiters, TrustedProxies};
 use caller::{Admin, Caller, ClientIp, InFlight, bearer, forbidden, unauthorized};
 use extract::{IdempotencyKey, JsonBody, RawBody};
 
@@ -133,7 +133,7 @@ async fn purchase(
     // First: past `max_in_flight_purchases`, 503 `overloaded` before any other work.
     _in_flight: InFlight,
     State(state): State<AppState>,
-    received: Option<Extension<ReceivedAt>>,
+    arrival: Option<Extension<Arrival>>,
     Path(id): Path<String>,
     caller: Caller,
     ClientIp(ip): ClientIp,
@@ -160,7 +160,7 @@ async fn purchase(
     state
         .limits
         .admit_purchase(&sale.id, &sale.rate_limits, ip, &request.user_id)?;
-    state.overload.still_in_time(received.map(|Extension(r)| r))?;
+    state.overload.still_in_time(arrival.map(|Extension(a)| a.at))?;
     let order = state.engine.purchase_in(sale, request, key).await?;
     Ok((StatusCode::ACCEPTED, Json(OrderView::from(&*order))).into_response())
 }

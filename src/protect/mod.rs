@@ -10,5 +10,5 @@ pub mod rate;
 
 pub use breaker::{BreakerOpen, BreakerSettings, Breakers, CircuitBreaker, Permit};
 pub use client_ip::{TrustedProxies, client_ip};
-pub use overload::{Overload, OverloadLimits, ReceivedAt, Shed};
+pub use overload::{Arrival, Overload, OverloadLimits, Shed};
 pub use rate::{RateLimited, RateLimiters, RateScope};

@@ -8,9 +8,13 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// When the request's head arrived (set by the server's accept loop).
+/// Where a request came from and when its head arrived, set by the server's accept
+/// loop as one request extension (the client's address and the queue-time rule).
 #[derive(Debug, Clone, Copy)]
-pub struct ReceivedAt(pub Instant);
+pub struct Arrival {
+    pub peer: std::net::SocketAddr,
+    pub at: Instant,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverloadLimits {
@@ -63,11 +67,9 @@ impl Overload {
     }
 
     /// Whether a request received at `received` may still be decided now.
-    pub fn still_in_time(&self, received: Option<ReceivedAt>) -> Result<(), Shed> {
+    pub fn still_in_time(&self, received: Option<Instant>) -> Result<(), Shed> {
         match received {
-            Some(ReceivedAt(at)) if at.elapsed() > self.limits.max_queue_time => {
-                Err(Shed::TooLate(at.elapsed()))
-            }
+            Some(at) if at.elapsed() > self.limits.max_queue_time => Err(Shed::TooLate(at.elapsed())),
             _ => Ok(()),
         }
     }
@@ -96,8 +98,8 @@ mod tests {
             max_in_flight_purchases: 2,
             max_queue_time: Duration::from_millis(50),
         });
-        assert!(overload.still_in_time(Some(ReceivedAt(Instant::now()))).is_ok());
-        let old = ReceivedAt(Instant::now() - Duration::from_millis(80));
+        assert!(overload.still_in_time(Some(Instant::now())).is_ok());
+        let old = Instant::now() - Duration::from_millis(80);
         assert!(matches!(overload.still_in_time(Some(old)), Err(Shed::TooLate(_))));
         assert!(overload.still_in_time(None).is_ok());
     }

@@ -9,7 +9,7 @@
 //! an entry has the same size whatever the buyer id.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,8 +25,34 @@ use governor::{Quota, RateLimiter};
 
 use crate::domain::{RateLimit, RateQuota, SaleRateLimits};
 
-type Limiter<C> =
-    RateLimiter<u64, DashMapStateStore<u64, RandomState>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Limiter<C> = RateLimiter<
+    u64,
+    DashMapStateStore<u64, BuildHasherDefault<KeyIsHash>>,
+    C,
+    NoOpMiddleware<<C as Clock>::Instant>,
+>;
+
+/// The limiters' keys are already hashes (of the sale and the buyer or address, with a
+/// per-process seed): the maps use them as they are instead of hashing them again.
+#[derive(Default)]
+struct KeyIsHash(u64);
+
+impl Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for u64 keys; anything else is folded in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// What a limit is counted by; its name is the policy name in the response headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +215,7 @@ impl<C: Clock + Clone> RateLimiters<C> {
                 Arc::new(RateLimiter::dashmap_with_clock_and_hasher(
                     gcra,
                     self.clock.clone(),
-                    RandomState::default(),
+                    BuildHasherDefault::default(),
                 ))
             })
             .clone()

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
 
-use crate::protect::ReceivedAt;
+use crate::protect::Arrival;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -71,11 +70,11 @@ pub async fn serve(
         let app = app
             .clone()
             .map_request(move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
                 // The head has just been read: the start of this request's wait.
-                request
-                    .extensions_mut()
-                    .insert(ReceivedAt(std::time::Instant::now()));
+                request.extensions_mut().insert(Arrival {
+                    peer,
+                    at: std::time::Instant::now(),
+                });
                 request
             });
         let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
