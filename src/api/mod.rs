@@ -22,7 +22,7 @@ pub use views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
 
 use crate::auth::{Auth, AuthError, SIGNATURE_HEADER};
 use crate::domain::{NewSale, Order, PurchaseRequest};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::protect::{Arrival, Overload, RateLimiters, TrustedProxies};
 use caller::{Admin, Caller, ClientIp, InFlight, bearer, forbidden, unauthorized};
 use extract::{IdempotencyKey, JsonBody, RawBody};
@@ -157,11 +157,17 @@ async fn purchase(
         Caller::Admin | Caller::Anyone => {}
     }
     let sale = state.engine.sale(&id).await?;
+    let purchase = state.engine.validate(&sale, request)?;
+    // A sale known to be sold out (or outside its window) answers before the rate
+    // limits count: refusing is cheaper than metering, and nothing can be taken.
+    if let Some(refusal) = state.engine.quick_refusal(&sale, key.as_deref()) {
+        return Err(EngineError::Refused(refusal).into());
+    }
     state
         .limits
-        .admit_purchase(&sale.id, &sale.rate_limits, ip, &request.user_id)?;
+        .admit_purchase(&sale.id, &sale.rate_limits, ip, &purchase.user_id)?;
     state.overload.still_in_time(arrival.map(|Extension(a)| a.at))?;
-    let order = state.engine.purchase_in(sale, request, key).await?;
+    let order = state.engine.place_purchase(sale, purchase, key).await?;
     Ok((StatusCode::ACCEPTED, Json(OrderView::from(&*order))).into_response())
 }
 

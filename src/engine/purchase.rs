@@ -12,7 +12,9 @@ use tokio::sync::Notify;
 
 use super::{Engine, EngineError};
 use crate::bus::{BusError, OrderBus};
-use crate::domain::{Order, PurchaseRequest, Sale, now_millis, validate_purchase};
+use crate::domain::{
+    Order, PurchaseRequest, Refusal, Sale, ValidPurchase, now_millis, validate_purchase,
+};
 use crate::gate::{Decision, GateError, KeyAnswer, StockGate};
 use crate::protect::Permit;
 
@@ -70,8 +72,31 @@ impl Engine {
         request: PurchaseRequest,
         key: Option<String>,
     ) -> Result<Arc<Order>, EngineError> {
-        let purchase =
-            validate_purchase(&sale, request).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let purchase = self.validate(&sale, request)?;
+        self.place_purchase(sale, purchase, key).await
+    }
+
+    /// Checks a purchase against its sale (quantities, items, buyer id): 400 material.
+    pub fn validate(&self, sale: &Sale, request: PurchaseRequest) -> Result<ValidPurchase, EngineError> {
+        validate_purchase(sale, request).map_err(|e| EngineError::Invalid(e.to_string()))
+    }
+
+    /// The refusal a keyless purchase would surely get, if the gate can tell at once
+    /// (see `StockGate::quick_refusal`).
+    pub fn quick_refusal(&self, sale: &Sale, key: Option<&str>) -> Option<Refusal> {
+        match key {
+            None => self.gate.quick_refusal(sale, now_millis()),
+            Some(_) => None,
+        }
+    }
+
+    /// Decides a checked purchase and, when reserved, makes it durable.
+    pub async fn place_purchase(
+        &self,
+        sale: Arc<Sale>,
+        purchase: ValidPurchase,
+        key: Option<String>,
+    ) -> Result<Arc<Order>, EngineError> {
         let order_id = uuid::Uuid::now_v7().simple().to_string();
         let now = now_millis();
         let reserve = self

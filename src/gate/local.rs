@@ -489,6 +489,18 @@ impl StockGate for LocalGate {
         self.decide(sale, purchase, key, order_id, now)
     }
 
+    fn quick_refusal(&self, sale: &Sale, now: Millis) -> Option<Refusal> {
+        // The same answers `decide` gives a keyless purchase first.
+        let sales = self.sales.load();
+        let state = sales.get(&sale.id)?;
+        sale.window_refusal(now).or_else(|| {
+            state
+                .sold_out
+                .load(Ordering::SeqCst)
+                .then_some(Refusal::SoldOut)
+        })
+    }
+
     async fn confirm(&self, sale: &Sale, order: &Order) -> Result<(), GateError> {
         self.confirm_sync(sale, order)
     }

@@ -289,4 +289,12 @@ pub trait StockGate: Send + Sync + 'static {
     async fn forget_expired_keys(&self, _sale: &Sale, _now: Millis) -> Result<usize, GateError> {
         Ok(0)
     }
+
+    /// The refusal a purchase without an `Idempotency-Key` would surely get, when the
+    /// gate can tell without a round trip (the local gate: the window, or every item
+    /// sold out); `None` when it cannot. Lets a sold-out sale answer before the rate
+    /// limits are counted. Never used for keyed purchases: a key may replay its order.
+    fn quick_refusal(&self, _sale: &Sale, _now: Millis) -> Option<Refusal> {
+        None
+    }
 }

@@ -202,3 +202,25 @@ async fn a_bad_limit_setting_is_refused_at_start() {
         );
     }
 }
+
+/// A sold-out sale answers `sold_out` at once, before the limits count (nothing can be
+/// taken, and refusing is cheaper than metering); a keyed purchase, which may be a
+/// replay of an order, is still metered.
+#[tokio::test]
+async fn a_sold_out_sale_answers_before_the_limits_count() {
+    let app = server(&["--rate-per-buyer", "1/min", "--rate-per-ip", "off"]).await;
+    let sale = app.live_sale(1, 1).await;
+    assert_eq!(app.buy_from(&sale, "winner", None).await.status, 202);
+    for _ in 0..5 {
+        app.buy_from(&sale, "late", None)
+            .await
+            .assert_problem(409, "sold_out");
+    }
+    // With a key the purchase goes to the gate, metered: the first is decided there,
+    // the next is over the buyer's rate.
+    let keyed = |key: &'static str| {
+        app.purchase(&sale, json!({"user_id": "keyed"}), Some(key))
+    };
+    keyed("k1").await.assert_problem(409, "sold_out");
+    keyed("k2").await.assert_problem(429, "rate_limited");
+}
