@@ -133,7 +133,13 @@ fn token() -> impl Strategy<Value = Vec<u8>> {
 
 fn input() -> impl Strategy<Value = Input> {
     (
-        prop_oneof![Just("POST"), Just("GET"), Just("PUT"), Just("DELETE"), Just("PATCH")],
+        prop_oneof![
+            Just("POST"),
+            Just("GET"),
+            Just("PUT"),
+            Just("DELETE"),
+            Just("PATCH")
+        ],
         (0u8..8, segment(), segment()),
         proptest::option::of(prop_oneof![
             Just(b"application/json".to_vec()),
@@ -145,26 +151,36 @@ fn input() -> impl Strategy<Value = Input> {
         proptest::option::of(header_bytes()),
         body(),
     )
-        .prop_map(|(method, (route, id, extra), content_type, idempotency_key, authorization, forwarded_for, body)| {
-            let path = match route {
-                0 => "/api/sales".to_string(),
-                1 => format!("/api/sales/{id}"),
-                2 | 3 => format!("/api/sales/{id}/purchase"),
-                4 => format!("/api/orders/{id}"),
-                5 => format!("/api/orders/{id}/pay"),
-                6 => format!("/api/orders/{id}/cancel"),
-                _ => format!("/{id}/{extra}"),
-            };
-            Input {
+        .prop_map(
+            |(
                 method,
-                path,
+                (route, id, extra),
                 content_type,
                 idempotency_key,
                 authorization,
                 forwarded_for,
                 body,
-            }
-        })
+            )| {
+                let path = match route {
+                    0 => "/api/sales".to_string(),
+                    1 => format!("/api/sales/{id}"),
+                    2 | 3 => format!("/api/sales/{id}/purchase"),
+                    4 => format!("/api/orders/{id}"),
+                    5 => format!("/api/orders/{id}/pay"),
+                    6 => format!("/api/orders/{id}/cancel"),
+                    _ => format!("/{id}/{extra}"),
+                };
+                Input {
+                    method,
+                    path,
+                    content_type,
+                    idempotency_key,
+                    authorization,
+                    forwarded_for,
+                    body,
+                }
+            },
+        )
 }
 
 fn main() -> anyhow::Result<()> {
@@ -221,9 +237,9 @@ fn main() -> anyhow::Result<()> {
                     });
                     let result = runner.run(&input(), |input| {
                         run.fetch_add(1, Ordering::Relaxed);
-                        let (status, problem_code) = rt
-                            .block_on(send(&http, base, sale, &input))
-                            .map_err(|e| TestCaseError::fail(format!("no answer: {e}")))?;
+                        let (status, problem_code) =
+                            rt.block_on(send(&http, base, sale, &input))
+                                .map_err(|e| TestCaseError::fail(format!("no answer: {e}")))?;
                         statuses[(status / 100) as usize].fetch_add(1, Ordering::Relaxed);
                         prop_assert!(status < 500, "answered {status}");
                         if let Some(code) = problem_code {
@@ -235,7 +251,10 @@ fn main() -> anyhow::Result<()> {
                 })
             })
             .collect();
-        lanes.into_iter().filter_map(|l| l.join().expect("lane")).collect()
+        lanes
+            .into_iter()
+            .filter_map(|l| l.join().expect("lane"))
+            .collect()
     });
     let elapsed = started.elapsed();
     let count = run.load(Ordering::Relaxed);
@@ -269,7 +288,9 @@ async fn send(
 ) -> Result<(u16, Option<String>), reqwest::Error> {
     let path = input.path.replace("SALE", sale);
     let method = reqwest::Method::from_bytes(input.method.as_bytes()).expect("a method");
-    let mut request = http.request(method, format!("{base}{path}")).body(input.body.clone());
+    let mut request = http
+        .request(method, format!("{base}{path}"))
+        .body(input.body.clone());
     let headers = [
         ("content-type", &input.content_type),
         ("idempotency-key", &input.idempotency_key),

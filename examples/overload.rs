@@ -83,7 +83,10 @@ impl ServerProcess {
         let mut child = Command::new(&binary)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--store")
-            .arg(format!("sqlite://{}", dir.path().join("overload.db").display()))
+            .arg(format!(
+                "sqlite://{}",
+                dir.path().join("overload.db").display()
+            ))
             .arg("--config")
             .arg(dir.path().join("none.toml"))
             .args(["--trusted-proxy", "127.0.0.1"])
@@ -95,7 +98,9 @@ impl ServerProcess {
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let base = loop {
-            let line = lines.next().context("the server exited before listening")??;
+            let line = lines
+                .next()
+                .context("the server exited before listening")??;
             if let Some(base) = line.strip_prefix("flashsale listening on ") {
                 break base.to_string();
             }
@@ -174,7 +179,11 @@ fn main() -> anyhow::Result<()> {
             }
         })
     };
-    let flood = rt.block_on(load::run(plan(&sale, Schedule::Open { rate }, args.seconds)))?;
+    let flood = rt.block_on(load::run(plan(
+        &sale,
+        Schedule::Open { rate },
+        args.seconds,
+    )))?;
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
     let peak_rss = peak_rss.load(Ordering::Relaxed);
@@ -279,7 +288,9 @@ fn create_sale(rt: &tokio::runtime::Runtime, base: &str) -> anyhow::Result<Strin
     rt.block_on(async {
         let sale: serde_json::Value = reqwest::Client::new()
             .post(format!("{base}/api/sales"))
-            .json(&serde_json::json!({"name": "overload", "stock": 100_000_000, "per_user_limit": 1}))
+            .json(
+                &serde_json::json!({"name": "overload", "stock": 100_000_000, "per_user_limit": 1}),
+            )
             .send()
             .await?
             .error_for_status()?

@@ -15,11 +15,11 @@ use crate::auth::{
     Auth, AuthError, BuyerKey, MIN_ADMIN_TOKEN, MIN_AUTH_SECRET, MIN_PAYMENT_SECRET,
 };
 use crate::bus::{BusSettings, BusUrl};
-use crate::engine::EngineSettings;
 use crate::domain::RateLimit;
+use crate::engine::EngineSettings;
 use crate::gate::{GateUrl, KeyPolicy};
-use crate::protect::{BreakerSettings, OverloadLimits, TrustedProxies};
 use crate::protect::rate::RateDefaults;
+use crate::protect::{BreakerSettings, OverloadLimits, TrustedProxies};
 use crate::store::StoreUrl;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

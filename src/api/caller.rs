@@ -115,7 +115,11 @@ impl FromRequestParts<AppState> for ClientIp {
             .get::<Arrival>()
             .map(|arrival| arrival.peer.ip())
             .unwrap_or(IpAddr::V6(Ipv6Addr::LOCALHOST));
-        Ok(ClientIp(client_ip(peer, &parts.headers, &state.trusted_proxies)))
+        Ok(ClientIp(client_ip(
+            peer,
+            &parts.headers,
+            &state.trusted_proxies,
+        )))
     }
 }
 

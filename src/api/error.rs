@@ -58,12 +58,18 @@ impl From<RateLimited> for ApiError {
             RateScope::Ip => "too many requests from this address: retry after the time given",
         };
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
-            .with_header(header::RETRY_AFTER, value(limited.retry_after_secs().to_string()))
+            .with_header(
+                header::RETRY_AFTER,
+                value(limited.retry_after_secs().to_string()),
+            )
             .with_header(
                 HeaderName::from_static("ratelimit-policy"),
                 value(limited.policy_header()),
             )
-            .with_header(HeaderName::from_static("ratelimit"), value(limited.limit_header()))
+            .with_header(
+                HeaderName::from_static("ratelimit"),
+                value(limited.limit_header()),
+            )
     }
 }
 
@@ -163,9 +169,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = match (&self.detail, self.status) {
             // The refusals a sale answers by the thousand: written once, then shared.
-            (Cow::Borrowed(detail), StatusCode::CONFLICT) => Body::from(Bytes::from_static(
-                refusal_body(self.code, detail),
-            )),
+            (Cow::Borrowed(detail), StatusCode::CONFLICT) => {
+                Body::from(Bytes::from_static(refusal_body(self.code, detail)))
+            }
             _ => Body::from(problem_bytes(self.status, self.code, &self.detail)),
         };
         let mut response = Response::new(body);

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
-use axum::middleware::{self, Next};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -166,7 +166,9 @@ async fn purchase(
     state
         .limits
         .admit_purchase(&sale.id, &sale.rate_limits, ip, &purchase.user_id)?;
-    state.overload.still_in_time(arrival.map(|Extension(a)| a.at))?;
+    state
+        .overload
+        .still_in_time(arrival.map(|Extension(a)| a.at))?;
     let order = state.engine.place_purchase(sale, purchase, key).await?;
     Ok((StatusCode::ACCEPTED, Json(OrderView::from(&*order))).into_response())
 }

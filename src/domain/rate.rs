@@ -27,7 +27,9 @@ impl RateQuota {
     /// The window of the `RateLimit-Policy` header: how long a full burst takes to
     /// come back, in whole seconds (at least 1).
     pub fn window_secs(&self) -> u64 {
-        (self.interval_micros() * self.burst as u64).div_ceil(1_000_000).max(1)
+        (self.interval_micros() * self.burst as u64)
+            .div_ceil(1_000_000)
+            .max(1)
     }
 }
 
@@ -37,7 +39,10 @@ impl FromStr for RateQuota {
     fn from_str(text: &str) -> Result<Self, String> {
         let bad = || format!("{text:?} is not a rate: write e.g. `10/s`, `600/min burst 50`");
         let mut words = text.split_whitespace();
-        let (count, unit) = words.next().and_then(|w| w.split_once('/')).ok_or_else(bad)?;
+        let (count, unit) = words
+            .next()
+            .and_then(|w| w.split_once('/'))
+            .ok_or_else(bad)?;
         let count: u32 = count.parse().map_err(|_| bad())?;
         let per_ms = match unit {
             "s" | "sec" | "second" => 1_000,
@@ -158,7 +163,17 @@ mod tests {
         assert_eq!(q.window_secs(), 5);
         assert_eq!(q.to_string(), "600/min burst 50");
         assert_eq!("off".parse::<RateLimit>().unwrap(), RateLimit::Off);
-        for bad in ["", "10", "0/s", "10/day", "10/s burst", "10/s burst 0", "10/s jump 3", "-1/s", "10/s burst 5 x"] {
+        for bad in [
+            "",
+            "10",
+            "0/s",
+            "10/day",
+            "10/s burst",
+            "10/s burst 0",
+            "10/s jump 3",
+            "-1/s",
+            "10/s burst 5 x",
+        ] {
             assert!(bad.parse::<RateLimit>().is_err(), "{bad:?} was accepted");
         }
     }

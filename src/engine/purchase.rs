@@ -77,7 +77,11 @@ impl Engine {
     }
 
     /// Checks a purchase against its sale (quantities, items, buyer id): 400 material.
-    pub fn validate(&self, sale: &Sale, request: PurchaseRequest) -> Result<ValidPurchase, EngineError> {
+    pub fn validate(
+        &self,
+        sale: &Sale,
+        request: PurchaseRequest,
+    ) -> Result<ValidPurchase, EngineError> {
         validate_purchase(sale, request).map_err(|e| EngineError::Invalid(e.to_string()))
     }
 

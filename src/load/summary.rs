@@ -129,7 +129,9 @@ impl Summary {
             .offered_rps
             .map(|r| match self.skipped {
                 0 => format!(" (offered {r:.0} attempts/s)"),
-                skipped => format!(" (offered {r:.0} attempts/s, {skipped} skipped at --max-in-flight)"),
+                skipped => {
+                    format!(" (offered {r:.0} attempts/s, {skipped} skipped at --max-in-flight)")
+                }
             })
             .unwrap_or_default();
         [

@@ -97,11 +97,16 @@ impl CircuitBreaker {
 
     /// The backend answered.
     pub fn success(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 || self.open_until.load(Ordering::Relaxed) != 0 {
+        if self.failures.load(Ordering::Relaxed) != 0
+            || self.open_until.load(Ordering::Relaxed) != 0
+        {
             self.failures.store(0, Ordering::Relaxed);
             self.open_until.store(0, Ordering::Release);
             self.probing.store(false, Ordering::Release);
-            tracing::info!(backend = self.backend, "circuit closed: the backend answers again");
+            tracing::info!(
+                backend = self.backend,
+                "circuit closed: the backend answers again"
+            );
         }
     }
 
@@ -248,7 +253,10 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(3)).await;
         breaker.admit().unwrap().record(false);
-        assert_eq!(breaker.admit().unwrap_err().retry_in, Duration::from_secs(2));
+        assert_eq!(
+            breaker.admit().unwrap_err().retry_in,
+            Duration::from_secs(2)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -263,8 +271,15 @@ mod tests {
         }
         breaker.admit().unwrap();
         for _ in 0..3 {
-            let _ = breaker.call(async { Err::<(), _>("timeout") }, |e| *e == "timeout").await;
+            let _ = breaker
+                .call(async { Err::<(), _>("timeout") }, |e| *e == "timeout")
+                .await;
         }
-        assert!(breaker.call(async { Ok::<(), &str>(()) }, |_| true).await.is_err());
+        assert!(
+            breaker
+                .call(async { Ok::<(), &str>(()) }, |_| true)
+                .await
+                .is_err()
+        );
     }
 }

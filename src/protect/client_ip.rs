@@ -100,7 +100,10 @@ mod tests {
     #[test]
     fn the_header_is_ignored_unless_the_peer_is_a_trusted_proxy() {
         let forged = headers(&["6.6.6.6"]);
-        assert_eq!(client_ip(ip("1.2.3.4"), &forged, &trusted(&[])), ip("1.2.3.4"));
+        assert_eq!(
+            client_ip(ip("1.2.3.4"), &forged, &trusted(&[])),
+            ip("1.2.3.4")
+        );
         assert_eq!(
             client_ip(ip("1.2.3.4"), &forged, &trusted(&["10.0.0.0/8"])),
             ip("1.2.3.4")
@@ -112,7 +115,10 @@ mod tests {
         let proxies = trusted(&["10.0.0.0/8", "192.168.1.1"]);
         // The client wrote its own "6.6.6.6"; our proxies appended what they saw.
         let chain = headers(&["6.6.6.6, 203.0.113.7", "192.168.1.1"]);
-        assert_eq!(client_ip(ip("10.0.0.2"), &chain, &proxies), ip("203.0.113.7"));
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &chain, &proxies),
+            ip("203.0.113.7")
+        );
         // No header: the proxy itself.
         assert_eq!(
             client_ip(ip("10.0.0.2"), &HeaderMap::new(), &proxies),
@@ -120,7 +126,10 @@ mod tests {
         );
         // A garbage hop stops the walk at the last trusted address.
         let garbage = headers(&["203.0.113.7, not-an-ip"]);
-        assert_eq!(client_ip(ip("10.0.0.2"), &garbage, &proxies), ip("10.0.0.2"));
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &garbage, &proxies),
+            ip("10.0.0.2")
+        );
         // Mapped addresses count as IPv4.
         assert_eq!(
             client_ip(ip("::ffff:10.0.0.2"), &headers(&["203.0.113.9"]), &proxies),

@@ -69,7 +69,9 @@ impl Overload {
     /// Whether a request received at `received` may still be decided now.
     pub fn still_in_time(&self, received: Option<Instant>) -> Result<(), Shed> {
         match received {
-            Some(at) if at.elapsed() > self.limits.max_queue_time => Err(Shed::TooLate(at.elapsed())),
+            Some(at) if at.elapsed() > self.limits.max_queue_time => {
+                Err(Shed::TooLate(at.elapsed()))
+            }
             _ => Ok(()),
         }
     }
@@ -100,7 +102,10 @@ mod tests {
         });
         assert!(overload.still_in_time(Some(Instant::now())).is_ok());
         let old = Instant::now() - Duration::from_millis(80);
-        assert!(matches!(overload.still_in_time(Some(old)), Err(Shed::TooLate(_))));
+        assert!(matches!(
+            overload.still_in_time(Some(old)),
+            Err(Shed::TooLate(_))
+        ));
         assert!(overload.still_in_time(None).is_ok());
     }
 }

@@ -202,7 +202,12 @@ impl<C: Clock + Clone> RateLimiters<C> {
     }
 
     fn limiter(&self, quota: RateQuota) -> Arc<Limiter<C>> {
-        if let Some(limiter) = self.by_quota.read().expect("rate limiters lock").get(&quota) {
+        if let Some(limiter) = self
+            .by_quota
+            .read()
+            .expect("rate limiters lock")
+            .get(&quota)
+        {
             return limiter.clone();
         }
         let mut limiters = self.by_quota.write().expect("rate limiters lock");
@@ -274,7 +279,10 @@ mod tests {
         text.parse().unwrap()
     }
 
-    fn limiters(per_buyer: &str, per_ip: &str) -> (RateLimiters<FakeRelativeClock>, FakeRelativeClock) {
+    fn limiters(
+        per_buyer: &str,
+        per_ip: &str,
+    ) -> (RateLimiters<FakeRelativeClock>, FakeRelativeClock) {
         let clock = FakeRelativeClock::default();
         let defaults = RateDefaults {
             per_buyer: limit(per_buyer),
@@ -296,30 +304,52 @@ mod tests {
     fn a_buyer_gets_the_burst_then_one_per_interval() {
         let (limits, clock) = limiters("2/s burst 3", "off");
         for _ in 0..3 {
-            limits.admit_purchase("s", &NONE, ip("1.1.1.1"), "ann").unwrap();
+            limits
+                .admit_purchase("s", &NONE, ip("1.1.1.1"), "ann")
+                .unwrap();
         }
-        let refused = limits.admit_purchase("s", &NONE, ip("1.1.1.1"), "ann").unwrap_err();
+        let refused = limits
+            .admit_purchase("s", &NONE, ip("1.1.1.1"), "ann")
+            .unwrap_err();
         assert_eq!(refused.scope, RateScope::Buyer);
         assert_eq!(refused.retry_after, Duration::from_millis(500));
         assert_eq!(refused.retry_after_secs(), 1);
         assert_eq!(refused.policy_header(), "\"buyer\";q=3;w=2");
         assert_eq!(refused.limit_header(), "\"buyer\";r=0;t=1");
         // Another buyer, and the same buyer in another sale, count on their own.
-        limits.admit_purchase("s", &NONE, ip("1.1.1.1"), "bob").unwrap();
-        limits.admit_purchase("t", &NONE, ip("1.1.1.1"), "ann").unwrap();
+        limits
+            .admit_purchase("s", &NONE, ip("1.1.1.1"), "bob")
+            .unwrap();
+        limits
+            .admit_purchase("t", &NONE, ip("1.1.1.1"), "ann")
+            .unwrap();
         clock.advance(Duration::from_millis(500));
-        limits.admit_purchase("s", &NONE, ip("1.1.1.1"), "ann").unwrap();
-        assert!(limits.admit_purchase("s", &NONE, ip("1.1.1.1"), "ann").is_err());
+        limits
+            .admit_purchase("s", &NONE, ip("1.1.1.1"), "ann")
+            .unwrap();
+        assert!(
+            limits
+                .admit_purchase("s", &NONE, ip("1.1.1.1"), "ann")
+                .is_err()
+        );
     }
 
     #[test]
     fn an_address_is_limited_across_buyers_and_ipv6_by_its_64() {
         let (limits, _clock) = limiters("off", "1/s burst 2");
-        limits.admit_purchase("s", &NONE, ip("2001:db8::1"), "a").unwrap();
-        limits.admit_purchase("s", &NONE, ip("2001:db8::2"), "b").unwrap();
-        let refused = limits.admit_purchase("s", &NONE, ip("2001:db8::ffff:3"), "c").unwrap_err();
+        limits
+            .admit_purchase("s", &NONE, ip("2001:db8::1"), "a")
+            .unwrap();
+        limits
+            .admit_purchase("s", &NONE, ip("2001:db8::2"), "b")
+            .unwrap();
+        let refused = limits
+            .admit_purchase("s", &NONE, ip("2001:db8::ffff:3"), "c")
+            .unwrap_err();
         assert_eq!(refused.scope, RateScope::Ip);
-        limits.admit_purchase("s", &NONE, ip("2001:db8:0:1::1"), "d").unwrap();
+        limits
+            .admit_purchase("s", &NONE, ip("2001:db8:0:1::1"), "d")
+            .unwrap();
         // Other routes have their own budget.
         limits.admit_request(ip("2001:db8::9")).unwrap();
     }
@@ -332,15 +362,26 @@ mod tests {
             per_ip: Some(RateLimit::Off),
         };
         for buyer in ["a", "b", "c", "d"] {
-            limits.admit_purchase("hyped", &strict, ip("1.1.1.1"), buyer).unwrap();
+            limits
+                .admit_purchase("hyped", &strict, ip("1.1.1.1"), buyer)
+                .unwrap();
         }
-        limits.admit_purchase("hyped", &strict, ip("1.1.1.1"), "a").unwrap();
-        let refused = limits.admit_purchase("hyped", &strict, ip("1.1.1.1"), "a").unwrap_err();
+        limits
+            .admit_purchase("hyped", &strict, ip("1.1.1.1"), "a")
+            .unwrap();
+        let refused = limits
+            .admit_purchase("hyped", &strict, ip("1.1.1.1"), "a")
+            .unwrap_err();
         assert_eq!(refused.retry_after, Duration::from_secs(60));
         // The defaults still hold elsewhere: one per second per address.
-        limits.admit_purchase("plain", &NONE, ip("1.1.1.1"), "a").unwrap();
+        limits
+            .admit_purchase("plain", &NONE, ip("1.1.1.1"), "a")
+            .unwrap();
         assert_eq!(
-            limits.admit_purchase("plain", &NONE, ip("1.1.1.1"), "b").unwrap_err().scope,
+            limits
+                .admit_purchase("plain", &NONE, ip("1.1.1.1"), "b")
+                .unwrap_err()
+                .scope,
             RateScope::Ip
         );
     }
@@ -355,7 +396,11 @@ mod tests {
                 .admit_purchase("s", &NONE, ip("1.1.1.1"), &format!("buyer-{n}"))
                 .unwrap();
         }
-        assert_eq!(limits.forget_idle(), 1_000_000, "all still within their window");
+        assert_eq!(
+            limits.forget_idle(),
+            1_000_000,
+            "all still within their window"
+        );
         // One buyer is still busy at the end.
         clock.advance(Duration::from_secs(2));
         for _ in 0..10 {

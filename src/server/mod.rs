@@ -20,8 +20,8 @@ use crate::api::{self, AppParts, AppState};
 use crate::bus::{self, BusError};
 use crate::config::Config;
 use crate::engine::{self, Engine, EngineError};
-use crate::protect::{Overload, RateLimiters};
 use crate::gate::{self, GateError};
+use crate::protect::{Overload, RateLimiters};
 use crate::store::{self, StoreError};
 use crate::worker;
 

@@ -61,13 +61,17 @@ async fn a_failing_store_trips_its_breaker_and_it_closes_by_itself(backends: Bac
     let sale = app.live_sale(10, 1).await;
     app.execute_sql(SQLITE_POISON, POSTGRES_POISON).await;
     for _ in 0..3 {
-        let failed = app.purchase(&sale, json!({"user_id": "poison"}), None).await;
+        let failed = app
+            .purchase(&sale, json!({"user_id": "poison"}), None)
+            .await;
         failed.assert_problem(503, "unavailable");
         assert!(!failed.text.contains("circuit open"), "{}", failed.text);
     }
     app.execute_sql(SQLITE_CURE, POSTGRES_CURE).await;
     // The store works again, but the breaker does not call it during the cool-down.
-    let fast = app.purchase(&sale, json!({"user_id": "healthy"}), None).await;
+    let fast = app
+        .purchase(&sale, json!({"user_id": "healthy"}), None)
+        .await;
     fast.assert_problem(503, "unavailable");
     assert!(fast.text.contains("circuit open"), "{}", fast.text);
     assert_eq!(
@@ -76,7 +80,9 @@ async fn a_failing_store_trips_its_breaker_and_it_closes_by_itself(backends: Bac
         "its reservation was given back"
     );
     tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
-    let probe = app.purchase(&sale, json!({"user_id": "healthy"}), None).await;
+    let probe = app
+        .purchase(&sale, json!({"user_id": "healthy"}), None)
+        .await;
     assert_eq!(probe.status, 202, "{}", probe.text);
     let after = app.purchase(&sale, json!({"user_id": "next"}), None).await;
     assert_eq!(after.status, 202, "{}", after.text);

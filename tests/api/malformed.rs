@@ -137,12 +137,23 @@ fn forged_token(rng: &mut fastrand::Rng) -> String {
         1 => format!(
             "{}.{}.{}",
             b64(r#"{"alg":"HS256"}"#),
-            b64(&format!(r#"{{"sub":{},"exp":{}}}"#, odd_value(rng, 0), odd_number(rng))),
+            b64(&format!(
+                r#"{{"sub":{},"exp":{}}}"#,
+                odd_value(rng, 0),
+                odd_number(rng)
+            )),
             b64("not a signature")
         ),
         2 => "a.b.c".repeat(rng.usize(1..2_000)),
-        3 => flashsale::auth::mint_buyer_token(b"another-secret-that-is-long-enough", "mallory", 9_999_999_999),
-        4 => odd_string(rng).chars().filter(|c| c.is_ascii_graphic()).collect(),
+        3 => flashsale::auth::mint_buyer_token(
+            b"another-secret-that-is-long-enough",
+            "mallory",
+            9_999_999_999,
+        ),
+        4 => odd_string(rng)
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .collect(),
         _ => flashsale::auth::mint_buyer_token(SECRET.as_bytes(), &odd_string(rng), 1),
     }
 }
@@ -154,7 +165,15 @@ fn request(
 ) -> (Method, String, Vec<(HeaderName, HeaderValue)>, Vec<u8>) {
     let method = pick(
         rng,
-        &[Method::POST, Method::POST, Method::GET, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS],
+        &[
+            Method::POST,
+            Method::POST,
+            Method::GET,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ],
     )
     .clone();
     let id = id(rng, sale);
@@ -176,19 +195,33 @@ fn request(
     if rng.u8(..4) > 0 {
         let kind = pick(
             rng,
-            &["application/json", "application/json; charset=utf-8", "application/vnd.x+json", "text/plain", "application/", "json", "application/jsonx"],
+            &[
+                "application/json",
+                "application/json; charset=utf-8",
+                "application/vnd.x+json",
+                "text/plain",
+                "application/",
+                "json",
+                "application/jsonx",
+            ],
         );
         add("content-type", kind.as_bytes().to_vec());
     }
     match rng.u8(..6) {
-        0 => add("idempotency-key", "k".repeat(rng.usize(200..400)).into_bytes()),
+        0 => add(
+            "idempotency-key",
+            "k".repeat(rng.usize(200..400)).into_bytes(),
+        ),
         1 => add("idempotency-key", vec![0x80, 0xff, b'k']),
         2 => add("idempotency-key", b"key with spaces".to_vec()),
         3 => add("idempotency-key", format!("k-{}", rng.u32(..)).into_bytes()),
         _ => {}
     }
     match rng.u8(..5) {
-        0 => add("authorization", format!("Bearer {}", forged_token(rng)).into_bytes()),
+        0 => add(
+            "authorization",
+            format!("Bearer {}", forged_token(rng)).into_bytes(),
+        ),
         1 => add("authorization", b"Basic YWRtaW46YWRtaW4=".to_vec()),
         2 => add("authorization", format!("Bearer {ADMIN}x").into_bytes()),
         3 => add("authorization", b"Bearer".to_vec()),
@@ -199,7 +232,10 @@ fn request(
     }
     if rng.u8(..40) == 0 {
         // Past the header limit: 431 (or the connection closed).
-        add("x-padding", "p".repeat(rng.usize(40_000..120_000)).into_bytes());
+        add(
+            "x-padding",
+            "p".repeat(rng.usize(40_000..120_000)).into_bytes(),
+        );
     }
     (method, path, headers, body(rng))
 }
@@ -245,13 +281,20 @@ async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64) {
     let mut tasks = tokio::task::JoinSet::new();
     const LANES: usize = 16;
     for lane in 0..LANES {
-        let (client, base, addr, sale) = (app.client.clone(), app.base.clone(), addr.clone(), sale.to_string());
+        let (client, base, addr, sale) = (
+            app.client.clone(),
+            app.base.clone(),
+            addr.clone(),
+            sale.to_string(),
+        );
         let (answered, unanswered) = (answered.clone(), unanswered.clone());
         tasks.spawn(async move {
             let mut rng = fastrand::Rng::with_seed(seed + lane as u64);
             for _ in 0..STRUCTURED / LANES {
                 let (method, path, headers, body) = request(&mut rng, &sale);
-                let mut request = client.request(method.clone(), format!("{base}{path}")).body(body.clone());
+                let mut request = client
+                    .request(method.clone(), format!("{base}{path}"))
+                    .body(body.clone());
                 for (name, value) in &headers {
                     request = request.header(name, value);
                 }
@@ -271,7 +314,10 @@ async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64) {
                         );
                         if problem {
                             let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
-                            assert!(doc["code"].as_str().is_some_and(|c| !c.is_empty()), "{text}");
+                            assert!(
+                                doc["code"].as_str().is_some_and(|c| !c.is_empty()),
+                                "{text}"
+                            );
                         }
                         answered.fetch_add(1, Ordering::Relaxed);
                     }
@@ -285,7 +331,11 @@ async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64) {
                 let bytes = raw(&mut rng, &sale);
                 match send_raw(&addr, &bytes).await {
                     Some(status) => {
-                        assert!(status < 500, "raw {:?} → {status}", String::from_utf8_lossy(&bytes[..bytes.len().min(300)]));
+                        assert!(
+                            status < 500,
+                            "raw {:?} → {status}",
+                            String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+                        );
                         answered.fetch_add(1, Ordering::Relaxed);
                     }
                     None => {
@@ -298,7 +348,10 @@ async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64) {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-    (answered.load(Ordering::Relaxed), unanswered.load(Ordering::Relaxed))
+    (
+        answered.load(Ordering::Relaxed),
+        unanswered.load(Ordering::Relaxed),
+    )
 }
 
 async fn survives(app: TestServer) {
@@ -330,7 +383,14 @@ async fn ten_thousand_malformed_requests_get_no_5xx_open_mode() {
 async fn ten_thousand_malformed_requests_get_no_5xx_with_credentials() {
     let app = TestServer::spawn_on(
         Backends::Embedded,
-        &["--admin-token", ADMIN, "--auth-secret", SECRET, "--payment-secret", "payment-secret-for-tests"],
+        &[
+            "--admin-token",
+            ADMIN,
+            "--auth-secret",
+            SECRET,
+            "--payment-secret",
+            "payment-secret-for-tests",
+        ],
     )
     .await;
     survives(app).await;

@@ -12,8 +12,7 @@ use crate::helpers::{Backends, Deployment};
 
 #[tokio::test]
 async fn purchases_past_the_in_flight_limit_are_shed_at_once() {
-    let deployment =
-        Deployment::new(Backends::Embedded, &["--max-in-flight-purchases", "1"]).await;
+    let deployment = Deployment::new(Backends::Embedded, &["--max-in-flight-purchases", "1"]).await;
     // The bus answers a second late: the first purchase stays in flight that long.
     let app = deployment
         .gateway_with_env(&[("FLASHSALE_FAILPOINT", "slow-publish")])
@@ -34,7 +33,9 @@ async fn purchases_past_the_in_flight_limit_are_shed_at_once() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let shed = app.purchase(&sale, json!({"user_id": "second"}), None).await;
+    let shed = app
+        .purchase(&sale, json!({"user_id": "second"}), None)
+        .await;
     shed.assert_problem(503, "overloaded");
     assert_eq!(shed.headers["retry-after"], "1");
     assert!(
@@ -46,7 +47,9 @@ async fn purchases_past_the_in_flight_limit_are_shed_at_once() {
     assert_eq!(app.get(&format!("/api/sales/{sale}")).await.status, 200);
     assert_eq!(first.await.unwrap(), 202);
     // Once the first is answered there is room again.
-    let retried = app.purchase(&sale, json!({"user_id": "second"}), None).await;
+    let retried = app
+        .purchase(&sale, json!({"user_id": "second"}), None)
+        .await;
     assert_eq!(retried.status, 202, "{}", retried.text);
 }
 
@@ -54,8 +57,7 @@ async fn purchases_past_the_in_flight_limit_are_shed_at_once() {
 /// long) is not decided with `max_queue_time_ms` 300: 503 `timeout`, nothing reserved.
 #[tokio::test]
 async fn a_purchase_that_waited_too_long_is_refused_not_decided_late() {
-    let deployment =
-        Deployment::new(Backends::Embedded, &["--max-queue-time-ms", "300"]).await;
+    let deployment = Deployment::new(Backends::Embedded, &["--max-queue-time-ms", "300"]).await;
     let app = deployment.gateway().await;
     let sale = app.live_sale(5, 1).await;
     let send = |delay: Duration| {

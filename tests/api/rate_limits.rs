@@ -112,20 +112,34 @@ async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
     ])
     .await;
     let sale = roomy_sale(&app, json!({})).await;
-    assert_eq!(app.buy_from(&sale, "a", Some("203.0.113.1")).await.status, 202);
     assert_eq!(
-        app.buy_from(&sale, "b", Some("6.6.6.6, 203.0.113.1")).await.status,
+        app.buy_from(&sale, "a", Some("203.0.113.1")).await.status,
+        202
+    );
+    assert_eq!(
+        app.buy_from(&sale, "b", Some("6.6.6.6, 203.0.113.1"))
+            .await
+            .status,
         202
     );
     app.buy_from(&sale, "c", Some("7.7.7.7, 203.0.113.1"))
         .await
         .assert_problem(429, "rate_limited");
-    assert_eq!(app.buy_from(&sale, "d", Some("203.0.113.2")).await.status, 202);
+    assert_eq!(
+        app.buy_from(&sale, "d", Some("203.0.113.2")).await.status,
+        202
+    );
 }
 
 #[tokio::test]
 async fn a_sale_sets_its_own_limits_over_the_defaults() {
-    let app = server(&["--rate-per-buyer", "100/s", "--rate-per-ip", "1/min burst 1"]).await;
+    let app = server(&[
+        "--rate-per-buyer",
+        "100/s",
+        "--rate-per-ip",
+        "1/min burst 1",
+    ])
+    .await;
     let hyped = roomy_sale(
         &app,
         json!({"rate_limits": {"per_buyer": "1/min burst 2", "per_ip": "off"}}),
@@ -218,9 +232,7 @@ async fn a_sold_out_sale_answers_before_the_limits_count() {
     }
     // With a key the purchase goes to the gate, metered: the first is decided there,
     // the next is over the buyer's rate.
-    let keyed = |key: &'static str| {
-        app.purchase(&sale, json!({"user_id": "keyed"}), Some(key))
-    };
+    let keyed = |key: &'static str| app.purchase(&sale, json!({"user_id": "keyed"}), Some(key));
     keyed("k1").await.assert_problem(409, "sold_out");
     keyed("k2").await.assert_problem(429, "rate_limited");
 }

@@ -284,7 +284,12 @@ async fn an_acknowledged_order_the_store_refuses_is_compensated(backends: Backen
         let topic = topic.clone();
         // An error (e.g. the topic not created yet) counts as "not there yet".
         let messages = tokio::task::spawn_blocking(move || {
-            flashsale::bus::kafka::read_after_committed("127.0.0.1:9092", &topic, "events-reader", true)
+            flashsale::bus::kafka::read_after_committed(
+                "127.0.0.1:9092",
+                &topic,
+                "events-reader",
+                true,
+            )
         })
         .await
         .unwrap()
