@@ -3,6 +3,7 @@
 mod caller;
 mod error;
 mod extract;
+pub mod openapi;
 mod views;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::engine::{Engine, EngineError};
 use crate::protect::{Arrival, Overload, RateLimiters, TrustedProxies};
 use caller::{Admin, Caller, ClientIp, InFlight, bearer, forbidden, unauthorized};
 use extract::{IdempotencyKey, JsonBody, RawBody};
+use openapi::Problem;
 
 /// What the handlers share: one `Arc`, so that a request's clones of the state (one per
 /// `State` extractor) cost one reference count, not one per part.
@@ -77,6 +79,11 @@ pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -
         .merge(buyer_reads)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .url("/docs/openapi.json", openapi::document()),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -93,6 +100,16 @@ pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -
         .with_state(state)
 }
 
+/// Creates a sale (admin).
+#[utoipa::path(post, path = "/api/sales", tag = "sales", request_body = NewSale,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "The sale, with its `id` (also in `Location`)", body = SaleView),
+        (status = 400, description = "`invalid_request`: malformed JSON, wrong or unknown fields, bad stock, items, limit, window or rate limits", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`: no or a wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`: not JSON", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn create_sale(
     State(state): State<AppState>,
     _: Admin,
@@ -109,6 +126,15 @@ async fn create_sale(
         .into_response())
 }
 
+/// A sale and its remaining stock.
+#[utoipa::path(get, path = "/api/sales/{id}", tag = "sales",
+    params(("id" = String, Path, description = "The sale's id")),
+    responses(
+        (status = 200, description = "The sale", body = SaleView),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: this address is over `rate_per_ip` (`Retry-After`, `RateLimit-Policy`, `RateLimit`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: the gate or the store is failing", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn get_sale(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -129,6 +155,27 @@ async fn limit_by_address(
     }
 }
 
+/// Buys: 202 once the order is durable, or a refusal with its code.
+#[utoipa::path(post, path = "/api/sales/{id}/purchase", tag = "purchases",
+    request_body = PurchaseRequest,
+    params(
+        ("id" = String, Path, description = "The sale's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key gets the same order")
+    ),
+    security((), ("buyer_token" = [])),
+    responses(
+        (status = 202, description = "The order, durable", body = OrderView),
+        (status = 400, description = "`invalid_request`: malformed body, bad quantity or items, bad `Idempotency-Key`, `user_id` given with buyer tokens on", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`: buyer tokens are on and the token is missing, expired or forged", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: the admin token does not buy", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sold_out`, `limit_reached`, `not_started`, `ended`, `request_in_progress`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`idempotency_key_reused`: the key was used for another purchase", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited` (`Retry-After`, `RateLimit-Policy`, `RateLimit`) or `too_many_keys`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` (too many in flight), `timeout` (waited too long), `unavailable` (a backend failing); `Retry-After`", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn purchase(
     // First: past `max_in_flight_purchases`, 503 `overloaded` before any other work.
     _in_flight: InFlight,
@@ -183,6 +230,17 @@ async fn visible_order(state: &AppState, caller: &Caller, id: &str) -> Result<Or
     }
 }
 
+/// An order and its history (a buyer: only their own).
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "The order's id")),
+    security((), ("buyer_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The order", body = OrderDetail),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`order_not_found` (also another buyer's order)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -194,6 +252,21 @@ async fn get_order(
 
 /// Payment confirmation: the payment service (signature) or the operator (admin
 /// token); never the buyer. Open only in development mode (nothing configured).
+/// Confirms payment: the payment service (`Flashsale-Signature`) or the operator.
+#[utoipa::path(post, path = "/api/orders/{id}/pay", tag = "orders",
+    params(
+        ("id" = String, Path, description = "The order's id"),
+        ("Flashsale-Signature" = Option<String>, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of t.order_id.body>`")
+    ),
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The order, paid", body = OrderDetail),
+        (status = 401, description = "`unauthorized`: no, a forged or a stale signature", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: a buyer cannot confirm a payment", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`order_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`expired`, `cancelled`, `failed`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn pay_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -236,6 +309,18 @@ fn check_payment_caller(
         .map_err(unauthorized)
 }
 
+/// Cancels an unpaid order; its units go back on sale.
+#[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = "orders",
+    params(("id" = String, Path, description = "The order's id")),
+    security((), ("buyer_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The order, cancelled", body = OrderDetail),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`order_not_found` (also another buyer's order)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`expired`, `paid`, `failed`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn cancel_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -257,11 +342,26 @@ async fn detail(state: &AppState, order: Order) -> Result<Json<OrderDetail>, Api
     Ok(Json(OrderDetail::new(&order, history, failure)))
 }
 
+/// The API's OpenAPI document (see `openapi`).
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json")))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi::document())
+}
+
 /// A constant answer: the reference route of the HTTP ceiling benchmark.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Whether the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "`ready`", body = String, content_type = "text/plain"),
+        (status = 503, description = "`unavailable`: the store does not answer", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state.engine.ping().await?;
     Ok("ready")

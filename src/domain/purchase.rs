@@ -9,7 +9,7 @@ use super::{Millis, Sale};
 pub type Units = Vec<(usize, u32)>;
 
 /// Body of `POST /api/sales/{id}/purchase`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
     /// The buyer when buyer tokens are off; with them on, the token names the buyer and
@@ -127,7 +127,7 @@ pub fn validate_purchase(
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Pending,

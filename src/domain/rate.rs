@@ -134,12 +134,18 @@ impl<'de> Deserialize<'de> for RateLimit {
 }
 
 /// A sale's own limits for its purchases; what is absent is the gateway's default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct SaleRateLimits {
+    /// Purchases per buyer in this sale: `10/s`, `600/min burst 50`, or `off`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "1/s burst 3")]
     pub per_buyer: Option<RateLimit>,
+    /// Purchases per client address in this sale, written the same way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "off")]
     pub per_ip: Option<RateLimit>,
 }
 

@@ -11,7 +11,7 @@ const MAX_STOCK: u32 = 100_000_000;
 const MAX_PER_USER_LIMIT: u32 = 10_000;
 
 /// Body of `POST /api/sales`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSale {
     pub name: String,
@@ -22,8 +22,10 @@ pub struct NewSale {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_user_limit: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub starts_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub ends_at: Option<DateTime<Utc>>,
     /// Seconds a buyer has to pay; 0 (the default) means an order is paid when placed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,7 +35,7 @@ pub struct NewSale {
     pub rate_limits: Option<SaleRateLimits>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewItem {
     pub id: String,
@@ -60,7 +62,7 @@ pub struct Sale {
     pub rate_limits: SaleRateLimits,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SaleStatus {
     Scheduled,

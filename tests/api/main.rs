@@ -14,6 +14,7 @@ mod failures;
 mod lifecycle;
 mod load;
 mod malformed;
+mod openapi;
 mod overload;
 mod protection;
 mod rate_limits;

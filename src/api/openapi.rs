@@ -1,0 +1,92 @@
+//! The API's description (`GET /openapi.json`, OpenAPI 3.1 by utoipa, from the handlers'
+//! own annotations) and an explorer to try it (`GET /docs`, Swagger UI, vendored into
+//! the binary: no CDN, works offline).
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
+use crate::domain::{NewItem, NewSale, OrderStatus, PurchaseRequest, SaleRateLimits, SaleStatus};
+
+/// Every refusal: `application/problem+json` (RFC 9457) with a stable `code`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Described, not built: `error::Problem` writes the same fields.
+pub struct Problem {
+    /// Always `about:blank`.
+    #[schema(rename = "type")]
+    kind: String,
+    /// The HTTP reason phrase.
+    title: String,
+    status: u16,
+    /// The stable error code (`sold_out`, `rate_limited`, …).
+    code: String,
+    /// For people: what went wrong.
+    detail: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "flashsale",
+        description = "A flash-sale engine: every unit sold once, to buyers who may buy. \
+                       Refusals are problem documents with a stable `code`."
+    ),
+    paths(
+        super::create_sale,
+        super::get_sale,
+        super::purchase,
+        super::get_order,
+        super::pay_order,
+        super::cancel_order,
+        super::healthz,
+        super::readyz,
+        super::openapi_json,
+    ),
+    components(schemas(
+        NewSale, NewItem, SaleRateLimits, PurchaseRequest, SaleView, ItemView, SaleStatus,
+        OrderView, OrderDetail, HistoryEntry, OrderStatus, Problem
+    )),
+    modifiers(&Credentials),
+    tags(
+        (name = "sales", description = "Creating and reading sales"),
+        (name = "purchases", description = "Buying"),
+        (name = "orders", description = "An order's life: read, pay, cancel"),
+        (name = "operations", description = "Probes"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The two bearer credentials: buyer tokens (JWT) and the admin token.
+struct Credentials;
+
+impl Modify for Credentials {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "buyer_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A buyer's token (`sub` is the buyer), when buyer tokens are on",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The operator's admin token"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document, as served.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
