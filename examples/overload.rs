@@ -114,14 +114,18 @@ impl ServerProcess {
     }
 
     fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        rss_kb(self.child.id())
     }
+}
+
+/// A process's resident memory, from `/proc` (0 when unreadable).
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -168,13 +172,7 @@ fn main() -> anyhow::Result<()> {
         let pid = server.child.id();
         std::thread::spawn(move || {
             while on.load(Ordering::Relaxed) {
-                let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .unwrap_or_default()
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                    .unwrap_or(0);
-                peak.fetch_max(rss, Ordering::Relaxed);
+                peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
