@@ -31,6 +31,7 @@ fn sale(stock: u32) -> Sale {
         ends_at: None,
         payment_window: 0,
         rate_limits: Default::default(),
+        paused: false,
         created_at: 0,
     }
 }

@@ -65,6 +65,7 @@ async fn gate_bytes_per_buyer(buyers: u64) -> anyhow::Result<()> {
         ends_at: None,
         payment_window: 0,
         rate_limits: Default::default(),
+        paused: false,
         created_at: 0,
     };
     // The purchases are made before counting: only what the gate keeps is measured.

@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         ends_at: None,
         payment_window: 0,
         rate_limits: Default::default(),
+        paused: false,
         created_at: 0,
     });
     gate.open_sale(&sale).await?;

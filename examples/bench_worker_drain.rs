@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         ends_at: None,
         payment_window: 0,
         rate_limits: Default::default(),
+        paused: false,
         created_at: 0,
     };
     let orders: Vec<Order> = (0..orders_n)

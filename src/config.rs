@@ -56,6 +56,9 @@ pub struct Config {
     pub insecure: bool,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// Largest body of `POST /api/sales`, in bytes: a sale of thousands of seats lists
+    /// each (10,000 seats take ~300 KiB).
+    pub sale_body_limit: usize,
     /// Connections open at once; beyond it a new connection is closed at once.
     pub max_connections: usize,
     /// A request's header must arrive within this, in ms; an idle keep-alive connection
@@ -139,6 +142,7 @@ impl Default for Config {
             payment_tolerance_s: 300,
             insecure: false,
             body_limit: 16 * 1024,
+            sale_body_limit: 1024 * 1024,
             max_connections: 10_000,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
@@ -299,6 +303,12 @@ impl Config {
         self.validate_credentials()?;
         if self.body_limit == 0 || self.body_limit > 64 * 1024 * 1024 {
             return Err(invalid("body_limit", "must be between 1 byte and 64 MiB"));
+        }
+        if self.sale_body_limit == 0 || self.sale_body_limit > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "sale_body_limit",
+                "must be between 1 byte and 64 MiB",
+            ));
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));

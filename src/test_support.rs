@@ -80,6 +80,23 @@ impl OrderStore for FaultyStore {
     async fn list_sales(&self) -> Result<Vec<Sale>, StoreError> {
         self.inner.list_sales().await
     }
+    async fn set_window(
+        &self,
+        id: &str,
+        starts_at: Millis,
+        ends_at: Option<Millis>,
+        paused: bool,
+    ) -> Result<Option<Sale>, StoreError> {
+        self.inner.set_window(id, starts_at, ends_at, paused).await
+    }
+    async fn add_stock(
+        &self,
+        sale_id: &str,
+        item_id: &str,
+        units: u32,
+    ) -> Result<Option<Sale>, StoreError> {
+        self.inner.add_stock(sale_id, item_id, units).await
+    }
     async fn insert_orders(&self, orders: &[Order]) -> Result<Vec<InsertOutcome>, StoreError> {
         let outcomes = self.inner.insert_orders(orders).await?;
         if *self.lose_commit_answers.lock() {

@@ -103,6 +103,7 @@ impl From<EngineError> for ApiError {
                     Refusal::LimitReached => "this buyer has reached the sale's per-user limit",
                     Refusal::NotStarted => "the sale has not started yet",
                     Refusal::Ended => "the sale has ended",
+                    Refusal::Paused => "the sale is paused; try again when it resumes",
                 };
                 return Self::new(StatusCode::CONFLICT, refusal.code(), detail);
             }

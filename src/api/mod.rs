@@ -1,6 +1,7 @@
 //! The HTTP API (DESIGN.md §3): routes, handlers, and how errors look.
 
 mod caller;
+mod controls;
 mod error;
 mod extract;
 pub mod openapi;
@@ -60,11 +61,20 @@ pub struct AppParts {
     pub overload: Arc<Overload>,
 }
 
-pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -> Router {
+/// How large request bodies may be: a sale of several thousand seats is larger than
+/// any purchase, so creating one has its own limit.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub default: usize,
+    pub create_sale: usize,
+}
+
+pub fn router(state: AppState, body_limits: BodyLimits, body_read_timeout: Duration) -> Router {
     // The buyers' other routes count against their address's budget (purchases count
     // in the handler, per sale). Server-to-server routes (admin, payment confirmations)
     // are authenticated and not limited by address.
     let buyer_reads = Router::new()
+        .route("/api/sales", get(list_sales))
         .route("/api/sales/{id}", get(get_sale))
         .route("/api/orders/{id}", get(get_order))
         .route("/api/orders/{id}/cancel", post(cancel_order))
@@ -73,7 +83,14 @@ pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -
             limit_by_address,
         ));
     Router::new()
-        .route("/api/sales", post(create_sale))
+        .route(
+            "/api/sales",
+            post(create_sale).layer(DefaultBodyLimit::max(body_limits.create_sale)),
+        )
+        .route("/api/sales/{id}/end", post(controls::end_sale))
+        .route("/api/sales/{id}/pause", post(controls::pause_sale))
+        .route("/api/sales/{id}/resume", post(controls::resume_sale))
+        .route("/api/sales/{id}/stock", post(controls::add_stock))
         .route("/api/sales/{id}/purchase", post(purchase))
         .route("/api/orders/{id}/pay", post(pay_order))
         .merge(buyer_reads)
@@ -86,7 +103,7 @@ pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(body_limits.default))
         // A body that trickles in is cut off (its read fails: 408, see `extract`).
         .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
         .layer(CatchPanicLayer::custom(|_| {
@@ -124,6 +141,18 @@ async fn create_sale(
         Json(view),
     )
         .into_response())
+}
+
+/// The sales, newest first (at most 100), with their remaining stock.
+#[utoipa::path(get, path = "/api/sales", tag = "sales",
+    responses(
+        (status = 200, description = "The sales", body = Vec<SaleView>),
+        (status = 429, description = "`rate_limited`: this address is over `rate_per_ip`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: the gate or the store is failing", body = Problem, content_type = "application/problem+json")
+    ))]
+async fn list_sales(State(state): State<AppState>) -> Result<Json<Vec<SaleView>>, ApiError> {
+    let sales = state.engine.recent_sales(100).await?;
+    Ok(Json(sales.into_iter().map(SaleView::from).collect()))
 }
 
 /// A sale and its remaining stock.

@@ -6,7 +6,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
-use crate::domain::{NewItem, NewSale, OrderStatus, PurchaseRequest, SaleRateLimits, SaleStatus};
+use crate::domain::{
+    AddStock, NewItem, NewSale, OrderStatus, PurchaseRequest, SaleRateLimits, SaleStatus,
+};
 
 /// Every refusal: `application/problem+json` (RFC 9457) with a stable `code`.
 #[derive(ToSchema)]
@@ -33,7 +35,12 @@ pub struct Problem {
     ),
     paths(
         super::create_sale,
+        super::list_sales,
         super::get_sale,
+        super::controls::end_sale,
+        super::controls::pause_sale,
+        super::controls::resume_sale,
+        super::controls::add_stock,
         super::purchase,
         super::get_order,
         super::pay_order,
@@ -43,12 +50,13 @@ pub struct Problem {
         super::openapi_json,
     ),
     components(schemas(
-        NewSale, NewItem, SaleRateLimits, PurchaseRequest, SaleView, ItemView, SaleStatus,
+        NewSale, NewItem, AddStock, SaleRateLimits, PurchaseRequest, SaleView, ItemView, SaleStatus,
         OrderView, OrderDetail, HistoryEntry, OrderStatus, Problem
     )),
     modifiers(&Credentials),
     tags(
         (name = "sales", description = "Creating and reading sales"),
+        (name = "controls", description = "An operator's controls of a running sale (admin)"),
         (name = "purchases", description = "Buying"),
         (name = "orders", description = "An order's life: read, pay, cancel"),
         (name = "operations", description = "Probes"),

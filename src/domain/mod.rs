@@ -10,7 +10,7 @@ pub use purchase::{
     valid_user_id, validate_purchase,
 };
 pub use rate::{RateLimit, RateQuota, SaleRateLimits};
-pub use sale::{DEFAULT_ITEM, Item, NewItem, NewSale, Sale, SaleError, SaleStatus};
+pub use sale::{AddStock, DEFAULT_ITEM, Item, NewItem, NewSale, Sale, SaleError, SaleStatus};
 
 /// Milliseconds since the Unix epoch. All times in the engine are UTC millis; the API
 /// renders them as RFC 3339.
@@ -27,6 +27,8 @@ pub enum Refusal {
     LimitReached,
     NotStarted,
     Ended,
+    /// An operator paused the sale (`POST /api/sales/{id}/pause`).
+    Paused,
 }
 
 impl Refusal {
@@ -36,6 +38,7 @@ impl Refusal {
             Refusal::LimitReached => "limit_reached",
             Refusal::NotStarted => "not_started",
             Refusal::Ended => "ended",
+            Refusal::Paused => "paused",
         }
     }
 
@@ -45,6 +48,7 @@ impl Refusal {
             "limit_reached" => Refusal::LimitReached,
             "not_started" => Refusal::NotStarted,
             "ended" => Refusal::Ended,
+            "paused" => Refusal::Paused,
             _ => return None,
         })
     }

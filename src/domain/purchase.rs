@@ -287,6 +287,7 @@ mod tests {
             ends_at: None,
             payment_window: 0,
             rate_limits: Default::default(),
+            paused: false,
             created_at: 0,
         }
     }

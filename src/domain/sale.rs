@@ -35,6 +35,17 @@ pub struct NewSale {
     pub rate_limits: Option<SaleRateLimits>,
 }
 
+/// Body of `POST /api/sales/{id}/stock`: units added to one item's stock.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddStock {
+    /// The item; may be left out when the sale has one item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
+    /// Units added, at least 1.
+    pub units: u32,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewItem {
@@ -60,6 +71,9 @@ pub struct Sale {
     pub created_at: Millis,
     #[serde(default, skip_serializing_if = "SaleRateLimits::is_default")]
     pub rate_limits: SaleRateLimits,
+    /// Paused by an operator: purchases are refused `paused` until it is resumed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -67,6 +81,7 @@ pub struct Sale {
 pub enum SaleStatus {
     Scheduled,
     Live,
+    Paused,
     SoldOut,
     Ended,
 }
@@ -152,6 +167,7 @@ impl NewSale {
             payment_window: self.payment_window.unwrap_or(0),
             created_at: now,
             rate_limits: self.rate_limits.unwrap_or_default(),
+            paused: false,
         })
     }
 }
@@ -159,6 +175,29 @@ impl NewSale {
 impl Sale {
     pub fn total_stock(&self) -> u64 {
         self.items.iter().map(|i| i.stock as u64).sum()
+    }
+
+    /// The item an addition of stock goes to, if the addition is valid.
+    pub fn stock_addition(&self, add: &AddStock) -> Result<usize, SaleError> {
+        let index = match add.item.as_deref() {
+            Some(id) => self
+                .item_index(id)
+                .ok_or_else(|| invalid(format!("the sale has no item {id:?}")))?,
+            None if self.items.len() == 1 => 0,
+            None => return Err(invalid("`item` is required: the sale has several items")),
+        };
+        let total = self.items[index].stock as u64 + add.units as u64;
+        if add.units == 0 || total > MAX_STOCK as u64 {
+            return Err(invalid(format!(
+                "units must be at least 1, and an item's stock at most {MAX_STOCK}"
+            )));
+        }
+        Ok(index)
+    }
+
+    /// Whether the sale's window has closed at `now` (an operator's end included).
+    pub fn has_ended(&self, now: Millis) -> bool {
+        self.ends_at.is_some_and(|end| now >= end)
     }
 
     pub fn item_index(&self, id: &str) -> Option<usize> {
@@ -171,6 +210,8 @@ impl Sale {
             Some(Refusal::NotStarted)
         } else if self.ends_at.is_some_and(|end| now >= end) {
             Some(Refusal::Ended)
+        } else if self.paused {
+            Some(Refusal::Paused)
         } else {
             None
         }
@@ -179,6 +220,7 @@ impl Sale {
     pub fn status(&self, now: Millis, remaining_total: u64) -> SaleStatus {
         match self.window_refusal(now) {
             Some(Refusal::NotStarted) => SaleStatus::Scheduled,
+            Some(Refusal::Paused) => SaleStatus::Paused,
             Some(_) => SaleStatus::Ended,
             None if remaining_total == 0 => SaleStatus::SoldOut,
             None => SaleStatus::Live,
@@ -201,6 +243,38 @@ mod tests {
             payment_window: None,
             rate_limits: None,
         }
+    }
+
+    #[test]
+    fn stock_additions() {
+        let sale = new_sale().into_sale("s".into(), 100).unwrap();
+        let add = |item: Option<&str>, units| AddStock {
+            item: item.map(String::from),
+            units,
+        };
+        assert_eq!(sale.stock_addition(&add(None, 5)), Ok(0));
+        assert_eq!(sale.stock_addition(&add(Some(DEFAULT_ITEM), 5)), Ok(0));
+        assert!(sale.stock_addition(&add(None, 0)).is_err());
+        assert!(sale.stock_addition(&add(Some("nope"), 1)).is_err());
+        assert!(sale.stock_addition(&add(None, MAX_STOCK)).is_err());
+        let mut seats = sale.clone();
+        seats.items.push(Item {
+            id: "A-2".into(),
+            stock: 1,
+        });
+        assert!(seats.stock_addition(&add(None, 1)).is_err());
+        assert_eq!(seats.stock_addition(&add(Some("A-2"), 1)), Ok(1));
+    }
+
+    #[test]
+    fn a_paused_sale_refuses_paused_inside_its_window_only() {
+        let mut sale = new_sale().into_sale("s".into(), 100).unwrap();
+        sale.ends_at = Some(200);
+        sale.paused = true;
+        assert_eq!(sale.window_refusal(150), Some(Refusal::Paused));
+        assert_eq!(sale.status(150, 3), SaleStatus::Paused);
+        assert_eq!(sale.window_refusal(99), Some(Refusal::NotStarted));
+        assert_eq!(sale.window_refusal(250), Some(Refusal::Ended));
     }
 
     #[test]

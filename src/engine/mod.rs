@@ -7,7 +7,9 @@
 //! - `recovery.rs`: the one place that rebuilds a sale the gate lost.
 //! - `sweeper.rs`: the periodic pass that expires unpaid orders and finishes releases.
 //! - `sales.rs`: creating sales and reading them (a cache; a read never rebuilds).
+//! - `controls.rs`: an operator ends, pauses, resumes a sale or adds stock.
 
+mod controls;
 mod orders;
 mod purchase;
 mod recovery;

@@ -16,7 +16,8 @@ pub struct SaleState {
     pub remaining: Vec<u32>,
 }
 
-/// The sales this process has seen (sales do not change once created).
+/// The sales this process has seen; an operator's changes made through another gateway
+/// arrive with the sweeper (`controls::sync_sales`).
 #[derive(Default)]
 pub(super) struct SaleCache(RwLock<HashMap<String, Arc<Sale>>>);
 
@@ -61,6 +62,35 @@ impl Engine {
         let sale = Arc::new(sale);
         self.sales.insert(sale.clone());
         Ok(sale)
+    }
+
+    /// The `limit` most recent sales of the store, with their remaining stock (a sale the
+    /// gate cannot answer for is left out and logged).
+    pub async fn recent_sales(&self, limit: usize) -> Result<Vec<SaleState>, EngineError> {
+        let mut sales = self
+            .breakers
+            .store
+            .call(self.store.list_sales(), |_| true)
+            .await??;
+        sales.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        sales.truncate(limit);
+        let mut states = Vec::with_capacity(sales.len());
+        for stored in sales {
+            // The cached copy is the one this gateway applied to its gate.
+            let sale = match self.sales.get(&stored.id) {
+                Some(cached) => cached,
+                None => {
+                    let sale = Arc::new(stored);
+                    self.sales.insert(sale.clone());
+                    sale
+                }
+            };
+            match self.gate.remaining(&sale).await {
+                Ok(remaining) => states.push(SaleState { sale, remaining }),
+                Err(e) => tracing::warn!(sale = %sale.id, error = %e, "sale left out of the list"),
+            }
+        }
+        Ok(states)
     }
 
     pub async fn sale_state(&self, id: &str) -> Result<SaleState, EngineError> {

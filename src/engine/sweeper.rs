@@ -85,6 +85,7 @@ impl Engine {
             }
         }
         self.sweep_holds(&mut sweep).await?;
+        self.sync_sales().await;
         for sale in self.sales.all() {
             match self.gate.forget_expired_keys(&sale, now_millis()).await {
                 Ok(n) => sweep.keys_forgotten += n,

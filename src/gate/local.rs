@@ -32,6 +32,9 @@ pub struct LocalGate {
 
 struct SaleState {
     remaining: Box<[AtomicU32]>,
+    /// Each item's stock as the gate last saw it: an operator's added stock grows
+    /// `remaining` by the difference, once (`update_sale`).
+    totals: Mutex<Vec<u32>>,
     /// Whether every item is gone: read without a lock, written only under
     /// `sold_out_lock` (see `refresh_sold_out`).
     sold_out: AtomicBool,
@@ -193,9 +196,10 @@ impl Shard {
 }
 
 impl SaleState {
-    fn new(remaining: impl Iterator<Item = u32>) -> SaleState {
+    fn new(remaining: impl Iterator<Item = u32>, totals: Vec<u32>) -> SaleState {
         let state = SaleState {
             remaining: remaining.map(AtomicU32::new).collect(),
+            totals: Mutex::new(totals),
             sold_out: AtomicBool::new(false),
             sold_out_lock: Mutex::new(()),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -254,6 +258,10 @@ impl SaleState {
         let none_left = self.remaining.iter().all(|r| r.load(Ordering::SeqCst) == 0);
         self.sold_out.store(none_left, Ordering::SeqCst);
     }
+}
+
+fn totals(sale: &Sale) -> Vec<u32> {
+    sale.items.iter().map(|i| i.stock).collect()
 }
 
 impl LocalGate {
@@ -431,7 +439,12 @@ impl LocalGate {
 #[async_trait]
 impl StockGate for LocalGate {
     async fn open_sale(&self, sale: &Sale) -> Result<(), GateError> {
-        let state = || Arc::new(SaleState::new(sale.items.iter().map(|i| i.stock)));
+        let state = || {
+            Arc::new(SaleState::new(
+                sale.items.iter().map(|i| i.stock),
+                totals(sale),
+            ))
+        };
         self.set_state(sale, state, false);
         Ok(())
     }
@@ -453,7 +466,7 @@ impl StockGate for LocalGate {
             item.stock
                 .saturating_sub(snapshot.sold.get(i).copied().unwrap_or(0))
         });
-        let state = SaleState::new(remaining);
+        let state = SaleState::new(remaining, totals(sale));
         for (user, &units) in &snapshot.buyers {
             let mut shard = self.shard(&state, user).lock();
             shard.units.insert(user.as_str().into(), units);
@@ -487,6 +500,24 @@ impl StockGate for LocalGate {
         now: Millis,
     ) -> Result<Decision, GateError> {
         self.decide(sale, purchase, key, order_id, now)
+    }
+
+    async fn update_sale(&self, sale: &Sale) -> Result<(), GateError> {
+        // The window and the pause are read from `sale` on every decision: only the
+        // stock is the gate's own.
+        let state = self.state(sale)?;
+        let mut totals = state.totals.lock();
+        let mut added = Vec::new();
+        for (i, item) in sale.items.iter().enumerate() {
+            if let Some(total) = totals.get_mut(i)
+                && item.stock > *total
+            {
+                added.push((i, item.stock - *total));
+                *total = item.stock;
+            }
+        }
+        state.give_back(&added);
+        Ok(())
     }
 
     fn quick_refusal(&self, sale: &Sale, now: Millis) -> Option<Refusal> {

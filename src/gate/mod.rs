@@ -281,6 +281,12 @@ pub trait StockGate: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Applies an operator's change of the sale: its window and pause (`ends_at`,
+    /// `paused`), and stock added to its items (`items[i].stock` is the store's total:
+    /// the gate adds the difference with the total it last saw, never takes units away).
+    /// Idempotent: a retry, or an older total arriving late, changes nothing.
+    async fn update_sale(&self, sale: &Sale) -> Result<(), GateError>;
+
     /// Remaining units per item index.
     async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError>;
 

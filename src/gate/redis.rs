@@ -37,6 +37,7 @@ pub struct RedisGate {
     drop_hold: Script,
     restore: Script,
     lease: Script,
+    update: Script,
     keys: KeyPolicy,
     /// sale id → when this gateway saw it sold out.
     sold_out: Arc<RwLock<HashMap<String, Instant>>>,
@@ -113,6 +114,7 @@ impl RedisGate {
             drop_hold: Script::new(include_str!("lua/drop_hold.lua")),
             restore: Script::new(include_str!("lua/restore.lua")),
             lease: Script::new(include_str!("lua/lease.lua")),
+            update: Script::new(include_str!("lua/update.lua")),
             keys: KeyPolicy::default(),
             sold_out,
             _restock_listener: AbortOnDrop(listener),
@@ -296,8 +298,9 @@ impl StockGate for RedisGate {
             .arg(sale.items.len());
         for (i, item) in sale.items.iter().enumerate() {
             let sold = snapshot.sold.get(i).copied().unwrap_or(0);
-            call.arg(item.stock.saturating_sub(sold));
+            call.arg(item.stock.saturating_sub(sold)).arg(item.stock);
         }
+        call.arg(sale.paused as u8);
         call.arg(snapshot.buyers.len());
         for (user, units) in &snapshot.buyers {
             call.arg(user).arg(units);
@@ -326,6 +329,26 @@ impl StockGate for RedisGate {
                 sale.id.clone(),
                 "the rebuild lease was lost",
             )),
+        }
+    }
+
+    async fn update_sale(&self, sale: &Sale) -> Result<(), GateError> {
+        let keys = SaleKeys::new(&sale.id);
+        let mut call = self.update.key(&keys.meta);
+        call.key(&keys.stock)
+            .arg(sale.starts_at)
+            .arg(sale.ends_at.map(|e| e.to_string()).unwrap_or_default())
+            .arg(sale.paused as u8)
+            .arg(&sale.id);
+        for item in &sale.items {
+            call.arg(item.stock);
+        }
+        let mut conn = self.conn.clone();
+        let outcome: String = self.bounded(call.invoke_async(&mut conn)).await?;
+        self.sold_out.write().remove(&sale.id);
+        match outcome.as_str() {
+            "updated" => Ok(()),
+            _ => Err(GateError::UnknownSale(sale.id.clone())),
         }
     }
 

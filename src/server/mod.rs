@@ -112,7 +112,14 @@ impl Server {
             trusted_proxies: Arc::new(config.trusted_proxies().map_err(StartError::Config)?),
             overload: Arc::new(Overload::new(config.overload_limits())),
         });
-        let app = api::router(state, config.body_limit, config.body_read_timeout());
+        let app = api::router(
+            state,
+            api::BodyLimits {
+                default: config.body_limit,
+                create_sale: config.sale_body_limit,
+            },
+            config.body_read_timeout(),
+        );
 
         let stop_sweeper = CancellationToken::new();
         let sweeper = tokio::spawn(engine::run_sweeper(

@@ -44,6 +44,23 @@ pub trait OrderStore: Send + Sync + 'static {
     async fn create_sale(&self, sale: &Sale) -> Result<(), StoreError>;
     async fn get_sale(&self, id: &str) -> Result<Option<Sale>, StoreError>;
     async fn list_sales(&self) -> Result<Vec<Sale>, StoreError>;
+    /// An operator's change of the sale's window or pause; the sale after it, `None` if
+    /// there is no such sale.
+    async fn set_window(
+        &self,
+        id: &str,
+        starts_at: Millis,
+        ends_at: Option<Millis>,
+        paused: bool,
+    ) -> Result<Option<Sale>, StoreError>;
+    /// Adds `units` to an item's stock; the sale after it, `None` if there is no such
+    /// sale or item.
+    async fn add_stock(
+        &self,
+        sale_id: &str,
+        item_id: &str,
+        units: u32,
+    ) -> Result<Option<Sale>, StoreError>;
 
     /// Stores a batch in one transaction; each order succeeds or fails on its own.
     /// An `Err` means the transaction itself failed and nothing of the batch is stored.

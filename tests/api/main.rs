@@ -9,6 +9,7 @@ mod helpers;
 mod answers;
 mod check;
 mod concurrency;
+mod controls;
 mod demo;
 mod failures;
 mod lifecycle;

@@ -89,6 +89,63 @@ async fn two_gateways_sell_exactly_the_stock(backends: Backends) {
 
 backend_tests!(distributed: two_gateways_sell_exactly_the_stock);
 
+/// An operator pauses, resumes, adds stock and ends a sale through one gateway: the
+/// other gateway's purchases obey at once (the shared gate decides), and its reads show
+/// the change within a sweep.
+async fn an_operators_change_through_one_gateway_holds_on_the_other(backends: Backends) {
+    let deployment = Deployment::new(backends, &[]).await;
+    let (operator, other) = (deployment.gateway().await, deployment.gateway().await);
+    let _worker = match backends {
+        Backends::RedisKafkaPostgres => Some(deployment.worker().await),
+        _ => None,
+    };
+    let sale = operator.live_sale(1, 1).await;
+    let control = |action: &'static str| {
+        let (operator, sale) = (&operator, sale.clone());
+        async move {
+            let reply = operator
+                .post(&format!("/api/sales/{sale}/{action}"), &json!({"units": 2}))
+                .await;
+            assert_eq!(reply.status, 200, "{action}: {}", reply.text);
+        }
+    };
+    let buy = |user: &'static str| other.purchase(&sale, json!({"user_id": user}), None);
+    let status_on_other = || async {
+        for _ in 0..100 {
+            let status = other.get(&format!("/api/sales/{sale}")).await.body["status"].clone();
+            if status != "live" && status != "sold_out" {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        json!("unchanged")
+    };
+
+    control("pause").await;
+    buy("a").await.assert_problem(409, "paused");
+    assert_eq!(status_on_other().await, "paused");
+    control("resume").await;
+    assert_eq!(buy("a").await.status, 202);
+    // The other gateway now knows the sale sold out (its local flag)…
+    buy("b").await.assert_problem(409, "sold_out");
+    buy("b").await.assert_problem(409, "sold_out");
+    // …and stock added through the operator's gateway sells there at once.
+    control("stock").await;
+    assert_eq!(buy("b").await.status, 202);
+    assert_eq!(buy("c").await.status, 202);
+    buy("d").await.assert_problem(409, "sold_out");
+    control("end").await;
+    other
+        .post(&format!("/api/sales/{sale}/end"), &json!({}))
+        .await
+        .assert_problem(409, "ended");
+    buy("e").await.assert_problem(409, "ended");
+    assert_eq!(status_on_other().await, "ended");
+    assert_eq!(operator.settled_orders(&sale).await.len(), 3);
+}
+
+backend_tests!(distributed: an_operators_change_through_one_gateway_holds_on_the_other);
+
 /// Redis loses its data in the middle of a sale: the gate is rebuilt from the store
 /// plus the orders still on the bus, purchases answer 503 meanwhile, and the sale completes with
 /// exactly its stock, one unit per buyer.

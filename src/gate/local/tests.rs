@@ -22,6 +22,7 @@ fn sale(stocks: &[u32], limit: u32) -> Sale {
         ends_at: Some(2_000),
         payment_window: 0,
         rate_limits: Default::default(),
+        paused: false,
         created_at: 0,
     }
 }
@@ -48,7 +49,12 @@ fn gate_with(sale: &Sale) -> LocalGate {
     let gate = LocalGate::new();
     gate.set_state(
         sale,
-        || Arc::new(SaleState::new(sale.items.iter().map(|i| i.stock))),
+        || {
+            Arc::new(SaleState::new(
+                sale.items.iter().map(|i| i.stock),
+                totals(&sale),
+            ))
+        },
         true,
     );
     gate
@@ -516,7 +522,11 @@ fn a_buyer_holds_at_most_max_keys_per_sale() {
         max_per_buyer: 2,
         ..KeyPolicy::default()
     });
-    gate.set_state(&s, || Arc::new(SaleState::new([10].into_iter())), true);
+    gate.set_state(
+        &s,
+        || Arc::new(SaleState::new([10].into_iter(), vec![10])),
+        true,
+    );
     let p = purchase(&s, "a", &[(0, 1)]);
     let first = order(&s, &p, "o1", Some("k1"));
     for (key, id) in [("k1", "o1"), ("k2", "o2")] {
@@ -562,7 +572,11 @@ async fn keys_are_forgotten_after_their_ttl_not_before_the_sale_and_window_end()
     ending.ends_at = Some(100_000);
     ending.payment_window = 600;
     for s in [&endless, &ending] {
-        gate.set_state(s, || Arc::new(SaleState::new([10].into_iter())), true);
+        gate.set_state(
+            s,
+            || Arc::new(SaleState::new([10].into_iter(), vec![10])),
+            true,
+        );
         let p = purchase(s, "a", &[(0, 1)]);
         let placed = order(s, &p, "o1", Some("k1"));
         gate.decide(s, &p, Some("k1"), "o1", 1_500).unwrap();
@@ -596,4 +610,26 @@ async fn keys_are_forgotten_after_their_ttl_not_before_the_sale_and_window_end()
             .unwrap(),
         Decision::Reserved { .. }
     ));
+}
+
+#[tokio::test]
+async fn added_stock_is_added_once_and_clears_the_sold_out_flag() {
+    let gate = LocalGate::new();
+    let s = sale(&[1], 5);
+    gate.open_sale(&s).await.unwrap();
+    let now = 1_500;
+    assert!(matches!(
+        gate.decide(&s, &purchase(&s, "a", &[(0, 1)]), None, "o1", now)
+            .unwrap(),
+        Decision::Reserved { .. }
+    ));
+    assert_eq!(gate.quick_refusal(&s, now), Some(Refusal::SoldOut));
+    let (mut three, mut six) = (s.clone(), s.clone());
+    three.items[0].stock = 3;
+    six.items[0].stock = 6;
+    for update in [&six, &three, &six] {
+        gate.update_sale(update).await.unwrap();
+    }
+    assert_eq!(gate.remaining(&s).await.unwrap(), vec![5]);
+    assert_eq!(gate.quick_refusal(&six, now), None);
 }

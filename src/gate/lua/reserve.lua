@@ -14,7 +14,7 @@
 --       (a refusal is not remembered: a retry is decided afresh); left is the total stock left in the sale; now is Redis's clock
 --       (ms), the one clock of every gateway: the window is decided on it, and the order
 --       is created at it.
-local meta = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'limit')
+local meta = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'limit', 'paused')
 if not meta[1] then
   return {'unknown'}
 end
@@ -37,6 +37,8 @@ if now < tonumber(meta[1]) then
   refusal = 'not_started'
 elseif meta[2] ~= '' and now >= tonumber(meta[2]) then
   refusal = 'ended'
+elseif meta[4] == '1' then
+  refusal = 'paused'
 end
 local want = 0
 for i = 8, #ARGV, 2 do

@@ -6,7 +6,8 @@
 -- KEYS: 1 meta, 2 stock, 3 buyers, 4 rebuild lease, 5 counted orders, 6 holds,
 --       7 hold details, then the idempotency key of each keyed order.
 -- ARGV: 1 lease token, 2 starts_at, 3 ends_at ('' for none), 4 limit, 5 keys expire at
---       (ms; the buyers' key counts start afresh: see README), 6 item count n, then n remaining stocks, then a buyer count b
+--       (ms; the buyers' key counts start afresh: see README), 6 item count n, then n
+--       pairs (remaining, total stock), then paused (0/1), then a buyer count b
 --       and b pairs (user, units), then a count h and h counted order ids, then one
 --       value per idempotency key (KEYS[8..]).
 -- Returns 'restored', 'not_owner' or 'exists'.
@@ -24,8 +25,11 @@ local left = 0
 for i = 0, tonumber(ARGV[6]) - 1 do
   redis.call('HSET', KEYS[2], tostring(i), ARGV[at])
   left = left + tonumber(ARGV[at])
-  at = at + 1
+  redis.call('HSET', KEYS[1], 'total:' .. tostring(i), ARGV[at + 1])
+  at = at + 2
 end
+local paused = ARGV[at]
+at = at + 1
 local buyers = tonumber(ARGV[at])
 at = at + 1
 for _ = 1, buyers do
@@ -46,5 +50,5 @@ for k = 8, #KEYS do
 end
 -- meta last: the sale exists for the other gateways once everything is in.
 redis.call('HSET', KEYS[1], 'starts_at', ARGV[2], 'ends_at', ARGV[3], 'limit', ARGV[4],
-  'left', left, 'rebuilt_at', now)
+  'left', left, 'rebuilt_at', now, 'paused', paused)
 return 'restored'

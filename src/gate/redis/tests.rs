@@ -351,3 +351,66 @@ async fn a_key_expires_after_its_ttl_on_a_sale_without_an_end() {
         "key index expires after {index} ms"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn added_stock_is_added_once_whatever_the_order_of_updates() {
+    let gate = gate().await;
+    let mut s = sale(1, 5, None, None, 0);
+    gate.open_sale(&s).await.unwrap();
+    let now = now_millis();
+    buy(&gate, &s, "a", None, now).await.unwrap();
+    assert_eq!(gate.remaining(&s).await.unwrap(), vec![0]);
+    // Two additions (+2 → 3, then +3 → 6): their updates arrive late and twice, out
+    // of order; the gate ends at the last total, each unit added once.
+    let (mut three, mut six) = (s.clone(), s.clone());
+    three.items[0].stock = 3;
+    six.items[0].stock = 6;
+    for update in [&six, &three, &six, &three] {
+        gate.update_sale(update).await.unwrap();
+    }
+    assert_eq!(gate.remaining(&s).await.unwrap(), vec![5]);
+    // A rebuild from the store records the totals too: an update after it adds nothing.
+    lose(&gate, &six).await;
+    let lease = gate.lease_rebuild(&six).await.unwrap().expect("lease free");
+    let snapshot = SaleSnapshot {
+        sold: vec![1],
+        ..Default::default()
+    };
+    gate.restore(&six, &snapshot, &lease).await.unwrap();
+    gate.update_sale(&six).await.unwrap();
+    assert_eq!(gate.remaining(&six).await.unwrap(), vec![5]);
+    s.items[0].stock = 6;
+    assert_eq!(gate.remaining(&s).await.unwrap(), vec![5]);
+}
+
+#[tokio::test]
+#[ignore = "needs Redis on 127.0.0.1:6379 (scripts/services.sh up)"]
+async fn a_paused_or_ended_sale_is_refused_by_the_script_itself() {
+    let gate = gate().await;
+    let mut s = sale(10, 5, None, None, 0);
+    gate.open_sale(&s).await.unwrap();
+    s.paused = true;
+    gate.update_sale(&s).await.unwrap();
+    let now = now_millis();
+    // Keyed: the sold-out flag or any local check cannot answer; the script does.
+    assert_eq!(
+        buy(&gate, &s, "a", Some("k"), now).await.unwrap_err(),
+        Decision::Refused(Refusal::Paused)
+    );
+    s.paused = false;
+    gate.update_sale(&s).await.unwrap();
+    buy(&gate, &s, "a", Some("k"), now).await.unwrap();
+    s.ends_at = Some(now_millis() - 1);
+    gate.update_sale(&s).await.unwrap();
+    assert_eq!(
+        buy(&gate, &s, "b", Some("k"), now).await.unwrap_err(),
+        Decision::Refused(Refusal::Ended)
+    );
+    // A sale the gate lost: the update says so (the engine rebuilds it).
+    lose(&gate, &s).await;
+    assert!(matches!(
+        gate.update_sale(&s).await,
+        Err(GateError::UnknownSale(_))
+    ));
+}

@@ -126,7 +126,7 @@ impl OrderStore for SqlStore {
     async fn get_sale(&self, id: &str) -> Result<Option<Sale>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT id, name, per_user_limit, starts_at, ends_at, payment_window, created_at, \
-             rate_limits FROM sales WHERE id = $1",
+             rate_limits, paused FROM sales WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -162,7 +162,49 @@ impl OrderStore for SqlStore {
                     .map_err(|e| StoreError::Corrupt(format!("sale {id}: rate_limits: {e}")))?,
                 None => Default::default(),
             },
+            paused: row.try_get::<i64, _>("paused")? != 0,
         }))
+    }
+
+    async fn set_window(
+        &self,
+        id: &str,
+        starts_at: Millis,
+        ends_at: Option<Millis>,
+        paused: bool,
+    ) -> Result<Option<Sale>, StoreError> {
+        let updated =
+            sqlx::query("UPDATE sales SET starts_at = $2, ends_at = $3, paused = $4 WHERE id = $1")
+                .bind(id)
+                .bind(starts_at)
+                .bind(ends_at)
+                .bind(paused as i64)
+                .execute(&self.pool)
+                .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get_sale(id).await
+    }
+
+    async fn add_stock(
+        &self,
+        sale_id: &str,
+        item_id: &str,
+        units: u32,
+    ) -> Result<Option<Sale>, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE sale_items SET stock = stock + $3 WHERE sale_id = $1 AND item_id = $2",
+        )
+        .bind(sale_id)
+        .bind(item_id)
+        .bind(units as i64)
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get_sale(sale_id).await
     }
 
     async fn list_sales(&self) -> Result<Vec<Sale>, StoreError> {

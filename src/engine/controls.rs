@@ -1,0 +1,115 @@
+//! An operator's controls of a running sale: end it now, pause and resume it, add stock.
+//! The store is written first (it is what a rebuild of the gate reads), then the gate.
+//! If the gate step fails, the change stays stored and the sweeper carries it to the
+//! gate on its next pass (`sync_sales`): the gate converges to the store, and a stock
+//! total only ever grows there, so a late or repeated update adds nothing twice.
+
+use std::sync::Arc;
+
+use super::{Engine, EngineError, SaleState};
+use crate::domain::{AddStock, Refusal, Sale, SaleError, now_millis};
+
+impl Engine {
+    /// Ends the sale now (a sale not started yet ends before it starts). 409 `ended` if
+    /// it has ended already.
+    pub async fn end_sale(&self, id: &str) -> Result<SaleState, EngineError> {
+        let sale = self.stored_sale(id).await?;
+        let now = now_millis();
+        if sale.has_ended(now) {
+            return self.refuse_ended(sale).await;
+        }
+        let updated = self
+            .store
+            .set_window(id, sale.starts_at.min(now), Some(now), sale.paused)
+            .await?;
+        self.apply(updated, id).await
+    }
+
+    /// Pauses (`true`) or resumes the sale; a no-op if it is so already. 409 `ended`
+    /// once it has ended.
+    pub async fn pause_sale(&self, id: &str, paused: bool) -> Result<SaleState, EngineError> {
+        let sale = self.stored_sale(id).await?;
+        if sale.has_ended(now_millis()) {
+            return self.refuse_ended(sale).await;
+        }
+        let updated = self
+            .store
+            .set_window(id, sale.starts_at, sale.ends_at, paused)
+            .await?;
+        self.apply(updated, id).await
+    }
+
+    /// Adds units to an item's stock. 400 for a bad addition, 409 `ended` once the sale
+    /// has ended.
+    pub async fn add_stock(&self, id: &str, add: &AddStock) -> Result<SaleState, EngineError> {
+        let sale = self.stored_sale(id).await?;
+        let index = sale
+            .stock_addition(add)
+            .map_err(|SaleError::Invalid(m)| EngineError::Invalid(m))?;
+        if sale.has_ended(now_millis()) {
+            return self.refuse_ended(sale).await;
+        }
+        let updated = self
+            .store
+            .add_stock(id, &sale.items[index].id, add.units)
+            .await?;
+        self.apply(updated, id).await
+    }
+
+    /// Carries every known sale's stored state to the gate and to this gateway's cache:
+    /// changes made through other gateways, and updates whose gate step failed. Called
+    /// by the sweeper.
+    pub(super) async fn sync_sales(&self) {
+        for cached in self.sales.all() {
+            let stored = match self.store.get_sale(&cached.id).await {
+                Ok(Some(stored)) => stored,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(sale = %cached.id, error = %e, "sale not read back");
+                    continue;
+                }
+            };
+            if stored == *cached {
+                continue;
+            }
+            let stored = Arc::new(stored);
+            match self.gate.update_sale(&stored).await {
+                Ok(()) => self.sales.insert(stored),
+                Err(e) => {
+                    tracing::warn!(sale = %cached.id, error = %e, "sale change not in the gate yet")
+                }
+            }
+        }
+    }
+
+    /// The sale as stored (not the cache: another gateway may have changed it).
+    async fn stored_sale(&self, id: &str) -> Result<Sale, EngineError> {
+        self.store
+            .get_sale(id)
+            .await?
+            .ok_or_else(|| EngineError::SaleNotFound(id.to_string()))
+    }
+
+    /// An ended sale: make sure the gate knows (an earlier end may have stopped after
+    /// the store), then refuse.
+    async fn refuse_ended(&self, sale: Sale) -> Result<SaleState, EngineError> {
+        let sale = Arc::new(sale);
+        if self.gate.update_sale(&sale).await.is_ok() {
+            self.sales.insert(sale);
+        }
+        Err(EngineError::Refused(Refusal::Ended))
+    }
+
+    /// Writes the stored change into the gate, then the cache. On a gate failure the
+    /// cache keeps the old sale, so that the sweeper sees the difference and retries.
+    async fn apply(&self, updated: Option<Sale>, id: &str) -> Result<SaleState, EngineError> {
+        let sale = Arc::new(updated.ok_or_else(|| EngineError::SaleNotFound(id.to_string()))?);
+        tracing::info!(sale = %sale.id, ends_at = ?sale.ends_at, paused = sale.paused,
+            stock = sale.total_stock(), "sale changed by an operator");
+        if let Err(e) = self.gate.update_sale(&sale).await {
+            return Err(self.gate_failed(&sale, e).await);
+        }
+        self.sales.insert(sale.clone());
+        self.sale_state(&sale.id).await
+    }
+}
