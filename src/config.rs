@@ -56,6 +56,9 @@ pub struct Config {
     pub insecure: bool,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// How often a watched sale's live view is read, in ms: its watchers get at most one
+    /// update per this, whatever the purchase rate.
+    pub live_update_ms: u64,
     /// Largest body of `POST /api/sales`, in bytes: a sale of thousands of seats lists
     /// each (10,000 seats take ~300 KiB).
     pub sale_body_limit: usize,
@@ -143,6 +146,7 @@ impl Default for Config {
             insecure: false,
             body_limit: 16 * 1024,
             sale_body_limit: 1024 * 1024,
+            live_update_ms: 250,
             max_connections: 10_000,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
@@ -303,6 +307,9 @@ impl Config {
         self.validate_credentials()?;
         if self.body_limit == 0 || self.body_limit > 64 * 1024 * 1024 {
             return Err(invalid("body_limit", "must be between 1 byte and 64 MiB"));
+        }
+        if !(50..=60_000).contains(&self.live_update_ms) {
+            return Err(invalid("live_update_ms", "must be 50 to 60000 ms"));
         }
         if self.sale_body_limit == 0 || self.sale_body_limit > 64 * 1024 * 1024 {
             return Err(invalid(

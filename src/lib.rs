@@ -12,6 +12,7 @@ pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod gate;
+pub mod live;
 pub mod load;
 pub mod protect;
 pub mod server;

@@ -3,6 +3,7 @@
 mod caller;
 mod controls;
 mod error;
+mod events;
 mod extract;
 pub mod openapi;
 mod views;
@@ -25,6 +26,7 @@ pub use views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
 use crate::auth::{Auth, AuthError, SIGNATURE_HEADER};
 use crate::domain::{NewSale, Order, PurchaseRequest};
 use crate::engine::{Engine, EngineError};
+use crate::live::SaleFeeds;
 use crate::protect::{Arrival, Overload, RateLimiters, TrustedProxies};
 use caller::{Admin, Caller, ClientIp, InFlight, bearer, forbidden, unauthorized};
 use extract::{IdempotencyKey, JsonBody, RawBody};
@@ -59,6 +61,8 @@ pub struct AppParts {
     pub trusted_proxies: Arc<TrustedProxies>,
     /// How many purchases may be in flight, and how long one may wait for its turn.
     pub overload: Arc<Overload>,
+    /// The sales' live frames, for `GET /api/sales/{id}/events`.
+    pub feeds: Arc<SaleFeeds>,
 }
 
 /// How large request bodies may be: a sale of several thousand seats is larger than
@@ -76,6 +80,7 @@ pub fn router(state: AppState, body_limits: BodyLimits, body_read_timeout: Durat
     let buyer_reads = Router::new()
         .route("/api/sales", get(list_sales))
         .route("/api/sales/{id}", get(get_sale))
+        .route("/api/sales/{id}/events", get(events::sale_events))
         .route("/api/orders/{id}", get(get_order))
         .route("/api/orders/{id}/cancel", post(cancel_order))
         .route_layer(middleware::from_fn_with_state(

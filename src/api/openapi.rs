@@ -37,6 +37,7 @@ pub struct Problem {
         super::create_sale,
         super::list_sales,
         super::get_sale,
+        super::events::sale_events,
         super::controls::end_sale,
         super::controls::pause_sale,
         super::controls::resume_sale,

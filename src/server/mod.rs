@@ -105,12 +105,19 @@ impl Server {
             .local_addr()
             .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
         let limits = Arc::new(RateLimiters::new(config.rate_defaults()));
+        let stop_sweeper = CancellationToken::new();
+        let stop_http = CancellationToken::new();
         let state = AppState::new(AppParts {
             engine: engine.clone(),
             auth,
             limits: limits.clone(),
             trusted_proxies: Arc::new(config.trusted_proxies().map_err(StartError::Config)?),
             overload: Arc::new(Overload::new(config.overload_limits())),
+            feeds: crate::live::SaleFeeds::new(
+                engine.clone(),
+                std::time::Duration::from_millis(config.live_update_ms),
+                stop_http.clone(),
+            ),
         });
         let app = api::router(
             state,
@@ -121,14 +128,12 @@ impl Server {
             config.body_read_timeout(),
         );
 
-        let stop_sweeper = CancellationToken::new();
         let sweeper = tokio::spawn(engine::run_sweeper(
             engine,
             std::time::Duration::from_millis(config.sweep_interval_ms),
             stop_sweeper.clone(),
         ));
         let forgetter = tokio::spawn(forget_idle_rate_keys(limits, stop_sweeper.clone()));
-        let stop_http = CancellationToken::new();
         let http = tokio::spawn(connections::serve(
             listener,
             app,

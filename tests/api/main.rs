@@ -11,6 +11,7 @@ mod check;
 mod concurrency;
 mod controls;
 mod demo;
+mod events;
 mod failures;
 mod lifecycle;
 mod load;

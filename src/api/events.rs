@@ -1,0 +1,201 @@
+//! `GET /api/sales/{id}/events`: the sale live, as Server-Sent Events. First a `sale`
+//! event with the whole sale (unless the client reconnects with the id of the frame it
+//! has: `Last-Event-ID`), then a `stock` event per change (coalesced by `crate::live`:
+//! at most one per `live_update_ms`), carrying what changed; and, for a caller who says
+//! who they are, an `order` event each time one of their orders in this sale changes
+//! status (paid, cancelled, expired) through this gateway.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+use super::caller::{bearer, unauthorized};
+use super::openapi::Problem;
+use super::views::rfc3339;
+use super::{ApiError, AppState, SaleView};
+use crate::domain::OrderEvent;
+use crate::engine::SaleState;
+use crate::live::{FrameReceiver, SaleFrame};
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct Watcher {
+    /// A buyer token (browsers cannot set headers on an EventSource); with it, the
+    /// caller's own order updates come too.
+    access_token: Option<String>,
+    /// The buyer, when buyer tokens are off.
+    user_id: Option<String>,
+}
+
+/// The sale live: stock and status, and the caller's own order updates (SSE).
+#[utoipa::path(get, path = "/api/sales/{id}/events", tag = "sales",
+    params(
+        ("id" = String, Path, description = "The sale's id"),
+        Watcher,
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received: a client that has the current frame gets no `sale` event again")
+    ),
+    security((), ("buyer_token" = [])),
+    responses(
+        (status = 200, description = "`text/event-stream`: `sale` (the whole sale, a SaleView), `stock` (`{status, stock, remaining, ends_at, items: [changed items]}`), `order` (`{order_id, sale_id, user_id, status, at}`)", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_request`: `user_id` given while buyer tokens are on", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`: a token that is expired or forged", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: this address is over `rate_per_ip`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")
+    ))]
+pub(super) async fn sale_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(watcher): Query<Watcher>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let buyer = who(&state, &watcher, &headers)?;
+    let frames = state.feeds.watch(&id).await?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let orders = buyer.map(|buyer| (state.engine.subscribe(), buyer));
+    let stream = futures_util::stream::unfold(
+        Watch {
+            frames,
+            orders,
+            sent: None,
+            last_event_id,
+            sale_id: id,
+            stopping: state.feeds.stopping(),
+        },
+        |mut watch| async move {
+            let event = watch.next().await?;
+            Some((Ok(event), watch))
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Who the watcher is, if they say: a valid buyer token, or (tokens off) a `user_id`.
+fn who(
+    state: &AppState,
+    watcher: &Watcher,
+    headers: &HeaderMap,
+) -> Result<Option<String>, ApiError> {
+    let token = watcher.access_token.as_deref().or_else(|| bearer(headers));
+    if state.auth.buyers_need_tokens() {
+        if watcher.user_id.is_some() {
+            return Err(ApiError::invalid(
+                "user_id is not accepted here: the buyer is the token's `sub`",
+            ));
+        }
+        return token
+            .map(|t| state.auth.buyer(t).map_err(unauthorized))
+            .transpose();
+    }
+    Ok(watcher.user_id.clone().filter(|u| !u.is_empty()))
+}
+
+struct Watch {
+    frames: FrameReceiver,
+    orders: Option<(broadcast::Receiver<OrderEvent>, String)>,
+    /// The frame this watcher last got (shared with the feed: nothing copied).
+    sent: Option<Arc<SaleFrame>>,
+    last_event_id: Option<String>,
+    sale_id: String,
+    stopping: tokio_util::sync::CancellationToken,
+}
+
+impl Watch {
+    /// The next event for this watcher; `None` ends the stream (the feed stopped).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if self.sent.is_none() {
+                let current = self.frames.borrow_and_update().clone();
+                let resumed = self.last_event_id.take().is_some_and(|id| id == current.id);
+                self.sent = Some(current.clone());
+                if !resumed {
+                    return Some(whole(&current));
+                }
+            }
+            let orders = async {
+                match &mut self.orders {
+                    Some((events, _)) => events.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.stopping.cancelled() => return None,
+                changed = self.frames.changed() => {
+                    changed.ok()?;
+                    let current = self.frames.borrow_and_update().clone();
+                    let before = self.sent.replace(current.clone()).expect("sent above");
+                    return Some(change(&before, &current));
+                }
+                event = orders => match event {
+                    Ok(event) => {
+                        let (_, buyer) = self.orders.as_ref().expect("orders are watched");
+                        if event.user_id == *buyer && event.sale_id == self.sale_id {
+                            return Some(order(&event));
+                        }
+                    }
+                    // Missed events: the page reads its orders again on `resync`.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Some(Event::default().event("resync").data("{}"));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => self.orders = None,
+                },
+            }
+        }
+    }
+}
+
+fn whole(frame: &SaleFrame) -> Event {
+    let view = SaleView::from(SaleState {
+        sale: frame.sale.clone(),
+        remaining: frame.remaining.clone(),
+    });
+    Event::default()
+        .event("sale")
+        .id(frame.id.clone())
+        .data(serde_json::to_string(&view).expect("views serialize"))
+}
+
+/// What changed from `before` to `now`: the sale's counters, and only the items whose
+/// stock or remaining units changed (a seat map of thousands gets the few seats taken).
+fn change(before: &SaleFrame, now: &SaleFrame) -> Event {
+    let items: Vec<_> = now
+        .sale
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(i, item)| {
+            before.remaining.get(*i) != now.remaining.get(*i)
+                || before.sale.items.get(*i).map(|b| b.stock) != Some(item.stock)
+        })
+        .map(|(i, item)| {
+            serde_json::json!({"id": item.id, "stock": item.stock, "remaining": now.remaining[i]})
+        })
+        .collect();
+    let body = serde_json::json!({
+        "status": now.status,
+        "stock": now.sale.total_stock(),
+        "remaining": now.total_remaining(),
+        "ends_at": now.sale.ends_at.map(rfc3339),
+        "items": items,
+    });
+    Event::default()
+        .event("stock")
+        .id(now.id.clone())
+        .data(body.to_string())
+}
+
+fn order(event: &OrderEvent) -> Event {
+    Event::default()
+        .event("order")
+        .data(serde_json::to_string(event).expect("events serialize"))
+}
