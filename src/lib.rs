@@ -14,6 +14,7 @@ pub mod engine;
 pub mod gate;
 pub mod live;
 pub mod load;
+pub mod observe;
 pub mod protect;
 pub mod server;
 pub mod store;

@@ -11,6 +11,11 @@ use crate::domain::Refusal;
 use crate::engine::EngineError;
 use crate::protect::{RateLimited, RateScope, Shed};
 
+/// The `code` of a problem answer, in the response's extensions: the metrics layer
+/// counts purchase outcomes by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProblemCode(pub &'static str);
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -191,6 +196,8 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        crate::observe::metrics::refused(self.code);
+        response.extensions_mut().insert(ProblemCode(self.code));
         response
     }
 }

@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
-pub use error::ApiError;
+pub use error::{ApiError, ProblemCode};
 pub use views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
 
 use crate::auth::{Auth, AuthError, SIGNATURE_HEADER};
@@ -63,6 +63,8 @@ pub struct AppParts {
     pub overload: Arc<Overload>,
     /// The sales' live frames, for `GET /api/sales/{id}/events`.
     pub feeds: Arc<SaleFeeds>,
+    /// What `GET /metrics` renders.
+    pub metrics: Arc<crate::observe::metrics::Exporter>,
 }
 
 /// How large request bodies may be: a sale of several thousand seats is larger than
@@ -102,6 +104,9 @@ pub fn router(state: AppState, body_limits: BodyLimits, body_read_timeout: Durat
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics))
+        // Counts what the routes above answer (404s of unknown paths are not routes).
+        .route_layer(crate::observe::metrics::CountRequestsLayer)
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/docs")
                 .url("/docs/openapi.json", openapi::document()),
@@ -381,6 +386,23 @@ async fn detail(state: &AppState, order: Order) -> Result<Json<OrderDetail>, Api
     responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json")))]
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(openapi::document())
+}
+
+/// Prometheus metrics (text format 0.0.4): requests, purchase outcomes and latencies,
+/// each stage's latency, shedding, rate limits, bus lag, dead letters, and per sale the
+/// stock, the remaining units and the units sold according to the gate and the store.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4")))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(&state).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// A constant answer: the reference route of the HTTP ceiling benchmark.

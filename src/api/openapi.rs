@@ -49,6 +49,7 @@ pub struct Problem {
         super::healthz,
         super::readyz,
         super::openapi_json,
+        super::metrics,
     ),
     components(schemas(
         NewSale, NewItem, AddStock, SaleRateLimits, PurchaseRequest, SaleView, ItemView, SaleStatus,

@@ -65,6 +65,10 @@ impl Drop for InFlight {
 
 #[async_trait]
 impl OrderBus for MemoryBus {
+    fn pending(&self) -> Option<usize> {
+        Some(self.in_flight.load(Ordering::Relaxed))
+    }
+
     async fn publish(&self, order: &Order) -> Result<(), BusError> {
         let _in_flight = InFlight::new(&self.in_flight);
         let (reply, answer) = oneshot::channel();

@@ -57,6 +57,13 @@ pub trait OrderBus: Send + Sync + 'static {
         deadline: std::time::Duration,
     ) -> Result<Vec<Order>, BusError>;
 
+    /// Orders handed to this bus that are not stored yet, when this process can tell
+    /// (the in-process bus); `None` for a bus drained by other processes (Kafka: see
+    /// `consumer_lag`).
+    fn pending(&self) -> Option<usize> {
+        None
+    }
+
     /// Publishes a status change for other processes (the in-process bus has no one to
     /// tell: the engine's own broadcast covers it).
     async fn publish_event(&self, _event: &OrderEvent) -> Result<(), BusError> {

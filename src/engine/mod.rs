@@ -171,6 +171,17 @@ impl Engine {
         self.events.subscribe()
     }
 
+    /// Orders on their way to the store through this process's bus, if it can tell.
+    pub fn bus_pending(&self) -> Option<usize> {
+        self.bus.pending()
+    }
+
+    /// Units held by orders of the sale according to the store's own counters.
+    pub async fn sold_in_store(&self, sale_id: &str) -> Result<u64, EngineError> {
+        let counters = self.store.sold_counters(sale_id).await?;
+        Ok(counters.iter().map(|(_, n)| (*n).max(0) as u64).sum())
+    }
+
     pub async fn ping(&self) -> Result<(), EngineError> {
         self.store.ping().await?;
         Ok(())

@@ -16,6 +16,7 @@ use crate::domain::{
     Order, PurchaseRequest, Refusal, Sale, ValidPurchase, now_millis, validate_purchase,
 };
 use crate::gate::{Decision, GateError, KeyAnswer, StockGate};
+use crate::observe::metrics::{Stage, StageTimer};
 use crate::protect::Permit;
 
 /// Replays waiting for the order their key reserved to settle (confirmed or released),
@@ -106,7 +107,10 @@ impl Engine {
         let reserve = self
             .gate
             .reserve(&sale, &purchase, key.as_deref(), &order_id, now);
-        let decision = match self.breakers.gate.call(reserve, gate_unavailable).await? {
+        let timer = StageTimer::start(Stage::Gate);
+        let decided = self.breakers.gate.call(reserve, gate_unavailable).await;
+        drop(timer);
+        let decision = match decided? {
             Ok(decision) => decision,
             Err(e) => return Err(self.gate_failed(&sale, e).await),
         };
@@ -249,7 +253,10 @@ async fn place(
     order: Arc<Order>,
 ) -> Result<Arc<Order>, EngineError> {
     delay_here_if_asked("slow-publish").await;
-    let published = bus.publish(&order).await;
+    let published = {
+        let _timer = StageTimer::start(Stage::Bus);
+        bus.publish(&order).await
+    };
     // A full in-process bus is a writer behind, not a bus down: it sheds by itself.
     bus_permit.record(!matches!(&published, Err(e) if !matches!(e, BusError::Full)));
     let answer = match published {

@@ -55,6 +55,11 @@ impl Overload {
         }
     }
 
+    /// Purchases in flight right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// A place among the purchases in flight, held until dropped; none when full.
     pub fn enter(&self) -> Result<InFlightPlace, Shed> {
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);

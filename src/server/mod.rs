@@ -118,7 +118,13 @@ impl Server {
                 std::time::Duration::from_millis(config.live_update_ms),
                 stop_http.clone(),
             ),
+            metrics: Arc::new(crate::observe::metrics::Exporter::new()),
         });
+        tokio::spawn(crate::observe::metrics::watch_bus(
+            config.bus_settings(),
+            std::time::Duration::from_secs(5),
+            stop_sweeper.clone(),
+        ));
         let app = api::router(
             state,
             api::BodyLimits {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Envelope, OrderInbox};
+use crate::observe::metrics::{Stage, StageTimer};
 use crate::store::{InsertOutcome, OrderStore};
 
 pub async fn run_group_commit(
@@ -55,7 +56,11 @@ async fn commit(batch: &mut Vec<Envelope>, store: &dyn OrderStore) {
     }
     let orders: Vec<_> = batch.iter().map(|e| e.order.clone()).collect();
     let started = std::time::Instant::now();
-    match store.insert_orders(&orders).await {
+    let stored = {
+        let _timer = StageTimer::start(Stage::StoreCommit);
+        store.insert_orders(&orders).await
+    };
+    match stored {
         Ok(outcomes) => {
             tracing::debug!(
                 size = orders.len(),

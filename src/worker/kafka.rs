@@ -19,6 +19,7 @@ use crate::bus::kafka::{
     DeadLetter, KafkaSettings, OrderMessage, Topics, client_config, ensure_topics, producer_config,
 };
 use crate::domain::{OrderEvent, OrderStatus, now_millis};
+use crate::observe::metrics::{Stage, StageTimer};
 use crate::store::{InsertOutcome, OrderStore, StoreError};
 
 /// How often an idle worker checks whether the group is stalled, and after how long idle.
@@ -155,7 +156,10 @@ async fn store_batch(
         }
     }
     let plain: Vec<_> = orders.iter().map(|(_, o)| o.clone()).collect();
-    let outcomes = with_retries("store the batch", || store.insert_orders(&plain)).await;
+    let outcomes = {
+        let _timer = StageTimer::start(Stage::StoreCommit);
+        with_retries("store the batch", || store.insert_orders(&plain)).await
+    };
     for ((message, order), outcome) in orders.iter().zip(outcomes) {
         let InsertOutcome::Rejected(reason) = outcome else {
             continue;

@@ -16,6 +16,7 @@ mod failures;
 mod lifecycle;
 mod load;
 mod malformed;
+mod metrics;
 mod openapi;
 mod overload;
 mod protection;

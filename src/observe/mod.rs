@@ -1,0 +1,5 @@
+//! What operators see of a running flashsale: Prometheus metrics (`metrics.rs`, served at
+//! `GET /metrics`), the request ids and log format (`logs.rs`), and the periodic status
+//! line of `serve` (`status.rs`).
+
+pub mod metrics;
