@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod extract;
 pub mod openapi;
+mod pages;
 mod views;
 
 use std::sync::Arc;
@@ -101,6 +102,9 @@ pub fn router(state: AppState, body_limits: BodyLimits, body_read_timeout: Durat
         .route("/api/sales/{id}/purchase", post(purchase))
         .route("/api/orders/{id}/pay", post(pay_order))
         .merge(buyer_reads)
+        .route("/", get(pages::index))
+        .route("/admin", get(pages::admin))
+        .route("/assets/{file}", get(pages::asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))

@@ -50,6 +50,9 @@ pub struct Problem {
         super::readyz,
         super::openapi_json,
         super::metrics,
+        super::pages::index,
+        super::pages::admin,
+        super::pages::asset,
     ),
     components(schemas(
         NewSale, NewItem, AddStock, SaleRateLimits, PurchaseRequest, SaleView, ItemView, SaleStatus,
@@ -61,7 +64,8 @@ pub struct Problem {
         (name = "controls", description = "An operator's controls of a running sale (admin)"),
         (name = "purchases", description = "Buying"),
         (name = "orders", description = "An order's life: read, pay, cancel"),
-        (name = "operations", description = "Probes"),
+        (name = "operations", description = "Probes, metrics and this document"),
+        (name = "pages", description = "The buyer page and the operator dashboard"),
     )
 )]
 pub struct ApiDoc;

@@ -78,13 +78,22 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     insecure: bool,
+    /// Every how many seconds to print the status line (default 5).
+    #[arg(long, value_name = "SECONDS")]
+    #[serde(skip)]
+    status_every: Option<u64>,
+    /// No status line.
+    #[arg(long)]
+    #[serde(skip)]
+    quiet: bool,
     #[command(flatten)]
     #[serde(flatten)]
     backends: BackendArgs,
 }
 
 pub async fn run(config_file: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = settings(config_file, &args)?;
+    let mut config = settings(config_file, &args)?;
+    config.status_interval_s = (!args.quiet).then_some(args.status_every.unwrap_or(5));
     let server = Server::start(&config)
         .await
         .context("starting the server")?;

@@ -3,3 +3,4 @@
 //! line of `serve` (`status.rs`).
 
 pub mod metrics;
+pub mod status;

@@ -23,3 +23,4 @@ mod protection;
 mod rate_limits;
 mod restart;
 mod slow_clients;
+mod status_line;

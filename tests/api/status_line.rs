@@ -1,0 +1,105 @@
+//! `serve` prints a status line every few seconds (remaining, sold, outcomes, requests
+//! per second, p99); `--quiet` turns it off.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+async fn serve(
+    extra: &[&str],
+) -> (
+    Child,
+    Lines<BufReader<ChildStdout>>,
+    String,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--rate-per-buyer",
+            "off",
+        ])
+        .arg("--store")
+        .arg(format!("sqlite://{}", dir.path().join("s.db").display()))
+        .arg("--config")
+        .arg(dir.path().join("none.toml"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next_line().await.unwrap().expect("a listening line");
+        if let Some(base) = line.strip_prefix("flashsale listening on ") {
+            break base.to_string();
+        }
+    };
+    (child, lines, base, dir)
+}
+
+async fn sell_three(base: &str) -> String {
+    let http = reqwest::Client::new();
+    let sale: serde_json::Value = http
+        .post(format!("{base}/api/sales"))
+        .json(&serde_json::json!({"name": "status drop", "stock": 3}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = sale["id"].as_str().unwrap().to_string();
+    for n in 0..5 {
+        http.post(format!("{base}/api/sales/{id}/purchase"))
+            .json(&serde_json::json!({"user_id": format!("u{n}")}))
+            .send()
+            .await
+            .unwrap();
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_a_status_line_and_quiet_turns_it_off() {
+    let (_child, mut lines, base, _dir) = serve(&["--status-every", "1"]).await;
+    let id = sell_three(&base).await;
+    let mut sale_line = None;
+    let mut totals_line = None;
+    let _ = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(&id[id.len() - 8..]) {
+                sale_line = Some(line);
+            } else if line.starts_with("[status]") && line.contains("purchases:") {
+                totals_line = Some(line);
+            }
+            if sale_line.is_some() && totals_line.is_some() {
+                break;
+            }
+        }
+    })
+    .await;
+    let sale_line = sale_line.expect("a line for the sale");
+    assert!(
+        sale_line.contains("sold_out: 0 left of 3, 3 sold"),
+        "{sale_line}"
+    );
+    let totals_line = totals_line.expect("a totals line");
+    assert!(totals_line.contains("accepted 3"), "{totals_line}");
+    assert!(totals_line.contains("sold_out 2"), "{totals_line}");
+    assert!(
+        totals_line.contains("req/s") && totals_line.contains("p99 ≤"),
+        "{totals_line}"
+    );
+
+    let (_quiet, mut lines, base, _dir) = serve(&["--quiet", "--status-every", "1"]).await;
+    sell_three(&base).await;
+    let printed = tokio::time::timeout(Duration::from_millis(2500), lines.next_line()).await;
+    assert!(printed.is_err(), "--quiet printed {printed:?}");
+}
