@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
     let client_rt = runtime(pinned.then_some(1))?;
     let dir = tempfile::tempdir()?;
     let config = Config {
+        status_interval_s: 0,
         listen: "127.0.0.1:0".into(),
         gate: args.gate.parse().map_err(anyhow::Error::msg)?,
         bus: args.bus.parse().map_err(anyhow::Error::msg)?,

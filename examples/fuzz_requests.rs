@@ -190,6 +190,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let dir = tempfile::tempdir()?;
     let config = Config {
+        status_interval_s: 0,
         listen: "127.0.0.1:0".into(),
         store: format!("sqlite://{}", dir.path().join("fuzz.db").display())
             .parse()

@@ -56,8 +56,8 @@ pub struct Config {
     pub insecure: bool,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
-    /// Every how many seconds `serve` prints its status line; none (`--quiet`): never.
-    pub status_interval_s: Option<u64>,
+    /// Every how many seconds `serve` prints its status line; 0 (`--quiet`): never.
+    pub status_interval_s: u64,
     /// How often a watched sale's live view is read, in ms: its watchers get at most one
     /// update per this, whatever the purchase rate.
     pub live_update_ms: u64,
@@ -149,7 +149,7 @@ impl Default for Config {
             body_limit: 16 * 1024,
             sale_body_limit: 1024 * 1024,
             live_update_ms: 250,
-            status_interval_s: None,
+            status_interval_s: 5,
             max_connections: 10_000,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,

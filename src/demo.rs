@@ -112,6 +112,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         .parse()
         .expect("a sqlite url");
     let config = Config {
+        status_interval_s: 0,
         listen: "127.0.0.1:0".into(),
         store: store_url.clone(),
         // The simulated buyers all come from this machine: one address.

@@ -79,10 +79,10 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     insecure: bool,
     /// Every how many seconds to print the status line (default 5).
-    #[arg(long, value_name = "SECONDS")]
-    #[serde(skip)]
+    #[arg(long = "status-every", value_name = "SECONDS")]
+    #[serde(rename = "status_interval_s", skip_serializing_if = "Option::is_none")]
     status_every: Option<u64>,
-    /// No status line.
+    /// No status line (as `--status-every 0`).
     #[arg(long)]
     #[serde(skip)]
     quiet: bool,
@@ -93,7 +93,9 @@ pub struct ServeArgs {
 
 pub async fn run(config_file: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = settings(config_file, &args)?;
-    config.status_interval_s = (!args.quiet).then_some(args.status_every.unwrap_or(5));
+    if args.quiet {
+        config.status_interval_s = 0;
+    }
     let server = Server::start(&config)
         .await
         .context("starting the server")?;

@@ -134,15 +134,15 @@ impl Server {
             config.body_read_timeout(),
         );
 
-        let status_line = config.status_interval_s.map(|every| {
+        if config.status_interval_s > 0 {
+            // Ends with the sweeper's token.
             tokio::spawn(crate::observe::status::print_status(
                 engine.clone(),
                 crate::observe::metrics::install(),
-                std::time::Duration::from_secs(every.max(1)),
+                std::time::Duration::from_secs(config.status_interval_s),
                 stop_sweeper.clone(),
-            ))
-        });
-        drop(status_line); // ends with the sweeper's token
+            ));
+        }
         let sweeper = tokio::spawn(engine::run_sweeper(
             engine,
             std::time::Duration::from_millis(config.sweep_interval_ms),
