@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use flashsale::observe::logs::LogFormat;
 
 // glibc's malloc showed up at ~7% of a sold-out purchase's CPU (BENCHMARKS.md, bench 1).
 #[global_allocator]
@@ -23,6 +24,9 @@ struct Cli {
     /// Settings file (defaults < file < FLASHSALE_* env < flags).
     #[arg(long, global = true, default_value = "flashsale.toml")]
     config: PathBuf,
+    /// Log lines for people (`human`) or as JSON objects (`json`), on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,13 +54,7 @@ enum Command {
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "flashsale=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    flashsale::observe::logs::init(cli.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let config = cli.config.as_path();

@@ -128,6 +128,8 @@ pub fn router(state: AppState, body_limits: BodyLimits, body_read_timeout: Durat
             )
             .into_response()
         }))
+        // Outermost: every answer (404s, refusals of the layers above, panics) has an id.
+        .layer(crate::observe::logs::RequestIdLayer)
         .with_state(state)
 }
 

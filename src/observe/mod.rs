@@ -2,5 +2,6 @@
 //! `GET /metrics`), the request ids and log format (`logs.rs`), and the periodic status
 //! line of `serve` (`status.rs`).
 
+pub mod logs;
 pub mod metrics;
 pub mod status;
