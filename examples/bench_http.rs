@@ -47,6 +47,12 @@ struct Args {
     /// latency: offer this rate instead of half of the measured selling rate.
     #[arg(long)]
     rate: Option<f64>,
+    /// ceiling: keep this many live-event streams (SSE) open on a second sale that sells
+    /// `--watched-rate` units a second meanwhile, so every stream gets updates.
+    #[arg(long, default_value_t = 0)]
+    streams: usize,
+    #[arg(long, default_value_t = 20.0)]
+    watched_rate: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +125,7 @@ impl Bench<'_> {
     fn ceiling(&self) -> anyhow::Result<()> {
         let sale = self.create_sale(1)?;
         self.buy_once(&sale)?;
+        let _watchers = self.watchers()?;
         self.against_healthz(
             "sold-out purchase",
             || Ok(sale.clone()),
@@ -132,6 +139,72 @@ impl Bench<'_> {
             },
         )?;
         Ok(())
+    }
+
+    /// `--streams` open event streams on a sale that keeps selling (dropped: all closed).
+    fn watchers(&self) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+        if self.args.streams == 0 {
+            return Ok(None);
+        }
+        let watched = self.create_sale(100_000_000)?;
+        let url = format!("{}/api/sales/{watched}/events", self.base);
+        let (streams, rate) = (self.args.streams, self.args.watched_rate);
+        let purchase = self.purchase_url(&watched);
+        let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let events = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (opened2, events2) = (opened.clone(), events.clone());
+        let task = self.client_rt.spawn(async move {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let mut readers = tokio::task::JoinSet::new();
+            for _ in 0..streams {
+                let (http, url, opened, events) =
+                    (http.clone(), url.clone(), opened2.clone(), events2.clone());
+                readers.spawn(async move {
+                    let Ok(mut response) = http.get(&url).send().await else {
+                        return;
+                    };
+                    opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    while let Ok(Some(chunk)) = response.chunk().await {
+                        let n = chunk.windows(6).filter(|w| w == b"event:").count();
+                        events.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+            // A trickle of sales on the watched sale: its streams get updates all along.
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            for n in 0u64.. {
+                tick.tick().await;
+                let _ = http
+                    .post(&purchase)
+                    .header(
+                        "X-Forwarded-For",
+                        format!("10.9.{}.{}", (n >> 8) & 255, n & 255),
+                    )
+                    .json(&serde_json::json!({"user_id": format!("watcher-buyer-{n}")}))
+                    .send()
+                    .await;
+            }
+            drop(readers);
+        });
+        let started = std::time::Instant::now();
+        while opened.load(std::sync::atomic::Ordering::Relaxed) < streams {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(60),
+                "streams did not open"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let before = events.load(std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(2));
+        let per_second = (events.load(std::sync::atomic::Ordering::Relaxed) - before) as f64 / 2.0;
+        println!(
+            "{streams} event streams open on a sale selling {rate}/s: {per_second:.0} events/s delivered to them"
+        );
+        Ok(Some(task))
     }
 
     /// 2: purchases that sell (a fresh sale per round, stock that cannot run out, every

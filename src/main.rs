@@ -27,6 +27,10 @@ struct Cli {
     /// Log lines for people (`human`) or as JSON objects (`json`), on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// Export traces to this OpenTelemetry collector (OTLP over HTTP, e.g.
+    /// http://127.0.0.1:4318; also OTEL_EXPORTER_OTLP_ENDPOINT). Needs the `otel` feature.
+    #[arg(long, global = true)]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,7 +58,20 @@ enum Command {
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    flashsale::observe::logs::init(cli.log_format);
+    let otlp = cli
+        .otlp_endpoint
+        .clone()
+        // The standard variable, only where it can be honoured.
+        .or_else(|| {
+            cfg!(feature = "otel")
+                .then(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+                .flatten()
+        });
+    let service = match cli.command {
+        Command::Worker(_) => "flashsale-worker",
+        _ => "flashsale-gateway",
+    };
+    let _log_guard = flashsale::observe::logs::init(cli.log_format, otlp.as_deref(), service)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let config = cli.config.as_path();

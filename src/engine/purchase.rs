@@ -17,7 +17,9 @@ use crate::domain::{
 };
 use crate::gate::{Decision, GateError, KeyAnswer, StockGate};
 use crate::observe::metrics::{Stage, StageTimer};
+use crate::observe::trace;
 use crate::protect::Permit;
+use tracing::Instrument;
 
 /// Replays waiting for the order their key reserved to settle (confirmed or released),
 /// by order id. The request that placed the order wakes them; a key in flight at another
@@ -108,7 +110,12 @@ impl Engine {
             .gate
             .reserve(&sale, &purchase, key.as_deref(), &order_id, now);
         let timer = StageTimer::start(Stage::Gate);
-        let decided = self.breakers.gate.call(reserve, gate_unavailable).await;
+        let decided = self
+            .breakers
+            .gate
+            .call(reserve, gate_unavailable)
+            .instrument(tracing::info_span!(target: trace::TARGET, "gate", sale = %sale.id))
+            .await;
         drop(timer);
         let decision = match decided? {
             Ok(decision) => decision,
@@ -141,14 +148,18 @@ impl Engine {
                 // The rest runs in its own task: if the buyer hangs up, or waits longer
                 // than `buyer_wait`, the order is still stored or released, never left
                 // behind; a retry with the same key then gets its answer.
-                let placing = tokio::spawn(place(
-                    self.gate.clone(),
-                    self.bus.clone(),
-                    bus_permit,
-                    self.key_waiters.clone(),
-                    sale,
-                    order,
-                ));
+                // In the request's trace (the Kafka message carries it to the worker).
+                let placing = tokio::spawn(
+                    place(
+                        self.gate.clone(),
+                        self.bus.clone(),
+                        bus_permit,
+                        self.key_waiters.clone(),
+                        sale,
+                        order,
+                    )
+                    .instrument(tracing::Span::current()),
+                );
                 match tokio::time::timeout(self.settings.buyer_wait, placing).await {
                     Ok(placed) => placed
                         .map_err(|e| EngineError::Unavailable(format!("order task failed: {e}")))?,
@@ -255,7 +266,9 @@ async fn place(
     delay_here_if_asked("slow-publish").await;
     let published = {
         let _timer = StageTimer::start(Stage::Bus);
-        bus.publish(&order).await
+        bus.publish(&order)
+            .instrument(tracing::info_span!(target: trace::TARGET, "bus", order = %order.id))
+            .await
     };
     // A full in-process bus is a writer behind, not a bus down: it sheds by itself.
     bus_permit.record(!matches!(&published, Err(e) if !matches!(e, BusError::Full)));

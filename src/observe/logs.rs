@@ -23,21 +23,62 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the process's subscriber: `RUST_LOG` filters (default `flashsale=info,warn`),
-/// lines go to stderr.
-pub fn init(format: LogFormat) {
+/// What keeps the trace exporter running: flushed when dropped (end of `main`).
+pub struct LogGuard {
+    #[cfg(feature = "otel")]
+    _exporter: Option<super::trace::Exporter>,
+}
+
+/// Installs the process's subscriber: log lines to stderr (`RUST_LOG` filters, default
+/// `flashsale=info,warn`), and, with `otlp_endpoint` (feature `otel`), spans exported
+/// as `service` (the request and stage spans, whatever `RUST_LOG` says).
+pub fn init(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+    service: &str,
+) -> anyhow::Result<LogGuard> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "flashsale=info,warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder
+    let lines = match format {
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(lines);
+    #[cfg(feature = "otel")]
+    {
+        let Some(endpoint) = otlp_endpoint else {
+            registry.init();
+            return Ok(LogGuard { _exporter: None });
+        };
+        let (layer, exporter) = super::trace::layer(endpoint, service)?;
+        let spans = tracing_subscriber::filter::Targets::new()
+            .with_target("flashsale", tracing::Level::INFO)
+            .with_target(super::trace::TARGET, tracing::Level::INFO);
+        registry.with(layer.with_filter(spans)).init();
+        Ok(LogGuard {
+            _exporter: Some(exporter),
+        })
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = service;
+        if otlp_endpoint.is_some() {
+            anyhow::bail!("--otlp-endpoint needs a build with the `otel` feature");
+        }
+        registry.init();
+        Ok(LogGuard {})
     }
 }
 
@@ -98,6 +139,12 @@ where
             method = %request.method(),
             path = %request.uri().path(),
         );
+        // A caller in a trace of its own (W3C `traceparent`) gets this request in it.
+        if let Some(parent) = request.headers().get("traceparent")
+            && let Ok(parent) = parent.to_str()
+        {
+            super::trace::continue_from(parent, &span);
+        }
         request.extensions_mut().insert(RequestId(id.clone()));
         let inner = {
             let _entered = span.enter();

@@ -21,6 +21,7 @@ use crate::bus::kafka::{
 use crate::domain::{OrderEvent, OrderStatus, now_millis};
 use crate::observe::metrics::{Stage, StageTimer};
 use crate::store::{InsertOutcome, OrderStore, StoreError};
+use rdkafka::message::Headers as _;
 
 /// How often an idle worker checks whether the group is stalled, and after how long idle.
 const STALL_CHECK: Duration = Duration::from_secs(2);
@@ -156,6 +157,20 @@ async fn store_batch(
         }
     }
     let plain: Vec<_> = orders.iter().map(|(_, o)| o.clone()).collect();
+    // A span per order, in the trace its gateway started (while traces are exported).
+    let _traced: Vec<_> = orders
+        .iter()
+        .filter_map(|(message, order)| {
+            let parent = message
+                .headers()?
+                .iter()
+                .find(|h| h.key == "traceparent")?
+                .value?;
+            let span = tracing::info_span!(target: crate::observe::trace::TARGET, "store_order", order = %order.id);
+            crate::observe::trace::continue_from(std::str::from_utf8(parent).ok()?, &span);
+            Some(span)
+        })
+        .collect();
     let outcomes = {
         let _timer = StageTimer::start(Stage::StoreCommit);
         with_retries("store the batch", || store.insert_orders(&plain)).await

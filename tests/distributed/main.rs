@@ -11,3 +11,5 @@ mod helpers;
 
 mod gateways;
 mod kafka;
+#[cfg(feature = "otel")]
+mod tracing;

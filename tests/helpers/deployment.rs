@@ -173,8 +173,14 @@ impl Deployment {
     }
 
     pub async fn worker(&self) -> Child {
+        self.worker_with_env(&[]).await
+    }
+
+    /// A worker with extra environment.
+    pub async fn worker_with_env(&self, env: &[(&str, &str)]) -> Child {
         let log_name = format!("worker-{}.log", uuid::Uuid::new_v4().simple());
-        let command = self.command("worker", &log_name);
+        let mut command = self.command("worker", &log_name);
+        command.envs(env.iter().copied());
         self.launch(command, "flashsale worker consuming ", &log_name)
             .await
             .0

@@ -114,9 +114,18 @@ impl OrderBus for KafkaBus {
         let (reply, delivered) = oneshot::channel();
         let payload = OrderMessage::encode(order);
         let key = OrderMessage::key(order);
-        let record = BaseRecord::with_opaque_to(&self.settings.topics.orders, Box::new(reply))
+        let mut record = BaseRecord::with_opaque_to(&self.settings.topics.orders, Box::new(reply))
             .key(&key)
             .payload(&payload);
+        // The purchase's trace goes on to the worker that stores the order.
+        if let Some(parent) = crate::observe::trace::traceparent() {
+            record = record.headers(rdkafka::message::OwnedHeaders::new().insert(
+                rdkafka::message::Header {
+                    key: "traceparent",
+                    value: Some(&parent),
+                },
+            ));
+        }
         let producer = self.producer.read().clone();
         if let Err((error, _)) = producer.send(record) {
             // Never handed to librdkafka (e.g. its queue is full): surely not written.
