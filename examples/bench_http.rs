@@ -198,9 +198,27 @@ impl Bench<'_> {
             std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(Duration::from_secs(2));
-        let before = events.load(std::sync::atomic::Ordering::Relaxed);
-        std::thread::sleep(Duration::from_secs(2));
-        let per_second = (events.load(std::sync::atomic::Ordering::Relaxed) - before) as f64 / 2.0;
+        let sold = |bench: &Self| -> anyhow::Result<f64> {
+            bench.client_rt.block_on(async {
+                let sale: serde_json::Value =
+                    reqwest::get(format!("{}/api/sales/{watched}", bench.base))
+                        .await?
+                        .json()
+                        .await?;
+                Ok(sale["stock"].as_f64().unwrap_or(0.0)
+                    - sale["remaining"].as_f64().unwrap_or(0.0))
+            })
+        };
+        let (before, sold_before) = (
+            events.load(std::sync::atomic::Ordering::Relaxed),
+            sold(self)?,
+        );
+        std::thread::sleep(Duration::from_secs(4));
+        let per_second = (events.load(std::sync::atomic::Ordering::Relaxed) - before) as f64 / 4.0;
+        println!(
+            "the watched sale sold {:.1} units/s meanwhile",
+            (sold(self)? - sold_before) / 4.0
+        );
         println!(
             "{streams} event streams open on a sale selling {rate}/s: {per_second:.0} events/s delivered to them"
         );
