@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = Config {
         status_interval_s: 0,
+        sample_sales: false,
         listen: "127.0.0.1:0".into(),
         gate: args.gate.parse().map_err(anyhow::Error::msg)?,
         bus: args.bus.parse().map_err(anyhow::Error::msg)?,

@@ -191,6 +191,7 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = Config {
         status_interval_s: 0,
+        sample_sales: false,
         listen: "127.0.0.1:0".into(),
         store: format!("sqlite://{}", dir.path().join("fuzz.db").display())
             .parse()

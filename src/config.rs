@@ -56,6 +56,9 @@ pub struct Config {
     pub insecure: bool,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// In development mode (no credential), a first start on an empty store creates two
+    /// sample sales, so that the page has something to buy.
+    pub sample_sales: bool,
     /// Every how many seconds `serve` prints its status line; 0 (`--quiet`): never.
     pub status_interval_s: u64,
     /// How often a watched sale's live view is read, in ms: its watchers get at most one
@@ -150,6 +153,7 @@ impl Default for Config {
             sale_body_limit: 1024 * 1024,
             live_update_ms: 250,
             status_interval_s: 5,
+            sample_sales: true,
             max_connections: 10_000,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,

@@ -113,6 +113,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         .expect("a sqlite url");
     let config = Config {
         status_interval_s: 0,
+        sample_sales: false,
         listen: "127.0.0.1:0".into(),
         store: store_url.clone(),
         // The simulated buyers all come from this machine: one address.

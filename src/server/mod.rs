@@ -97,6 +97,9 @@ impl Server {
         });
         let engine = Engine::start(gate, bus, store, config.engine_settings()).await?;
         let engine = Arc::new(engine);
+        if config.sample_sales && config.is_open() {
+            create_sample_sales(&engine).await?;
+        }
 
         let listener = TcpListener::bind(&config.listen)
             .await
@@ -182,6 +185,31 @@ impl Server {
             let _ = writer.await;
         }
     }
+}
+
+/// A newcomer's first `serve` (development mode, an empty store) opens the page on a
+/// sale to buy from: a drop of 100 units and a hall of 6 × 12 seats.
+async fn create_sample_sales(engine: &Engine) -> Result<(), EngineError> {
+    if !engine.recent_sales(1).await?.is_empty() {
+        return Ok(());
+    }
+    let sample = |json: serde_json::Value| -> crate::domain::NewSale {
+        serde_json::from_value(json).expect("a valid sample sale")
+    };
+    let seats: Vec<_> = ["A", "B", "C", "D", "E", "F"]
+        .iter()
+        .flat_map(|row| (1..=12).map(move |n| serde_json::json!({"id": format!("{row}-{n}"), "stock": 1})))
+        .collect();
+    engine
+        .create_sale(sample(serde_json::json!({"name": "Sample drop", "stock": 100})))
+        .await?;
+    engine
+        .create_sale(sample(
+            serde_json::json!({"name": "Sample hall", "items": seats, "per_user_limit": 4}),
+        ))
+        .await?;
+    tracing::info!("empty store in development mode: two sample sales created (sample_sales = false to skip)");
+    Ok(())
 }
 
 /// Forgets the rate-limit keys that went quiet, every second, until `stop`.

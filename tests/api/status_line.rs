@@ -103,3 +103,39 @@ async fn serve_prints_a_status_line_and_quiet_turns_it_off() {
     let printed = tokio::time::timeout(Duration::from_millis(2500), lines.next_line()).await;
     assert!(printed.is_err(), "--quiet printed {printed:?}");
 }
+
+/// A newcomer's first `serve` (no credential, an empty store) has sales to show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_serve_in_development_mode_has_sample_sales() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--quiet"])
+        .arg("--store")
+        .arg(format!("sqlite://{}", dir.path().join("s.db").display()))
+        .arg("--config")
+        .arg(dir.path().join("none.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next_line().await.unwrap().expect("listening");
+        if let Some(base) = line.strip_prefix("flashsale listening on ") {
+            break base.to_string();
+        }
+    };
+    let sales: Vec<serde_json::Value> = reqwest::get(format!("{base}/api/sales"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<_> = sales.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"Sample drop") && names.contains(&"Sample hall"));
+    assert!(sales.iter().all(|s| s["status"] == "live"));
+    let hall = sales.iter().find(|s| s["name"] == "Sample hall").unwrap();
+    assert_eq!(hall["items"].as_array().unwrap().len(), 72);
+}

@@ -80,6 +80,8 @@ impl Deployment {
                 std::env::var("FLASHSALE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .env("FLASHSALE_SWEEP_INTERVAL_MS", "100")
+            // A test's store holds the sales the test made, no sample ones.
+            .env("FLASHSALE_SAMPLE_SALES", "false")
             // Every test client is 127.0.0.1 and many tests hammer one buyer on purpose:
             // rate limits are off unless a test turns them on (flags win over these).
             .env("FLASHSALE_RATE_PER_BUYER", "off")
