@@ -3,6 +3,8 @@
 //!   cargo run --release --example bench_http -- ceiling   # 1: sold-out purchase vs /healthz
 //!   cargo run --release --example bench_http -- selling   # 2: selling, durable, vs /healthz
 //!   cargo run --release --example bench_http -- latency   # 5: open loop at half of 2's rate
+//!   cargo run --release --example bench_http -- regimes   # 2b and 5b: a long sale, selling
+//!                                                         # vs sold out, then half its rate
 //!
 //! The server (embedded: local gate, in-process bus, SQLite in a temporary directory) runs
 //! in this process on a runtime of its own; the client is `flashsale load`'s module on
@@ -26,7 +28,7 @@ use flashsale::server::Server;
 
 #[derive(Parser)]
 struct Args {
-    /// ceiling, selling or latency.
+    /// ceiling, selling, latency or regimes.
     bench: String,
     /// Rounds of each route.
     #[arg(long, default_value_t = 5)]
@@ -53,6 +55,9 @@ struct Args {
     streams: usize,
     #[arg(long, default_value_t = 20.0)]
     watched_rate: f64,
+    /// regimes: orders sold over the long sale's rounds (one buyer each, never seen before).
+    #[arg(long, default_value_t = 120_000)]
+    orders: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,7 +113,10 @@ fn main() -> anyhow::Result<()> {
             bench.selling()?;
         }
         "latency" => bench.latency()?,
-        other => anyhow::bail!("unknown benchmark {other:?}: ceiling, selling or latency"),
+        "regimes" => bench.regimes()?,
+        other => {
+            anyhow::bail!("unknown benchmark {other:?}: ceiling, selling, latency or regimes")
+        }
     }
     server_rt.block_on(server.stop());
     Ok(())
@@ -324,6 +332,84 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// 2b and 5b: one long sale, as buyers see it while units remain. Rounds of the
+    /// sold-out regime (a sold-out sale, `--seconds` each) alternate with rounds of
+    /// selling on the long sale (`--orders` / `--rounds` buyers each, every one new, each
+    /// acknowledged after the group commit that holds its order), same server, same
+    /// client; the sale keeps growing, so the later rounds are its steady state. Then an
+    /// open loop at half the selling rate on the same sale, new buyers again.
+    fn regimes(&self) -> anyhow::Result<()> {
+        let rounds = self.args.rounds.max(1);
+        let per_round = self.args.orders.div_ceil(rounds as u64);
+        let long_sale = self.create_sale(u32::try_from(self.args.orders * 2)?)?;
+        let sold_out = self.create_sale(1)?;
+        self.buy_once(&sold_out)?;
+        let mut next_buyer = 0;
+        let (mut sold_out_rps, mut selling_ops) = (Vec::new(), Vec::new());
+        let (mut sold, mut selling_seconds) = (0, 0.0);
+        for _ in 0..rounds {
+            sold_out_rps.push(self.closed(Some(&sold_out), None)?.throughput_rps());
+            let run = self.run(LoadPlan {
+                buyers: per_round,
+                first_buyer: next_buyer,
+                attempts: per_round,
+                duration: None,
+                ..self.plan(Some(&long_sale), None)
+            })?;
+            next_buyer += per_round;
+            anyhow::ensure!(
+                run.rejected.is_empty() && run.accepted.len() as u64 == per_round,
+                "every new buyer of the long sale must get a unit: {} of {per_round}, refused {:?}",
+                run.accepted.len(),
+                run.rejected
+            );
+            sold += run.accepted.len();
+            selling_seconds += run.elapsed.as_secs_f64();
+            selling_ops.push(run.accepted.len() as f64 / run.elapsed.as_secs_f64());
+        }
+        report(
+            "flashsale load",
+            "sold-out purchase",
+            &sold_out_rps,
+            "selling order",
+            &selling_ops,
+        );
+        println!(
+            "  the long sale: {sold} orders in {selling_seconds:.1} s of selling rounds, \
+             {:.0} orders/s over all of them",
+            sold as f64 / selling_seconds
+        );
+        let rate = self
+            .args
+            .rate
+            .unwrap_or(median(&selling_ops) / 2.0)
+            .max(1.0);
+        let seconds = (self.args.seconds * 3.0).max(6.0);
+        let buyers = (rate * seconds * 1.1) as u64 + 1;
+        let run = self.run(LoadPlan {
+            schedule: Schedule::Open { rate },
+            duration: Some(Duration::from_secs_f64(seconds)),
+            buyers,
+            first_buyer: next_buyer,
+            ..self.plan(Some(&long_sale), None)
+        })?;
+        let q = |x| run.latency_ms(x);
+        println!(
+            "open loop at {rate:.0} orders/s (half the selling median) on the same sale for \
+             {seconds} s: {} accepted, refused {:?}",
+            run.accepted.len(),
+            run.rejected
+        );
+        println!(
+            "  latency from the due time: p50 {:.2} ms · p99 {:.2} ms · p99.9 {:.2} ms · max {:.2} ms",
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            run.latency_us.max() as f64 / 1000.0
+        );
+        Ok(())
+    }
+
     fn plan(&self, sale: Option<&str>, probe: Option<&str>) -> LoadPlan {
         LoadPlan {
             base_url: self.base.to_string(),
@@ -341,6 +427,7 @@ impl Bench<'_> {
             progress: false,
             forwarded_for: true,
             max_in_flight: None,
+            first_buyer: 0,
         }
     }
 

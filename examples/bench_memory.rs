@@ -158,6 +158,7 @@ async fn serve_rss(buyers: u64) -> anyhow::Result<()> {
         progress: true,
         forwarded_for: false,
         max_in_flight: None,
+        first_buyer: 0,
     })
     .await?;
     let rss = rss_kb(server.id())?;

@@ -148,6 +148,7 @@ fn main() -> anyhow::Result<()> {
         // A flood's clients give up on an attempt they cannot send rather than open
         // connections without bound (which only measures the kernel's SYN backlog).
         max_in_flight: Some(args.client_in_flight),
+        first_buyer: 0,
     };
     let closed = Schedule::Closed {
         connections: args.connections,

@@ -143,6 +143,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         progress: false,
         forwarded_for: false,
         max_in_flight: None,
+        first_buyer: 0,
         retry_ratio: options.retry_ratio,
         double_click_ratio: options.double_click_ratio,
         quantity: 1,

@@ -20,6 +20,10 @@ pub struct LoadArgs {
     /// Distinct buyers (ids shuffled; they come back when attempts exceed them).
     #[arg(long, default_value_t = 10_000)]
     buyers: u64,
+    /// Number of the first buyer (`buyer-N`): a second run against the same sale with
+    /// `--first-buyer` past the first run's buyers brings only new ones.
+    #[arg(long, default_value_t = 0)]
+    first_buyer: u64,
     /// Buyer attempts in all (default: one per buyer, or unbounded with --duration).
     #[arg(long)]
     requests: Option<u64>,
@@ -84,6 +88,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         progress: !args.json,
         forwarded_for: args.forwarded_for,
         max_in_flight: args.max_in_flight,
+        first_buyer: args.first_buyer,
     };
     let report = load::run(plan.clone()).await?;
     let summary = Summary::new(&plan, &report);

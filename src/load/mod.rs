@@ -47,6 +47,10 @@ pub struct LoadPlan {
     pub sale_id: String,
     /// Distinct buyers; their ids are shuffled.
     pub buyers: u64,
+    /// The first buyer's number: buyers are `buyer-{first_buyer}` to
+    /// `buyer-{first_buyer + buyers - 1}`, so that runs against one sale can each bring
+    /// buyers never seen before.
+    pub first_buyer: u64,
     /// Buyer attempts in all (a retry or double click is part of its attempt); beyond
     /// `buyers`, buyers come back. `u64::MAX` with a `duration`: as many as fit.
     pub attempts: u64,
@@ -188,7 +192,13 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport, LoadError> {
     let plan = Arc::new(plan);
     let target = Arc::new(target);
     let order = Arc::new(shuffled(plan.buyers.max(1)));
-    let user_of = move |i: u64| format!("buyer-{}", order[(i % order.len() as u64) as usize]);
+    let first_buyer = plan.first_buyer;
+    let user_of = move |i: u64| {
+        format!(
+            "buyer-{}",
+            first_buyer + order[(i % order.len() as u64) as usize]
+        )
+    };
     let started = Instant::now();
     let in_time = {
         let duration = plan.duration;

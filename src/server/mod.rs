@@ -198,17 +198,23 @@ async fn create_sample_sales(engine: &Engine) -> Result<(), EngineError> {
     };
     let seats: Vec<_> = ["A", "B", "C", "D", "E", "F"]
         .iter()
-        .flat_map(|row| (1..=12).map(move |n| serde_json::json!({"id": format!("{row}-{n}"), "stock": 1})))
+        .flat_map(|row| {
+            (1..=12).map(move |n| serde_json::json!({"id": format!("{row}-{n}"), "stock": 1}))
+        })
         .collect();
     engine
-        .create_sale(sample(serde_json::json!({"name": "Sample drop", "stock": 100})))
+        .create_sale(sample(
+            serde_json::json!({"name": "Sample drop", "stock": 100}),
+        ))
         .await?;
     engine
         .create_sale(sample(
             serde_json::json!({"name": "Sample hall", "items": seats, "per_user_limit": 4}),
         ))
         .await?;
-    tracing::info!("empty store in development mode: two sample sales created (sample_sales = false to skip)");
+    tracing::info!(
+        "empty store in development mode: two sample sales created (sample_sales = false to skip)"
+    );
     Ok(())
 }
 

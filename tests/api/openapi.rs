@@ -63,7 +63,11 @@ async fn every_route_of_the_router_is_described_and_every_described_route_exists
 
     // Each described route is served: not the router's 404 `not_found` or 405.
     for (method, path) in &described {
-        let url = app.url(&path.replace("{id}", "no-such-id").replace("{file}", "app.js"));
+        let url = app.url(
+            &path
+                .replace("{id}", "no-such-id")
+                .replace("{file}", "app.js"),
+        );
         let request = match method.as_str() {
             "get" => app.client.get(url),
             "post" => app
