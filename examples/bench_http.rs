@@ -60,6 +60,9 @@ struct Args {
     streams: usize,
     #[arg(long, default_value_t = 20.0)]
     watched_rate: f64,
+    /// Let the scheduler place the server's and the client's threads (default: pinned).
+    #[arg(long)]
+    unpinned: bool,
     /// regimes: orders sold over the long sale's rounds (one buyer each, never seen before).
     #[arg(long, default_value_t = 120_000)]
     orders: u64,
@@ -74,7 +77,7 @@ fn main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init();
     }
-    let pinned = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let pinned = !args.unpinned && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
     let server_rt = runtime(pinned.then_some(0))?;
     let client_rt = runtime(pinned.then_some(1))?;
     let dir = tempfile::tempdir()?;
@@ -107,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         if pinned {
             "server on CPU 0, client on CPU 1"
         } else {
-            "unpinned (1 CPU)"
+            "unpinned"
         },
         args.connections,
         args.rounds,

@@ -51,4 +51,18 @@ impl Dialect {
         }
         sql
     }
+
+    /// Gives `$1` units of sale `$2` back to buyer `$3` (on SQLite, in the writer's
+    /// guard: `sqlite_layout.rs`).
+    pub(super) fn release_buyer_units(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => {
+                "UPDATE guard.buyer_units SET units = units - $1 \
+                 WHERE sale = (SELECT rowid FROM sales WHERE id = $2) AND user_id = $3"
+            }
+            Dialect::Postgres => {
+                "UPDATE buyers SET units = units - $1 WHERE sale_id = $2 AND user_id = $3"
+            }
+        }
+    }
 }

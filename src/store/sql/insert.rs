@@ -1,12 +1,14 @@
-//! The one way orders get into the store: a batch as a few multi-row statements (the
-//! orders, then units sold per item and per buyer, summed), inside a savepoint. If the
-//! schema refuses anything in a batch, it is rolled back to its savepoint and each order
-//! goes through the same path again as a batch of one, so that the refusal lands on the
-//! order that caused it alone.
+//! The one way orders get into the store. On PostgreSQL, a batch is a few multi-row
+//! statements (the orders, then units sold per item and per buyer, summed) in one
+//! transaction; on SQLite, one statement whose triggers do the counting
+//! (`sqlite_layout.rs`). If the schema refuses
+//! anything in a batch, the transaction is rolled back and each order goes through the
+//! same path again as a batch of one, in a savepoint each, so that the refusal lands on
+//! the order that caused it alone.
 
 use std::collections::{BTreeMap, HashSet};
 
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, Connection, Row};
 
 use super::{Dialect, SqlStore};
 use crate::domain::Order;
@@ -37,18 +39,42 @@ impl From<sqlx::Error> for BatchError {
 impl SqlStore {
     /// Stores a batch in one transaction; each order succeeds or fails on its own.
     pub(super) async fn insert(&self, orders: &[Order]) -> Result<Vec<InsertOutcome>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        match Self::in_savepoint(self.dialect, &mut tx, "whole_batch", orders).await? {
+        let mut conn = self.writer.acquire().await?;
+        let stored = match self.dialect {
+            Dialect::Sqlite => Self::insert_sqlite(&mut conn, orders).await,
+            Dialect::Postgres => Self::insert_on(self.dialect, &mut conn, orders).await,
+        };
+        if stored.is_err() {
+            self.forget_writer(&mut conn);
+        }
+        stored
+    }
+
+    async fn insert_on(
+        dialect: Dialect,
+        conn: &mut AnyConnection,
+        orders: &[Order],
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        // The whole batch, without a savepoint: that is nearly every batch, and under a
+        // savepoint SQLite copies each page the batch touches into a journal first. A
+        // refused batch is rolled back whole and goes again order by order.
+        let mut tx = conn.begin().await?;
+        match Self::insert_batch(dialect, &mut tx, orders).await {
             Ok(outcomes) => {
                 tx.commit().await?;
                 return Ok(outcomes);
             }
-            Err(reason) => tracing::debug!(%reason, "batch refused; storing its orders one by one"),
+            Err(BatchError::Refused(reason)) => {
+                tracing::debug!(%reason, "batch refused; storing its orders one by one");
+                tx.rollback().await?;
+            }
+            Err(BatchError::Database(e)) => return Err(e.into()),
         }
+        let mut tx = conn.begin().await?;
         let mut outcomes = Vec::with_capacity(orders.len());
         for order in orders {
             let one = std::slice::from_ref(order);
-            let outcome = match Self::in_savepoint(self.dialect, &mut tx, "one_order", one).await? {
+            let outcome = match Self::in_savepoint(dialect, &mut tx, "one_order", one).await? {
                 Ok(mut outcome) => outcome.pop().expect("one outcome per order"),
                 Err(reason) => InsertOutcome::Rejected(reason),
             };
@@ -56,6 +82,67 @@ impl SqlStore {
         }
         tx.commit().await?;
         Ok(outcomes)
+    }
+
+    /// SQLite: the batch as one statement, its own transaction; the writer's triggers
+    /// count the units and check the limits (`sqlite_layout.rs`). A refused batch goes
+    /// again order by order, each its own statement.
+    async fn insert_sqlite(
+        conn: &mut AnyConnection,
+        orders: &[Order],
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        match Self::insert_json(conn, orders).await {
+            Ok(inserted) => return Ok(outcomes_of(orders, inserted)),
+            Err(BatchError::Refused(reason)) => {
+                tracing::debug!(%reason, "batch refused; storing its orders one by one")
+            }
+            Err(BatchError::Database(e)) => return Err(e.into()),
+        }
+        let mut outcomes = Vec::with_capacity(orders.len());
+        for order in orders {
+            let one = std::slice::from_ref(order);
+            outcomes.push(match Self::insert_json(conn, one).await {
+                Ok(inserted) => outcomes_of(one, inserted).pop().expect("one outcome"),
+                Err(BatchError::Refused(reason)) => InsertOutcome::Rejected(reason),
+                Err(BatchError::Database(e)) => return Err(e.into()),
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Inserts `orders` (those not stored yet) in one statement; the ids it inserted.
+    async fn insert_json(
+        conn: &mut AnyConnection,
+        orders: &[Order],
+    ) -> Result<HashSet<String>, BatchError> {
+        let rows: Vec<_> = orders
+            .iter()
+            .map(|order| {
+                serde_json::json!([
+                    order.id,
+                    order.sale_id,
+                    order.user_id,
+                    serde_json::to_string(&order.items).expect("a map of strings to numbers"),
+                    order.total_units(),
+                    order.status.as_str(),
+                    order.created_at,
+                    order.expires_at,
+                    order.idempotency_key,
+                    order.fingerprint,
+                ])
+            })
+            .collect();
+        let ids: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO orders (id, sale_id, user_id, items, units, status, created_at, \
+             expires_at, idempotency_key, fingerprint) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
+             value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9 \
+             FROM json_each($1) WHERE true ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(serde_json::to_string(&rows).expect("orders serialize"))
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(ids.into_iter().collect())
     }
 
     /// Runs `insert_batch` inside a savepoint: released when it went in, rolled back to
@@ -183,15 +270,28 @@ impl SqlStore {
     }
 }
 
+/// Each order's outcome, given the ids a statement inserted: one not inserted was stored
+/// before (a redelivery), and so is a second copy of the same order in one batch.
+fn outcomes_of(orders: &[Order], mut inserted: HashSet<String>) -> Vec<InsertOutcome> {
+    orders
+        .iter()
+        .map(|order| match inserted.remove(&order.id) {
+            true => InsertOutcome::Stored,
+            false => InsertOutcome::AlreadyStored,
+        })
+        .collect()
+}
+
 /// Whether a database error is a constraint violation (the order's own fault), as
 /// opposed to a failure of the database (the batch's).
 fn is_constraint(e: &dyn sqlx::error::DatabaseError) -> bool {
     use sqlx::error::ErrorKind;
+    // 1811: SQLITE_CONSTRAINT_TRIGGER, a trigger's RAISE(ABORT) (`sqlite_layout.rs`).
     matches!(
         e.kind(),
         ErrorKind::UniqueViolation
             | ErrorKind::ForeignKeyViolation
             | ErrorKind::NotNullViolation
             | ErrorKind::CheckViolation
-    )
+    ) || e.code().as_deref() == Some("1811")
 }

@@ -7,12 +7,13 @@
 mod dialect;
 mod insert;
 mod rows;
+mod sqlite_layout;
 #[cfg(test)]
 mod tests;
 
 use async_trait::async_trait;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 pub use dialect::Dialect;
 
@@ -22,9 +23,18 @@ use rows::{order_columns, order_from_row, u32_column};
 
 pub struct SqlStore {
     pool: AnyPool,
-    /// Where batches of new orders are written (the pool itself on PostgreSQL).
+    /// Where orders are written and their units given back (the pool itself on
+    /// PostgreSQL; on SQLite one connection, which holds the order guard).
     writer: AnyPool,
     dialect: Dialect,
+}
+
+/// What a connection of the store is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Reader,
+    /// SQLite's one writer: the order guard attached.
+    Writer,
 }
 
 impl SqlStore {
@@ -37,13 +47,17 @@ impl SqlStore {
             Dialect::Sqlite => (url.to_string(), 4),
             Dialect::Postgres => (url.to_string(), 16),
         };
-        let pool = Self::pool(dialect, &url, max_connections).await?;
+        let pool = Self::pool(dialect, &url, max_connections, Role::Reader).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        // SQLite has one writer at a time anyway; a connection of its own keeps the
-        // written pages in its cache. Through the shared pool, every batch landed on a
-        // connection whose cache another one had made stale, and read its pages again.
         let writer = match dialect {
-            Dialect::Sqlite => Self::pool(dialect, &url, 1).await?,
+            // SQLite has one writer at a time anyway; a connection of its own keeps the
+            // written pages in its cache (through the shared pool, every batch landed on
+            // a connection whose cache another one had made stale) and holds the guard.
+            Dialect::Sqlite => {
+                sqlite_layout::relayout(&pool).await?;
+                let writer = Self::pool(dialect, &url, 1, Role::Writer).await?;
+                writer
+            }
             Dialect::Postgres => pool.clone(),
         };
         Ok(SqlStore {
@@ -53,13 +67,92 @@ impl SqlStore {
         })
     }
 
+    async fn transition_on(
+        &self,
+        conn: &mut AnyConnection,
+        id: &str,
+        to: OrderStatus,
+        at: Millis,
+        window: &str,
+    ) -> Result<Option<Transition>, StoreError> {
+        let mut tx = conn.begin().await?;
+        let moved = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE orders SET status = $1, release_pending = $2 WHERE id = $3 \
+             AND status = 'pending' AND {window}"
+        )))
+        .bind(to.as_str())
+        .bind(to.releases_stock() as i64)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let Some(row) = sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let order = order_from_row(&row)?;
+        if moved {
+            if to.releases_stock() {
+                for (item, units) in &order.items {
+                    sqlx::query(
+                        "UPDATE sale_items SET sold = sold - $1 WHERE sale_id = $2 AND item_id = $3",
+                    )
+                    .bind(*units as i64)
+                    .bind(&order.sale_id)
+                    .bind(item)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(self.dialect.release_buyer_units())
+                    .bind(order.total_units() as i64)
+                    .bind(&order.sale_id)
+                    .bind(&order.user_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("INSERT INTO order_events (order_id, status, at) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(to.as_str())
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Transition { order, moved }))
+    }
+
+    /// After a failed write on SQLite, the writer's connection is closed instead of
+    /// reused: its guard may hold what the file does not (a failed COMMIT), and the next
+    /// connection rebuilds it from the file.
+    fn forget_writer(&self, conn: &mut sqlx::pool::PoolConnection<sqlx::Any>) {
+        if self.dialect == Dialect::Sqlite {
+            conn.close_on_drop();
+        }
+    }
+
     async fn pool(
         dialect: Dialect,
         url: &str,
         max_connections: u32,
+        role: Role,
     ) -> Result<AnyPool, sqlx::Error> {
-        AnyPoolOptions::new()
-            .max_connections(max_connections)
+        let mut options = AnyPoolOptions::new().max_connections(max_connections);
+        if role == Role::Writer {
+            // The guard is rebuilt on every new connection: open it now, and keep it.
+            options = options
+                .min_connections(1)
+                .max_lifetime(None)
+                .idle_timeout(None);
+        }
+        let pool = options
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
@@ -73,12 +166,19 @@ impl SqlStore {
                         ] {
                             conn.execute(pragma).await?;
                         }
+                        if role == Role::Writer {
+                            sqlite_layout::attach_guard(conn).await?;
+                        }
                     }
                     Ok(())
                 })
             })
             .connect(url)
-            .await
+            .await?;
+        if role == Role::Writer {
+            drop(pool.acquire().await?);
+        }
+        Ok(pool)
     }
 }
 
@@ -270,60 +370,13 @@ impl OrderStore for SqlStore {
             ),
             _ => "1 = 1".to_string(),
         };
-        let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE orders SET status = $1, release_pending = $2 WHERE id = $3 \
-             AND status = 'pending' AND {window}"
-        )))
-        .bind(to.as_str())
-        .bind(to.releases_stock() as i64)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        let Some(row) = sqlx::query(concat!(
-            "SELECT ",
-            order_columns!(),
-            " FROM orders WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let order = order_from_row(&row)?;
-        if moved {
-            if to.releases_stock() {
-                for (item, units) in &order.items {
-                    sqlx::query(
-                        "UPDATE sale_items SET sold = sold - $1 WHERE sale_id = $2 AND item_id = $3",
-                    )
-                    .bind(*units as i64)
-                    .bind(&order.sale_id)
-                    .bind(item)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                sqlx::query(
-                    "UPDATE buyers SET units = units - $1 WHERE sale_id = $2 AND user_id = $3",
-                )
-                .bind(order.total_units() as i64)
-                .bind(&order.sale_id)
-                .bind(&order.user_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::query("INSERT INTO order_events (order_id, status, at) VALUES ($1, $2, $3)")
-                .bind(id)
-                .bind(to.as_str())
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+        // On the writer: on SQLite, the buyer's units are in its guard.
+        let mut conn = self.writer.acquire().await?;
+        let moved = self.transition_on(&mut conn, id, to, at, &window).await;
+        if moved.is_err() {
+            self.forget_writer(&mut conn);
         }
-        tx.commit().await?;
-        Ok(Some(Transition { order, moved }))
+        moved
     }
 
     async fn overdue_orders(

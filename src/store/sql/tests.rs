@@ -273,3 +273,127 @@ async fn sqlite_a_refused_order_is_kept_as_failed() {
 async fn postgres_a_refused_order_is_kept_as_failed() {
     a_refused_order_is_kept_as_failed(Dialect::Postgres).await;
 }
+
+fn sqlite_url(dir: &tempfile::TempDir) -> crate::store::StoreUrl {
+    format!("sqlite://{}", dir.path().join("t.db").display())
+        .parse()
+        .unwrap()
+}
+
+/// On SQLite the per-buyer units and the keys live in the writer's guard, in memory
+/// (`sqlite_layout.rs`): a store opened again rebuilds them from its orders, so a buyer
+/// at the limit, a key already answered and units a cancel gave back are as they were.
+#[tokio::test]
+async fn sqlite_a_reopened_store_refuses_what_it_refused_before() {
+    use crate::domain::OrderStatus::*;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sale(10, 2);
+    {
+        let store = SqlStore::connect(&sqlite_url(&dir)).await.unwrap();
+        store.create_sale(&s).await.unwrap();
+        let outcomes = store
+            .insert_orders(&[
+                order(&s, "a1", "a", 2),
+                order(&s, "k1", "k", 1),
+                pending_order(&s, "b1", "b", 60_000),
+                pending_order(&s, "b2", "b", 60_000),
+            ])
+            .await
+            .unwrap();
+        assert!(
+            outcomes.iter().all(|o| *o == InsertOutcome::Stored),
+            "{outcomes:?}"
+        );
+        for id in ["b1", "b2"] {
+            let cancelled = store.transition(id, Cancelled, 7).await.unwrap().unwrap();
+            assert!(cancelled.moved);
+        }
+    }
+    let store = SqlStore::connect(&sqlite_url(&dir)).await.unwrap();
+    let mut same_key = order(&s, "k2", "k", 1);
+    same_key.idempotency_key = Some("key-k1".into());
+    let outcomes = store
+        .insert_orders(&[order(&s, "a2", "a", 1)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcomes[0], InsertOutcome::Rejected(_)),
+        "over the limit: {outcomes:?}"
+    );
+    let outcomes = store.insert_orders(&[same_key]).await.unwrap();
+    assert!(
+        matches!(outcomes[0], InsertOutcome::Rejected(_)),
+        "key taken: {outcomes:?}"
+    );
+    let outcomes = store
+        .insert_orders(&[order(&s, "b3", "b", 2), order(&s, "k3", "k", 1)])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [InsertOutcome::Stored, InsertOutcome::Stored]);
+    assert_eq!(
+        store.sold_counters("sale1").await.unwrap(),
+        [("default".to_string(), 6)]
+    );
+}
+
+/// A store written before the guard (the migrations alone: `orders` with its UNIQUE
+/// constraint, a `buyers` table) is laid out again on opening, its orders and their
+/// history kept, and its buyers' units known to the guard.
+#[tokio::test]
+async fn sqlite_a_store_of_the_old_layout_is_laid_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    sqlx::any::install_default_drivers();
+    {
+        let pool = AnyPoolOptions::new().connect(&url).await.unwrap();
+        sqlx::migrate!("./migrations").run(&pool).await.unwrap();
+        for statement in [
+            "INSERT INTO sales (id, name, per_user_limit, starts_at, payment_window, created_at) \
+             VALUES ('sale1', 's', 1, 0, 0, 0)",
+            "INSERT INTO sale_items (sale_id, item_id, position, stock, sold) \
+             VALUES ('sale1', 'default', 0, 10, 1)",
+            "INSERT INTO orders (id, sale_id, user_id, items, units, status, created_at, \
+             idempotency_key, fingerprint) \
+             VALUES ('o1', 'sale1', 'a', '{\"default\":1}', 1, 'paid', 5, 'key-o1', 'q1')",
+            "INSERT INTO buyers (sale_id, user_id, units, max_units) VALUES ('sale1', 'a', 1, 1)",
+            "INSERT INTO order_events (order_id, status, at) VALUES ('o1', 'paid', 6)",
+        ] {
+            pool.execute(statement).await.unwrap();
+        }
+        pool.close().await;
+    }
+    let store = SqlStore::connect(&url.parse().unwrap()).await.unwrap();
+    let layout: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master ORDER BY name")
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+    assert!(
+        !layout
+            .iter()
+            .any(|n| n == "buyers" || n == "sqlite_autoindex_orders_2"),
+        "{layout:?}"
+    );
+    assert!(layout.iter().any(|n| n == "orders_by_sale"), "{layout:?}");
+    assert_eq!(store.get_order("o1").await.unwrap().unwrap().user_id, "a");
+    assert_eq!(store.order_history("o1").await.unwrap().len(), 1);
+    let s = store.get_sale("sale1").await.unwrap().unwrap();
+    let outcomes = store
+        .insert_orders(&[order(&s, "o2", "a", 1), order(&s, "o3", "b", 1)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcomes[0], InsertOutcome::Rejected(_)),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], InsertOutcome::Stored);
+    assert_eq!(
+        store.sold_counters("sale1").await.unwrap(),
+        [("default".to_string(), 2)]
+    );
+    // The history still refers to orders: the foreign key came through the rewrite.
+    let dangling =
+        sqlx::query("INSERT INTO order_events (order_id, status, at) VALUES ('nope', 'paid', 1)")
+            .execute(&store.pool)
+            .await;
+    assert!(dangling.is_err());
+}
