@@ -12,7 +12,7 @@ mod views;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -201,6 +201,11 @@ async fn limit_by_address(
 }
 
 /// Buys: 202 once the order is durable, or a refusal with its code.
+///
+/// Precedence: on a sale this gateway knows to be sold out, ended or not started, a
+/// purchase without an `Idempotency-Key` is refused with that code (409) before its body
+/// is read, so a malformed body gets `sold_out` there, not 400. A purchase with a key
+/// goes the whole way (it may be the retry of one that got a unit).
 #[utoipa::path(post, path = "/api/sales/{id}/purchase", tag = "purchases",
     request_body = PurchaseRequest,
     params(
@@ -230,31 +235,37 @@ async fn purchase(
     caller: Caller,
     ClientIp(ip): ClientIp,
     IdempotencyKey(key): IdempotencyKey,
-    JsonBody(mut request): JsonBody<PurchaseRequest>,
+    // Read only once the sale may sell: see `quick_refusal` below.
+    body: Request,
 ) -> Result<Response, ApiError> {
-    match caller {
-        Caller::Buyer(buyer) => {
-            if !request.user_id.is_empty() {
-                return Err(ApiError::invalid(
-                    "user_id is not accepted here: the buyer is the token's `sub`",
-                ));
-            }
-            request.user_id = buyer;
-        }
+    let token_buyer = match caller {
+        Caller::Buyer(buyer) => Some(buyer),
         Caller::Admin if state.auth.buyers_need_tokens() => {
             return Err(forbidden(
                 "the admin token does not buy: buyers use their own token",
             ));
         }
-        Caller::Admin | Caller::Anyone => {}
-    }
+        Caller::Admin | Caller::Anyone => None,
+    };
     let sale = state.engine.sale(&id).await?;
-    let purchase = state.engine.validate(&sale, request)?;
-    // A sale known to be sold out (or outside its window) answers before the rate
-    // limits count: refusing is cheaper than metering, and nothing can be taken.
+    // A sale known to be sold out (or outside its window) answers a purchase without a
+    // key before its body is read or the rate limits count: whatever it asks, nothing
+    // can be taken (documented precedence: such a sale answers `sold_out`, `ended` or
+    // `not_started` to a malformed body too). A keyed purchase may be the retry of one
+    // that got a unit, so it goes the whole way.
     if let Some(refusal) = state.engine.quick_refusal(&sale, key.as_deref()) {
         return Err(EngineError::Refused(refusal).into());
     }
+    let JsonBody(mut request) = JsonBody::<PurchaseRequest>::from_request(body, &state).await?;
+    if let Some(buyer) = token_buyer {
+        if !request.user_id.is_empty() {
+            return Err(ApiError::invalid(
+                "user_id is not accepted here: the buyer is the token's `sub`",
+            ));
+        }
+        request.user_id = buyer;
+    }
+    let purchase = state.engine.validate(&sale, request)?;
     state
         .limits
         .admit_purchase(&sale.id, &sale.rate_limits, ip, &purchase.user_id)?;

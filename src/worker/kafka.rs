@@ -78,9 +78,18 @@ pub async fn run(
     tracing::info!(group = %bus.worker_group, topic = %bus.topics.orders, "worker consuming");
 
     let mut last_message = tokio::time::Instant::now();
+    // The batch being stored while the next one is consumed: its offsets are committed
+    // once it is stored, before the next batch's store starts.
+    let mut storing: Option<StoringBatch> = None;
     loop {
         let first = tokio::select! {
             message = consumer.recv() => message,
+            () = finished(&mut storing), if storing.is_some() => {
+                // Nothing new meanwhile: commit what is stored now, not at the next message.
+                let stored = storing.take().expect("a batch being stored");
+                commit(&consumer, stored.offsets, CommitMode::Async);
+                continue;
+            }
             () = tokio::time::sleep(STALL_CHECK) => {
                 // Nothing for a while: if the group has lag, its partitions are held by a
                 // member that is gone (tansu 0.6 was seen keeping a killed worker's
@@ -115,26 +124,82 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let consumed = deadline.elapsed();
-        let stored_at = tokio::time::Instant::now();
-        store_batch(&batch, store.as_ref(), &producer, &bus.topics).await;
-        let store_time = stored_at.elapsed();
-        let committed_at = tokio::time::Instant::now();
-        let commit = consumer.commit(&offsets_after(&batch), CommitMode::Sync);
-        tracing::debug!(
-            size = batch.len(),
-            ?consumed,
-            ?store_time,
-            commit_time = ?committed_at.elapsed(),
-            "batch done"
-        );
-        if let Err(e) = commit {
-            // E.g. the partition moved to another worker: it re-delivers, harmlessly.
-            tracing::warn!(error = %e, "offset commit failed");
+        if let Some(previous) = storing.take() {
+            let waited_at = tokio::time::Instant::now();
+            commit(&consumer, previous.stored().await, CommitMode::Async);
+            tracing::debug!(size = batch.len(), waited_for_previous = ?waited_at.elapsed(), "batch consumed");
         }
+        storing = Some(StoringBatch::start(batch, &store, &producer, &bus.topics));
+    }
+    if let Some(last) = storing.take() {
+        commit(&consumer, last.stored().await, CommitMode::Sync);
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// A batch whose store runs in a task of its own, and the offsets to commit after it.
+struct StoringBatch {
+    task: tokio::task::JoinHandle<()>,
+    offsets: TopicPartitionList,
+    size: usize,
+    started: tokio::time::Instant,
+}
+
+impl StoringBatch {
+    fn start(
+        batch: Vec<OwnedMessage>,
+        store: &Arc<dyn OrderStore>,
+        producer: &FutureProducer,
+        topics: &Topics,
+    ) -> Self {
+        let offsets = offsets_after(&batch);
+        let size = batch.len();
+        let (store, producer, topics) = (store.clone(), producer.clone(), topics.clone());
+        let task =
+            tokio::spawn(
+                async move { store_batch(&batch, store.as_ref(), &producer, &topics).await },
+            );
+        StoringBatch {
+            task,
+            offsets,
+            size,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Waits for the store; the offsets that may be committed now.
+    async fn stored(self) -> TopicPartitionList {
+        if let Err(e) = self.task.await {
+            // store_batch retries until stored; only a panic ends it early. Its orders
+            // are delivered again after a restart, as if the worker had been killed.
+            tracing::error!(error = %e, "storing a batch failed");
+            std::panic::resume_unwind(e.into_panic());
+        }
+        tracing::debug!(size = self.size, store_time = ?self.started.elapsed(), "batch stored");
+        self.offsets
+    }
+}
+
+/// Resolves when the batch being stored (if any) is stored; never otherwise. Its task is
+/// then spent: take the offsets, do not call `stored`.
+async fn finished(storing: &mut Option<StoringBatch>) {
+    match storing {
+        Some(batch) => {
+            if let Err(e) = (&mut batch.task).await {
+                tracing::error!(error = %e, "storing a batch failed");
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn commit(consumer: &StreamConsumer, offsets: TopicPartitionList, mode: CommitMode) {
+    if let Err(e) = consumer.commit(&offsets, mode) {
+        // E.g. the partition moved to another worker: it re-delivers, harmlessly.
+        tracing::warn!(error = %e, "offset commit failed");
+    }
 }
 
 /// Stores a batch, retrying while the store is down (the offsets wait with it). An order

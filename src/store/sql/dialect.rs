@@ -27,31 +27,6 @@ impl Dialect {
         }
     }
 
-    /// `rows` tuples of `columns` placeholders for a generated multi-row statement.
-    /// SQLite gets anonymous `?`: sqlx looks every parameter up by name, and SQLite's
-    /// name lookup is a linear scan, so `$N` made a 10,000-parameter insert quadratic
-    /// (5.7% of a selling run's CPU in `sqlite3_bind_parameter_name`).
-    pub(super) fn value_rows(self, rows: usize, columns: usize) -> String {
-        let mut sql = String::with_capacity(rows * columns * 6);
-        for row in 0..rows {
-            sql.push_str(if row == 0 { "(" } else { ", (" });
-            for column in 0..columns {
-                if column > 0 {
-                    sql.push_str(", ");
-                }
-                match self {
-                    Dialect::Sqlite => sql.push('?'),
-                    Dialect::Postgres => {
-                        sql.push('$');
-                        sql.push_str(&(row * columns + column + 1).to_string());
-                    }
-                }
-            }
-            sql.push(')');
-        }
-        sql
-    }
-
     /// Gives `$1` units of sale `$2` back to buyer `$3` (on SQLite, in the writer's
     /// guard: `sqlite_layout.rs`).
     pub(super) fn release_buyer_units(self) -> &'static str {

@@ -8,14 +8,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use sqlx::{AnyConnection, Connection, Row};
+use sqlx::{AnyConnection, Connection};
 
 use super::{Dialect, SqlStore};
 use crate::domain::Order;
 use crate::store::{InsertOutcome, StoreError};
-
-/// Rows per multi-row INSERT (10 parameters each at most; SQLite allows 32,766).
-const ROWS_PER_INSERT: usize = 1000;
 
 /// Why a batch did not go in.
 enum BatchError {
@@ -42,7 +39,7 @@ impl SqlStore {
         let mut conn = self.writer.acquire().await?;
         let stored = match self.dialect {
             Dialect::Sqlite => Self::insert_sqlite(&mut conn, orders).await,
-            Dialect::Postgres => Self::insert_on(self.dialect, &mut conn, orders).await,
+            Dialect::Postgres => Self::insert_postgres(&mut conn, orders).await,
         };
         if stored.is_err() {
             self.forget_writer(&mut conn);
@@ -50,8 +47,8 @@ impl SqlStore {
         stored
     }
 
-    async fn insert_on(
-        dialect: Dialect,
+    /// PostgreSQL: the batch in one transaction, a few statements.
+    async fn insert_postgres(
         conn: &mut AnyConnection,
         orders: &[Order],
     ) -> Result<Vec<InsertOutcome>, StoreError> {
@@ -59,7 +56,7 @@ impl SqlStore {
         // savepoint SQLite copies each page the batch touches into a journal first. A
         // refused batch is rolled back whole and goes again order by order.
         let mut tx = conn.begin().await?;
-        match Self::insert_batch(dialect, &mut tx, orders).await {
+        match Self::insert_batch(&mut tx, orders).await {
             Ok(outcomes) => {
                 tx.commit().await?;
                 return Ok(outcomes);
@@ -74,7 +71,7 @@ impl SqlStore {
         let mut outcomes = Vec::with_capacity(orders.len());
         for order in orders {
             let one = std::slice::from_ref(order);
-            let outcome = match Self::in_savepoint(dialect, &mut tx, "one_order", one).await? {
+            let outcome = match Self::in_savepoint(&mut tx, "one_order", one).await? {
                 Ok(mut outcome) => outcome.pop().expect("one outcome per order"),
                 Err(reason) => InsertOutcome::Rejected(reason),
             };
@@ -115,31 +112,15 @@ impl SqlStore {
         conn: &mut AnyConnection,
         orders: &[Order],
     ) -> Result<HashSet<String>, BatchError> {
-        let rows: Vec<_> = orders
-            .iter()
-            .map(|order| {
-                serde_json::json!([
-                    order.id,
-                    order.sale_id,
-                    order.user_id,
-                    serde_json::to_string(&order.items).expect("a map of strings to numbers"),
-                    order.total_units(),
-                    order.status.as_str(),
-                    order.created_at,
-                    order.expires_at,
-                    order.idempotency_key,
-                    order.fingerprint,
-                ])
-            })
-            .collect();
         let ids: Vec<String> = sqlx::query_scalar(
             "INSERT INTO orders (id, sale_id, user_id, items, units, status, created_at, \
              expires_at, idempotency_key, fingerprint) \
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
-             value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9 \
+             SELECT value ->> 'id', value ->> 'sale_id', value ->> 'user_id', \
+             value ->> 'items', value ->> 'units', value ->> 'status', value ->> 'created_at', \
+             value ->> 'expires_at', value ->> 'idempotency_key', value ->> 'fingerprint' \
              FROM json_each($1) WHERE true ON CONFLICT (id) DO NOTHING RETURNING id",
         )
-        .bind(serde_json::to_string(&rows).expect("orders serialize"))
+        .bind(order_rows(orders))
         .fetch_all(&mut *conn)
         .await?;
         Ok(ids.into_iter().collect())
@@ -148,7 +129,6 @@ impl SqlStore {
     /// Runs `insert_batch` inside a savepoint: released when it went in, rolled back to
     /// when the schema refused it (`Ok(Err(reason))`).
     async fn in_savepoint(
-        dialect: Dialect,
         conn: &mut AnyConnection,
         name: &str,
         orders: &[Order],
@@ -157,7 +137,7 @@ impl SqlStore {
         sqlx::query(savepoint("SAVEPOINT"))
             .execute(&mut *conn)
             .await?;
-        match Self::insert_batch(dialect, conn, orders).await {
+        match Self::insert_batch(conn, orders).await {
             Ok(outcomes) => {
                 sqlx::query(savepoint("RELEASE SAVEPOINT"))
                     .execute(&mut *conn)
@@ -175,37 +155,24 @@ impl SqlStore {
     }
 
     async fn insert_batch(
-        dialect: Dialect,
         conn: &mut AnyConnection,
         orders: &[Order],
     ) -> Result<Vec<InsertOutcome>, BatchError> {
-        let mut inserted: HashSet<String> = HashSet::with_capacity(orders.len());
-        for chunk in orders.chunks(ROWS_PER_INSERT) {
-            let mut sql = String::from(
-                "INSERT INTO orders (id, sale_id, user_id, items, units, status, created_at, \
-                 expires_at, idempotency_key, fingerprint) VALUES ",
-            );
-            sql.push_str(&dialect.value_rows(chunk.len(), 10));
-            sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
-            // Only placeholders are generated; every value is bound.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for order in chunk {
-                query = query
-                    .bind(order.id.clone())
-                    .bind(order.sale_id.clone())
-                    .bind(order.user_id.clone())
-                    .bind(serde_json::to_string(&order.items).expect("a map of strings to numbers"))
-                    .bind(order.total_units() as i64)
-                    .bind(order.status.as_str())
-                    .bind(order.created_at)
-                    .bind(order.expires_at)
-                    .bind(order.idempotency_key.clone())
-                    .bind(order.fingerprint.clone());
-            }
-            for row in query.fetch_all(&mut *conn).await? {
-                inserted.insert(row.try_get("id")?);
-            }
-        }
+        // The batch as one JSON parameter: one statement, the same text whatever the
+        // batch size (prepared once), no ten binds per order.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO orders (id, sale_id, user_id, items, units, status, created_at, \
+             expires_at, idempotency_key, fingerprint) \
+             SELECT id, sale_id, user_id, items, units, status, created_at, expires_at, \
+             idempotency_key, fingerprint FROM json_to_recordset($1::json) AS o(id text, \
+             sale_id text, user_id text, items text, units bigint, status text, \
+             created_at bigint, expires_at bigint, idempotency_key text, fingerprint text) \
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(order_rows(orders))
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut inserted: HashSet<String> = ids.into_iter().collect();
         let mut outcomes = Vec::with_capacity(orders.len());
         let mut per_item: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         let mut per_buyer: BTreeMap<(&str, &str), i64> = BTreeMap::new();
@@ -241,26 +208,27 @@ impl SqlStore {
                 )));
             }
         }
-        let buyers: Vec<_> = per_buyer.into_iter().collect();
-        for chunk in buyers.chunks(ROWS_PER_INSERT) {
-            // VALUES columns are column1.. in both SQLite and PostgreSQL; SQLite needs
-            // the WHERE to tell the upsert's ON CONFLICT from a join's.
-            let sql = format!(
+        if !per_buyer.is_empty() {
+            let buyers: Vec<_> = per_buyer
+                .iter()
+                .map(|((sale_id, user_id), units)| BuyerUnits {
+                    sale_id,
+                    user_id,
+                    units: *units,
+                })
+                .collect();
+            let stored = sqlx::query(
                 "INSERT INTO buyers (sale_id, user_id, units, max_units) \
-                 SELECT b.column1, b.column2, b.column3, s.per_user_limit \
-                 FROM (VALUES {}) AS b JOIN sales s ON s.id = b.column1 WHERE true \
+                 SELECT b.sale_id, b.user_id, b.units, s.per_user_limit \
+                 FROM json_to_recordset($1::json) AS b(sale_id text, user_id text, units bigint) \
+                 JOIN sales s ON s.id = b.sale_id \
                  ON CONFLICT (sale_id, user_id) DO UPDATE SET units = buyers.units + excluded.units",
-                dialect.value_rows(chunk.len(), 3)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for ((sale_id, user_id), units) in chunk {
-                query = query
-                    .bind(sale_id.to_string())
-                    .bind(user_id.to_string())
-                    .bind(*units);
-            }
-            let stored = query.execute(&mut *conn).await?.rows_affected();
-            if stored as usize != chunk.len() {
+            )
+            .bind(serde_json::to_string(&buyers).expect("buyers serialize"))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if stored as usize != buyers.len() {
                 return Err(BatchError::Refused(
                     "an order of a sale that does not exist".into(),
                 ));
@@ -268,6 +236,47 @@ impl SqlStore {
         }
         Ok(outcomes)
     }
+}
+
+/// An order as a row of the JSON parameter both dialects insert from.
+#[derive(serde::Serialize)]
+struct OrderRow<'a> {
+    id: &'a str,
+    sale_id: &'a str,
+    user_id: &'a str,
+    items: String,
+    units: u32,
+    status: &'a str,
+    created_at: i64,
+    expires_at: Option<i64>,
+    idempotency_key: Option<&'a str>,
+    fingerprint: &'a str,
+}
+
+fn order_rows(orders: &[Order]) -> String {
+    let rows: Vec<_> = orders
+        .iter()
+        .map(|order| OrderRow {
+            id: &order.id,
+            sale_id: &order.sale_id,
+            user_id: &order.user_id,
+            items: serde_json::to_string(&order.items).expect("a map of strings to numbers"),
+            units: order.total_units(),
+            status: order.status.as_str(),
+            created_at: order.created_at,
+            expires_at: order.expires_at,
+            idempotency_key: order.idempotency_key.as_deref(),
+            fingerprint: &order.fingerprint,
+        })
+        .collect();
+    serde_json::to_string(&rows).expect("orders serialize")
+}
+
+#[derive(serde::Serialize)]
+struct BuyerUnits<'a> {
+    sale_id: &'a str,
+    user_id: &'a str,
+    units: i64,
 }
 
 /// Each order's outcome, given the ids a statement inserted: one not inserted was stored
