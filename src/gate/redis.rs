@@ -567,6 +567,12 @@ impl StockGate for RedisGate {
             .map(|i| stock.get(&i).copied().unwrap_or(0).max(0) as u32)
             .collect())
     }
+
+    /// The answer `reserve` gives a keyless purchase without asking Redis: the sale this
+    /// gateway saw sold out within `SOLD_OUT_TTL`. The window is Redis's to judge.
+    fn quick_refusal(&self, sale: &Sale, _now: Millis) -> Option<Refusal> {
+        self.locally_sold_out(&sale.id).then_some(Refusal::SoldOut)
+    }
 }
 
 #[cfg(test)]

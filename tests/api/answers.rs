@@ -434,6 +434,47 @@ async fn admin_token_guards_sale_creation(backends: Backends) {
     assert_eq!(created["stock"], 1);
 }
 
+/// On a sale known to be sold out, a purchase without a key is answered `sold_out`
+/// before its body is read (the documented precedence: malformed or not, nothing can be
+/// taken); a purchase with a key may be a retry of one that got a unit, so its body is
+/// read and checked as usual.
+async fn a_sold_out_sale_answers_before_reading_the_body(backends: Backends) {
+    let app = TestServer::spawn_on(backends, &[]).await;
+    let id = app.live_sale(1, 1).await;
+    let path = app.url(&format!("/api/sales/{id}/purchase"));
+    let malformed = || {
+        app.client
+            .post(&path)
+            .header("content-type", "application/json")
+            .body("{not json")
+    };
+    // While units remain, the malformed body is what is wrong.
+    app.send(malformed())
+        .await
+        .assert_problem(400, "invalid_request");
+    assert_eq!(
+        app.purchase(&id, json!({"user_id": "a"}), None)
+            .await
+            .status,
+        202
+    );
+    // (A Redis gate learns it from its first sold_out answer, and keeps it for 1 s.)
+    app.purchase(&id, json!({"user_id": "b"}), None)
+        .await
+        .assert_problem(409, "sold_out");
+    app.send(malformed()).await.assert_problem(409, "sold_out");
+    app.send(
+        app.client
+            .post(&path)
+            .body("not even json, no content type"),
+    )
+    .await
+    .assert_problem(409, "sold_out");
+    app.send(malformed().header("idempotency-key", "k-1"))
+        .await
+        .assert_problem(400, "invalid_request");
+}
+
 async fn health_and_readiness(backends: Backends) {
     let app = TestServer::spawn_on(backends, &[]).await;
     let health = app.get("/healthz").await;
@@ -451,6 +492,7 @@ backend_tests!(
     multi_item_purchase_is_all_or_nothing,
     admin_token_guards_sale_creation,
     health_and_readiness,
+    a_sold_out_sale_answers_before_reading_the_body,
     a_click_before_the_start_can_buy_after_it,
     a_buyer_cannot_hold_more_than_max_keys,
     a_retry_during_the_first_request_is_in_progress,
