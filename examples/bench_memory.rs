@@ -118,7 +118,10 @@ async fn serve_rss(buyers: u64) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     drop(listener);
     let mut server = Command::new(&binary)
-        .args(["serve", "--listen", &addr.to_string()])
+        // The rate limits at their defaults, counting every request: each from a new
+        // buyer and from one of 65,536 addresses (X-Forwarded-For, trusted from loopback).
+        .args(["serve", "--listen", &addr.to_string(), "--trusted-proxy", "127.0.0.1"])
+        .env("FLASHSALE_SAMPLE_SALES", "false")
         .arg("--store")
         .arg(format!(
             "sqlite://{}",
@@ -156,7 +159,7 @@ async fn serve_rss(buyers: u64) -> anyhow::Result<()> {
         quantity: 1,
         probe: None,
         progress: true,
-        forwarded_for: false,
+        forwarded_for: true,
         max_in_flight: None,
         first_buyer: 0,
     })
