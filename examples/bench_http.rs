@@ -5,6 +5,8 @@
 //!   cargo run --release --example bench_http -- latency   # 5: open loop at half of 2's rate
 //!   cargo run --release --example bench_http -- regimes   # 2b and 5b: a long sale, selling
 //!                                                         # vs sold out, then half its rate
+//!   cargo run --release --features kafka --example bench_http -- distributed \
+//!       --gate redis://… --bus kafka://… --store postgres://…  # 2c: selling vs the broker
 //!
 //! The server (embedded: local gate, in-process bus, SQLite in a temporary directory) runs
 //! in this process on a runtime of its own; the client is `flashsale load`'s module on
@@ -97,6 +99,10 @@ fn main() -> anyhow::Result<()> {
         // of 65,536 client addresses (a random X-Forwarded-For from both clients, trusted
         // from loopback), so that both limiters count without refusing any.
         trusted_proxies: vec!["127.0.0.1".into()],
+        // Kafka: topics and a worker group of this run's own (a group shared across runs
+        // stalled on tansu).
+        topic_prefix: format!("bench-{}.", std::process::id()),
+        worker_group: format!("bench-{}", std::process::id()),
         ..Config::default()
     };
     let server = server_rt.block_on(Server::start(&config))?;
@@ -129,6 +135,8 @@ fn main() -> anyhow::Result<()> {
         }
         "latency" => bench.latency()?,
         "regimes" => bench.regimes()?,
+        #[cfg(feature = "kafka")]
+        "distributed" => bench.distributed(&config)?,
         other => {
             anyhow::bail!("unknown benchmark {other:?}: ceiling, selling, latency or regimes")
         }
@@ -425,6 +433,68 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// 2c: the distributed deployment selling (`--gate redis://… --bus kafka://…
+    /// --store postgres://…`, a worker in this process) against what the broker accepts
+    /// from an idempotent `acks=all` producer (rdkafka, the gateways' own settings) with
+    /// messages of an order's size, in the same run; the worker's lag sampled meanwhile.
+    #[cfg(feature = "kafka")]
+    fn distributed(&self, config: &Config) -> anyhow::Result<()> {
+        let kafka = config
+            .bus_settings()
+            .kafka()
+            .context("distributed needs --bus kafka://…")?;
+        let orders = self.args.orders;
+        let ceiling = self.client_rt.block_on(producer_ceiling(&kafka, orders as usize))?;
+        let sale = self.create_sale(u32::try_from(orders * 2)?)?;
+        let max_lag = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let sampler = {
+            let (kafka, max_lag) = (kafka.clone(), max_lag.clone());
+            self.client_rt.spawn(async move {
+                loop {
+                    if let Ok(lag) = kafka.consumer_lag().await {
+                        max_lag.fetch_max(lag, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            })
+        };
+        let run = self.run(LoadPlan {
+            buyers: orders,
+            attempts: orders,
+            duration: None,
+            ..self.plan(Some(&sale), None)
+        })?;
+        sampler.abort();
+        anyhow::ensure!(
+            run.rejected.is_empty(),
+            "every new buyer must get a unit: refused {:?}",
+            run.rejected
+        );
+        let selling = run.accepted.len() as f64 / run.elapsed.as_secs_f64();
+        let drained = std::time::Instant::now();
+        self.client_rt.block_on(async {
+            while kafka.consumer_lag().await.map_or(true, |lag| lag > 0) {
+                anyhow::ensure!(drained.elapsed() < Duration::from_secs(120), "the worker did not drain");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::Ok(())
+        })?;
+        let q = |x| run.latency_ms(x);
+        println!(
+            "idempotent acks=all producer, order-sized messages: {ceiling:.0} messages/s\n\
+             selling, {} orders from new buyers: {selling:.0} orders/s (p50 {:.1} ms, p99 {:.1} ms)\n\
+             ratio selling / producer ceiling: {:.3} (target >= 0.5)\n\
+             worker lag: at most {} orders while selling (sampled every 0.5 s), drained {:.1} s after",
+            run.accepted.len(),
+            q(0.5),
+            q(0.99),
+            selling / ceiling,
+            max_lag.load(std::sync::atomic::Ordering::Relaxed),
+            drained.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
     fn plan(&self, sale: Option<&str>, probe: Option<&str>) -> LoadPlan {
         LoadPlan {
             base_url: self.base.to_string(),
@@ -620,4 +690,72 @@ async fn start_worker(config: &Config) -> anyhow::Result<Option<tokio::task::Joi
             eprintln!("worker stopped: {e}");
         }
     })))
+}
+
+/// What the broker accepts from an idempotent `acks=all` producer with the gateways'
+/// settings: `messages` of an order message's size, 64 in flight (as many as the load's
+/// connections), into topics of their own created like the orders topic.
+#[cfg(feature = "kafka")]
+async fn producer_ceiling(
+    kafka: &flashsale::bus::kafka::KafkaSettings,
+    messages: usize,
+) -> anyhow::Result<f64> {
+    use flashsale::bus::kafka::{OrderMessage, Topics, ensure_topics, producer_config};
+    use flashsale::domain::{NewSale, Order, PurchaseRequest, validate_purchase};
+    use futures_util::StreamExt;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let mut own = kafka.clone();
+    own.topics = Topics::with_prefix(&format!("ceiling-{}.", std::process::id()));
+    ensure_topics(&own).await?;
+    let sale = NewSale {
+        name: "bench".into(),
+        stock: Some(100),
+        items: None,
+        per_user_limit: Some(1),
+        starts_at: None,
+        ends_at: None,
+        payment_window: None,
+        rate_limits: None,
+    }
+    .into_sale(uuid::Uuid::now_v7().simple().to_string(), 0)?;
+    let purchase = validate_purchase(
+        &sale,
+        PurchaseRequest {
+            user_id: "buyer-1234567".into(),
+            quantity: Some(1),
+            items: None,
+        },
+    )?;
+    let order = Order::new(
+        uuid::Uuid::now_v7().simple().to_string(),
+        &sale,
+        &purchase,
+        None,
+        0,
+    );
+    let payload = OrderMessage::encode(&order);
+    let producer: FutureProducer = producer_config(&own.brokers, own.delivery_timeout).create()?;
+    let keys: Vec<String> = (0..messages)
+        .map(|i| format!("{}buyer-{i}", sale.id))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    for key in &keys {
+        in_flight.push(producer.send(
+            FutureRecord::to(&own.topics.orders).key(key).payload(&payload),
+            Duration::from_secs(30),
+        ));
+        while in_flight.len() >= 64 {
+            if let Some(Err((e, _))) = in_flight.next().await {
+                anyhow::bail!("produce failed: {e}");
+            }
+        }
+    }
+    while let Some(delivered) = in_flight.next().await {
+        if let Err((e, _)) = delivered {
+            anyhow::bail!("produce failed: {e}");
+        }
+    }
+    Ok(messages as f64 / started.elapsed().as_secs_f64())
 }
