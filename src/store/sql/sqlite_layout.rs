@@ -26,7 +26,7 @@
 //!
 //! The cost: one process writes a SQLite store (as it always did: the embedded
 //! deployment), and opening a store reads every order that holds units or a key once
-//! (~1 s per 300,000 orders here).
+//! (~4.5 s per million orders here, half of them keyed).
 
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
