@@ -444,7 +444,9 @@ impl Bench<'_> {
             .kafka()
             .context("distributed needs --bus kafka://…")?;
         let orders = self.args.orders;
-        let ceiling = self.client_rt.block_on(producer_ceiling(&kafka, orders as usize))?;
+        let ceiling = self
+            .client_rt
+            .block_on(producer_ceiling(&kafka, orders as usize))?;
         let sale = self.create_sale(u32::try_from(orders * 2)?)?;
         let max_lag = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
         let sampler = {
@@ -474,7 +476,10 @@ impl Bench<'_> {
         let drained = std::time::Instant::now();
         self.client_rt.block_on(async {
             while kafka.consumer_lag().await.map_or(true, |lag| lag > 0) {
-                anyhow::ensure!(drained.elapsed() < Duration::from_secs(120), "the worker did not drain");
+                anyhow::ensure!(
+                    drained.elapsed() < Duration::from_secs(120),
+                    "the worker did not drain"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             anyhow::Ok(())
@@ -742,10 +747,14 @@ async fn producer_ceiling(
     let started = std::time::Instant::now();
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
     for key in &keys {
-        in_flight.push(producer.send(
-            FutureRecord::to(&own.topics.orders).key(key).payload(&payload),
-            Duration::from_secs(30),
-        ));
+        in_flight.push(
+            producer.send(
+                FutureRecord::to(&own.topics.orders)
+                    .key(key)
+                    .payload(&payload),
+                Duration::from_secs(30),
+            ),
+        );
         while in_flight.len() >= 64 {
             if let Some(Err((e, _))) = in_flight.next().await {
                 anyhow::bail!("produce failed: {e}");

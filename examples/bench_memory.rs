@@ -120,7 +120,13 @@ async fn serve_rss(buyers: u64) -> anyhow::Result<()> {
     let mut server = Command::new(&binary)
         // The rate limits at their defaults, counting every request: each from a new
         // buyer and from one of 65,536 addresses (X-Forwarded-For, trusted from loopback).
-        .args(["serve", "--listen", &addr.to_string(), "--trusted-proxy", "127.0.0.1"])
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--trusted-proxy",
+            "127.0.0.1",
+        ])
         .env("FLASHSALE_SAMPLE_SALES", "false")
         .arg("--store")
         .arg(format!(

@@ -62,8 +62,10 @@ pub trait OrderStore: Send + Sync + 'static {
         units: u32,
     ) -> Result<Option<Sale>, StoreError>;
 
-    /// Stores a batch in one transaction; each order succeeds or fails on its own.
-    /// An `Err` means the transaction itself failed and nothing of the batch is stored.
+    /// Stores a batch; each order succeeds or fails on its own. An `Err` means the
+    /// store failed and the batch's fate is unknown: a COMMIT whose answer was lost, or
+    /// (SQLite, refused batch gone again order by order) some of its orders stored.
+    /// Storing it again is harmless; `stored_ids` tells which went in.
     async fn insert_orders(&self, orders: &[Order]) -> Result<Vec<InsertOutcome>, StoreError>;
 
     async fn get_order(&self, id: &str) -> Result<Option<Order>, StoreError>;

@@ -1,10 +1,9 @@
-//! The one way orders get into the store. On PostgreSQL, a batch is a few multi-row
-//! statements (the orders, then units sold per item and per buyer, summed) in one
-//! transaction; on SQLite, one statement whose triggers do the counting
-//! (`sqlite_layout.rs`). If the schema refuses
-//! anything in a batch, the transaction is rolled back and each order goes through the
-//! same path again as a batch of one, in a savepoint each, so that the refusal lands on
-//! the order that caused it alone.
+//! The one way orders get into the store. On PostgreSQL, a batch is a few statements
+//! (the orders as one JSON parameter, then units sold per item and per buyer, summed) in
+//! one transaction; on SQLite, one statement whose triggers do the counting
+//! (`sqlite_layout.rs`). If the schema refuses anything in a batch, the batch is rolled
+//! back and each order goes the same way again alone (PostgreSQL: in a savepoint each;
+//! SQLite: a statement each), so that the refusal lands on the order that caused it.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -52,9 +51,8 @@ impl SqlStore {
         conn: &mut AnyConnection,
         orders: &[Order],
     ) -> Result<Vec<InsertOutcome>, StoreError> {
-        // The whole batch, without a savepoint: that is nearly every batch, and under a
-        // savepoint SQLite copies each page the batch touches into a journal first. A
-        // refused batch is rolled back whole and goes again order by order.
+        // The whole batch, without a savepoint (nearly every batch goes in whole). A
+        // refused batch is rolled back and goes again order by order.
         let mut tx = conn.begin().await?;
         match Self::insert_batch(&mut tx, orders).await {
             Ok(outcomes) => {
@@ -83,7 +81,9 @@ impl SqlStore {
 
     /// SQLite: the batch as one statement, its own transaction; the writer's triggers
     /// count the units and check the limits (`sqlite_layout.rs`). A refused batch goes
-    /// again order by order, each its own statement.
+    /// again order by order, each its own statement. An error part way through leaves
+    /// some of those stored: the caller's answer is then "unknown", and the group commit
+    /// looks each order up.
     async fn insert_sqlite(
         conn: &mut AnyConnection,
         orders: &[Order],
