@@ -238,32 +238,39 @@ async fn purchase(
     // Read only once the sale may sell: see `quick_refusal` below.
     body: Request,
 ) -> Result<Response, ApiError> {
-    let token_buyer = match caller {
-        Caller::Buyer(buyer) => Some(buyer),
+    let sale = match state.engine.sale(&id).await {
+        Ok(sale) => sale,
+        Err(e) => {
+            // As for every other answer: the body is read and judged first.
+            JsonBody::<PurchaseRequest>::from_request(body, &state).await?;
+            return Err(e.into());
+        }
+    };
+    // A sale known to be sold out (or outside its window) answers a purchase without a
+    // key before its body is read or the rate limits count: whatever it asks, nothing
+    // can be taken (documented precedence: such a sale answers `sold_out`, `ended` or
+    // `not_started` to a malformed body too). A keyed purchase may be the retry of one
+    // that got a unit, so it goes the whole way; so does the admin token, refused below.
+    let admin_may_not_buy = matches!(caller, Caller::Admin) && state.auth.buyers_need_tokens();
+    if !admin_may_not_buy && let Some(refusal) = state.engine.quick_refusal(&sale, key.as_deref()) {
+        return Err(EngineError::Refused(refusal).into());
+    }
+    let JsonBody(mut request) = JsonBody::<PurchaseRequest>::from_request(body, &state).await?;
+    match caller {
+        Caller::Buyer(buyer) => {
+            if !request.user_id.is_empty() {
+                return Err(ApiError::invalid(
+                    "user_id is not accepted here: the buyer is the token's `sub`",
+                ));
+            }
+            request.user_id = buyer;
+        }
         Caller::Admin if state.auth.buyers_need_tokens() => {
             return Err(forbidden(
                 "the admin token does not buy: buyers use their own token",
             ));
         }
-        Caller::Admin | Caller::Anyone => None,
-    };
-    let sale = state.engine.sale(&id).await?;
-    // A sale known to be sold out (or outside its window) answers a purchase without a
-    // key before its body is read or the rate limits count: whatever it asks, nothing
-    // can be taken (documented precedence: such a sale answers `sold_out`, `ended` or
-    // `not_started` to a malformed body too). A keyed purchase may be the retry of one
-    // that got a unit, so it goes the whole way.
-    if let Some(refusal) = state.engine.quick_refusal(&sale, key.as_deref()) {
-        return Err(EngineError::Refused(refusal).into());
-    }
-    let JsonBody(mut request) = JsonBody::<PurchaseRequest>::from_request(body, &state).await?;
-    if let Some(buyer) = token_buyer {
-        if !request.user_id.is_empty() {
-            return Err(ApiError::invalid(
-                "user_id is not accepted here: the buyer is the token's `sub`",
-            ));
-        }
-        request.user_id = buyer;
+        Caller::Admin | Caller::Anyone => {}
     }
     let purchase = state.engine.validate(&sale, request)?;
     state

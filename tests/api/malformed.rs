@@ -262,7 +262,10 @@ fn raw(rng: &mut fastrand::Rng, sale: &str) -> Vec<u8> {
 }
 
 async fn send_raw(addr: &str, bytes: &[u8]) -> Option<u16> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
     // The server may close before reading everything: a failed write is an answer too.
     let _ = stream.write_all(bytes).await;
     let _ = stream.shutdown().await;
@@ -292,8 +295,11 @@ async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64) {
             let mut rng = fastrand::Rng::with_seed(seed + lane as u64);
             for _ in 0..STRUCTURED / LANES {
                 let (method, path, headers, body) = request(&mut rng, &sale);
+                // Bounded: a request the server never answers counts as unanswered
+                // (asserted below) instead of hanging the suite.
                 let mut request = client
                     .request(method.clone(), format!("{base}{path}"))
+                    .timeout(Duration::from_secs(10))
                     .body(body.clone());
                 for (name, value) in &headers {
                     request = request.header(name, value);
