@@ -27,6 +27,8 @@ pub struct LocalGate {
     /// touch no shared counter.
     sales: ArcSwap<HashMap<String, Arc<SaleState>, RandomState>>,
     hasher: RandomState,
+    /// Two more seeds, for the 128 bits of a key's hash (`KeyHash`).
+    key_hashers: [RandomState; 2],
     keys: KeyPolicy,
 }
 
@@ -46,19 +48,61 @@ struct SaleState {
 
 #[derive(Default)]
 struct Shard {
-    /// Units held per buyer.
-    units: HashMap<Box<str>, u32, RandomState>,
-    /// Buyer → the idempotency keys they used (most use one) and what each stands for.
-    keys: HashMap<Box<str>, BuyerKeys, RandomState>,
+    /// One entry per buyer, the id kept once: the units they hold and the idempotency
+    /// keys they used (bench 7: two maps kept every keyed buyer's id twice).
+    buyers: HashMap<Box<str>, Buyer, RandomState>,
+    /// The shard's purchase fingerprints, each kept once: a key shares its text (most
+    /// buyers of a sale buy the same thing).
+    fingerprints: HashSet<Arc<str>, RandomState>,
 }
 
-type BuyerKeys = Vec<(Box<str>, KeyEntry)>;
+#[derive(Default)]
+struct Buyer {
+    units: u32,
+    /// Most buyers use no key or one: none costs the null pointer, one is allocated
+    /// exactly (a `Vec` push would make room for four).
+    keys: Option<Box<[KeyEntry]>>,
+}
+
+impl Buyer {
+    fn keys(&self) -> &[KeyEntry] {
+        self.keys.as_deref().unwrap_or_default()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.units == 0 && self.keys.is_none()
+    }
+
+    fn retain_keys(&mut self, keep: impl Fn(&KeyEntry) -> bool) -> usize {
+        let Some(keys) = self.keys.take() else {
+            return 0;
+        };
+        let before = keys.len();
+        let kept: Box<[KeyEntry]> = if keys.iter().all(&keep) {
+            keys
+        } else {
+            keys.into_vec().into_iter().filter(|e| keep(e)).collect()
+        };
+        let dropped = before - kept.len();
+        if !kept.is_empty() {
+            self.keys = Some(kept);
+        }
+        dropped
+    }
+}
+
+/// An idempotency key as a 128-bit hash of its text under the gate's random seeds:
+/// 16 bytes in place instead of an allocation of the key's length. Two keys of one buyer
+/// are taken for one with probability ~2^-128, and the seeds are not known outside.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct KeyHash(u64, u64);
 
 /// Kept for every accepted key until it expires, so it is small: the order an accepted
 /// key stands for is rebuilt from the fingerprint when a retry asks (bench 7: keeping
 /// the whole order made a keyed buyer cost ~900 bytes).
 struct KeyEntry {
-    fingerprint: Box<str>,
+    key: KeyHash,
+    fingerprint: Arc<str>,
     state: KeyState,
     /// When the key may be forgotten (`KeyPolicy::expires_at`).
     expires_at: Millis,
@@ -136,61 +180,94 @@ impl KeyEntry {
 }
 
 impl Shard {
-    fn key(&self, user: &str, key: &str) -> Option<&KeyEntry> {
-        let keys = self.keys.get(user)?;
-        keys.iter().find(|(k, _)| **k == *key).map(|(_, e)| e)
+    fn key(&self, user: &str, key: KeyHash) -> Option<&KeyEntry> {
+        let buyer = self.buyers.get(user)?;
+        buyer.keys().iter().find(|e| e.key == key)
     }
 
-    fn key_mut(&mut self, user: &str, key: &str) -> Option<&mut KeyEntry> {
-        let keys = self.keys.get_mut(user)?;
-        keys.iter_mut().find(|(k, _)| **k == *key).map(|(_, e)| e)
+    fn key_mut(&mut self, user: &str, key: KeyHash) -> Option<&mut KeyEntry> {
+        let keys = self.buyers.get_mut(user)?.keys.as_deref_mut()?;
+        keys.iter_mut().find(|e| e.key == key)
     }
 
-    fn set_key(&mut self, user: &str, key: &str, entry: KeyEntry) {
-        if let Some(slot) = self.key_mut(user, key) {
+    fn set_key(&mut self, user: &str, entry: KeyEntry) {
+        if let Some(slot) = self.key_mut(user, entry.key) {
             *slot = entry;
             return;
         }
-        match self.keys.get_mut(user) {
-            Some(keys) => keys.push((key.into(), entry)),
-            // Most buyers use one key: room for exactly one (a push would make four).
-            None => {
-                self.keys.insert(user.into(), vec![(key.into(), entry)]);
-            }
+        let buyer = self.buyer_mut(user);
+        buyer.keys = Some(match buyer.keys.take() {
+            Some(keys) => keys.into_vec().into_iter().chain([entry]).collect(),
+            None => Box::new([entry]),
+        });
+    }
+
+    /// The buyer's entry, made if new (`get_mut` first: a returning buyer's id is not
+    /// allocated again).
+    fn buyer_mut(&mut self, user: &str) -> &mut Buyer {
+        if !self.buyers.contains_key(user) {
+            self.buyers.insert(user.into(), Buyer::default());
         }
+        self.buyers.get_mut(user).expect("just inserted")
+    }
+
+    /// Drops the buyer's entry once it holds nothing and keeps no key.
+    fn drop_if_empty(&mut self, user: &str) {
+        if self.buyers.get(user).is_some_and(Buyer::is_empty) {
+            self.buyers.remove(user);
+        }
+    }
+
+    fn units(&self, user: &str) -> u32 {
+        self.buyers.get(user).map_or(0, |b| b.units)
+    }
+
+    fn add_units(&mut self, user: &str, units: u32) {
+        self.buyer_mut(user).units += units;
+    }
+
+    fn remove_units(&mut self, user: &str, units: u32) {
+        if let Some(buyer) = self.buyers.get_mut(user) {
+            buyer.units = buyer.units.saturating_sub(units);
+            self.drop_if_empty(user);
+        }
+    }
+
+    /// The shard's copy of `fingerprint`, made if new.
+    fn fingerprint(&mut self, fingerprint: &str) -> Arc<str> {
+        if let Some(kept) = self.fingerprints.get(fingerprint) {
+            return kept.clone();
+        }
+        let kept: Arc<str> = fingerprint.into();
+        self.fingerprints.insert(kept.clone());
+        kept
     }
 
     /// Drops the buyer's expired keys; returns how many live keys the buyer has left.
     fn live_keys(&mut self, user: &str, now: Millis) -> usize {
-        let Some(keys) = self.keys.get_mut(user) else {
+        let Some(buyer) = self.buyers.get_mut(user) else {
             return 0;
         };
-        keys.retain(|(_, e)| e.expires_at > now);
-        let live = keys.len();
-        if live == 0 {
-            self.keys.remove(user);
-        }
+        buyer.retain_keys(|e| e.expires_at > now);
+        let live = buyer.keys().len();
+        self.drop_if_empty(user);
         live
     }
 
     /// Drops every expired key of the shard; returns how many.
     fn forget_expired(&mut self, now: Millis) -> usize {
         let mut forgotten = 0;
-        self.keys.retain(|_, keys| {
-            let before = keys.len();
-            keys.retain(|(_, e)| e.expires_at > now);
-            forgotten += before - keys.len();
-            !keys.is_empty()
+        self.buyers.retain(|_, buyer| {
+            forgotten += buyer.retain_keys(|e| e.expires_at > now);
+            !buyer.is_empty()
         });
         forgotten
     }
 
-    fn remove_key(&mut self, user: &str, key: &str) {
-        if let Some(keys) = self.keys.get_mut(user) {
-            keys.retain(|(k, _)| **k != *key);
-            if keys.is_empty() {
-                self.keys.remove(user);
-            }
+    fn remove_key(&mut self, user: &str, key: KeyHash) {
+        if let Some(buyer) = self.buyers.get_mut(user) {
+            buyer.retain_keys(|e| e.key != key);
+            self.drop_if_empty(user);
         }
     }
 }
@@ -298,6 +375,11 @@ impl LocalGate {
         &state.shards[self.hasher.hash_one(user_id) as usize % SHARDS]
     }
 
+    fn key_hash(&self, key: &str) -> KeyHash {
+        let [first, second] = &self.key_hashers;
+        KeyHash(first.hash_one(key), second.hash_one(key))
+    }
+
     /// The decision itself, synchronous: the trait's async methods only wrap it.
     pub fn decide(
         &self,
@@ -323,9 +405,10 @@ impl LocalGate {
         let user = purchase.user_id.as_str();
         let mut shard = self.shard(state, user).lock();
         let mut live_keys = 0;
-        if let Some(key) = key {
+        let key_hash = key.map(|key| self.key_hash(key));
+        if let (Some(key), Some(key_hash)) = (key, key_hash) {
             live_keys = shard.live_keys(user, now);
-            if let Some(entry) = shard.key(user, key) {
+            if let Some(entry) = shard.key(user, key_hash) {
                 return Ok(if *entry.fingerprint == *purchase.fingerprint {
                     Decision::Replay(entry.answer(sale, user, key))
                 } else {
@@ -333,7 +416,7 @@ impl LocalGate {
                 });
             }
         }
-        let held = shard.units.get(user).copied().unwrap_or(0);
+        let held = shard.units(user);
         let wanted = purchase.total_units();
         let outcome = if let Some(refusal) = window {
             Err(refusal)
@@ -353,25 +436,20 @@ impl LocalGate {
             Ok(())
         };
         if outcome.is_ok() {
-            // get_mut first: a returning buyer's id is not allocated again.
-            match shard.units.get_mut(user) {
-                Some(held) => *held += wanted,
-                None => {
-                    shard.units.insert(user.into(), wanted);
-                }
-            }
+            shard.add_units(user, wanted);
         }
         // A refusal is not remembered: a retry with the key is decided afresh (a click
         // before the start can buy after it), and refused keys take no memory.
-        if let Some(key) = key
+        if let Some(key) = key_hash
             && outcome.is_ok()
         {
             let entry = KeyEntry {
-                fingerprint: purchase.fingerprint.as_str().into(),
+                key,
+                fingerprint: shard.fingerprint(&purchase.fingerprint),
                 state: KeyState::InFlight(OrderRef::new(order_id)),
                 expires_at: self.keys.expires_at(sale, now),
             };
-            shard.set_key(user, key, entry);
+            shard.set_key(user, entry);
         }
         Ok(match outcome {
             Ok(()) => Decision::Reserved { at: now },
@@ -385,7 +463,7 @@ impl LocalGate {
         };
         let state = self.state(sale)?;
         let mut shard = self.shard(&state, &order.user_id).lock();
-        if let Some(entry) = shard.key_mut(&order.user_id, key)
+        if let Some(entry) = shard.key_mut(&order.user_id, self.key_hash(key))
             && matches!(&entry.state, KeyState::InFlight(id) if id.is(&order.id))
         {
             entry.state = KeyState::Accepted {
@@ -408,13 +486,9 @@ impl LocalGate {
         }
         let units = order.units(sale);
         let mut shard = self.shard(&state, &order.user_id).lock();
-        if let Some(held) = shard.units.get_mut(order.user_id.as_str()) {
-            *held = held.saturating_sub(order.total_units());
-            if *held == 0 {
-                shard.units.remove(order.user_id.as_str());
-            }
-        }
+        shard.remove_units(&order.user_id, order.total_units());
         if forget_key && let Some(key) = order.idempotency_key.as_deref() {
+            let key = self.key_hash(key);
             let ours = shard
                 .key(&order.user_id, key)
                 .is_some_and(|e| e.is_for(order));
@@ -469,7 +543,7 @@ impl StockGate for LocalGate {
         let state = SaleState::new(remaining, totals(sale));
         for (user, &units) in &snapshot.buyers {
             let mut shard = self.shard(&state, user).lock();
-            shard.units.insert(user.as_str().into(), units);
+            shard.add_units(user, units);
         }
         for order in &snapshot.keyed_orders {
             let Some(key) = order.idempotency_key.as_deref() else {
@@ -477,14 +551,15 @@ impl StockGate for LocalGate {
             };
             let mut shard = self.shard(&state, &order.user_id).lock();
             let entry = KeyEntry {
-                fingerprint: order.fingerprint.as_str().into(),
+                key: self.key_hash(key),
+                fingerprint: shard.fingerprint(&order.fingerprint),
                 state: KeyState::Accepted {
                     order_id: OrderRef::new(&order.id),
                     created_at: order.created_at,
                 },
                 expires_at: self.keys.expires_at(sale, order.created_at),
             };
-            shard.set_key(&order.user_id, key, entry);
+            shard.set_key(&order.user_id, entry);
         }
         let state = Arc::new(state);
         self.set_state(sale, || state.clone(), false);
@@ -549,7 +624,7 @@ impl StockGate for LocalGate {
         let state = self.state(sale)?;
         let shard = self.shard(&state, user_id).lock();
         Ok(shard
-            .key(user_id, key)
+            .key(user_id, self.key_hash(key))
             .map(|e| e.answer(sale, user_id, key)))
     }
 

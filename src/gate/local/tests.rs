@@ -248,14 +248,14 @@ fn concurrent_buyers_on_threads_never_oversell() {
     let held: u32 = state
         .shards
         .iter()
-        .map(|sh| sh.lock().units.values().sum::<u32>())
+        .map(|sh| sh.lock().buyers.values().map(|b| b.units).sum::<u32>())
         .sum();
     assert_eq!(held, 100);
     assert!(
         state
             .shards
             .iter()
-            .all(|sh| sh.lock().units.values().all(|&u| u <= 1))
+            .all(|sh| sh.lock().buyers.values().all(|b| b.units <= 1))
     );
 }
 
@@ -632,4 +632,54 @@ async fn added_stock_is_added_once_and_clears_the_sold_out_flag() {
     }
     assert_eq!(gate.remaining(&s).await.unwrap(), vec![5]);
     assert_eq!(gate.quick_refusal(&six, now), None);
+}
+
+/// One entry per buyer holds their units and keys (bench 7): it outlives its units while
+/// a key is kept, its keys outlive each other, and it goes once it holds neither.
+#[test]
+fn a_buyer_entry_lives_while_it_holds_units_or_keys() {
+    let s = sale(&[10], 10);
+    let gate = gate_with(&s);
+    let entries = |gate: &LocalGate| -> usize {
+        let state = &gate.sales.load()["sale"];
+        state.shards.iter().map(|sh| sh.lock().buyers.len()).sum()
+    };
+    let p = purchase(&s, "a", &[(0, 1)]);
+    let keyless = order(&s, &p, "o1", None);
+    let first = order(&s, &p, "o2", Some("k1"));
+    let second = order(&s, &p, "o3", Some("k2"));
+    assert!(matches!(
+        gate.decide(&s, &p, None, "o1", 1_500).unwrap(),
+        Decision::Reserved { .. }
+    ));
+    for (key, id) in [("k1", "o2"), ("k2", "o3")] {
+        assert!(matches!(
+            gate.decide(&s, &p, Some(key), id, 1_500).unwrap(),
+            Decision::Reserved { .. }
+        ));
+    }
+    assert_eq!(entries(&gate), 1, "one buyer, one entry");
+    // Units given back, keys kept (an expired order keeps its key's answer).
+    for order in [&keyless, &first, &second] {
+        gate.release_sync(&s, order, false).unwrap();
+    }
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![10]);
+    assert_eq!(entries(&gate), 1, "the keys keep the entry");
+    assert!(matches!(
+        gate.decide(&s, &p, Some("k2"), "o4", 1_500).unwrap(),
+        Decision::Replay(_)
+    ));
+    // Forgetting one key keeps the other.
+    let gate = gate_with(&s);
+    for (key, id) in [("k1", "o2"), ("k2", "o3")] {
+        gate.decide(&s, &p, Some(key), id, 1_500).unwrap();
+    }
+    gate.release_sync(&s, &first, true).unwrap();
+    assert!(matches!(
+        gate.decide(&s, &p, Some("k2"), "o5", 1_500).unwrap(),
+        Decision::Replay(_)
+    ));
+    gate.release_sync(&s, &second, true).unwrap();
+    assert_eq!(entries(&gate), 0, "nothing held, no key: no entry");
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![10]);
 }
