@@ -48,46 +48,42 @@ struct SaleState {
 
 #[derive(Default)]
 struct Shard {
-    /// One entry per buyer, the id kept once: the units they hold and the idempotency
-    /// keys they used (bench 7: two maps kept every keyed buyer's id twice).
+    /// One entry per buyer, the id kept once: the units they hold and where their
+    /// idempotency keys are (bench 7: two maps kept every keyed buyer's id twice; keys
+    /// in the entry itself made every keyless buyer's slot larger).
     buyers: HashMap<Box<str>, Buyer, RandomState>,
+    /// The keyed buyers' keys, at `Buyer::keys`; emptied lists are reused (`free_lists`).
+    key_lists: Vec<Box<[KeyEntry]>>,
+    free_lists: Vec<u32>,
     /// The shard's purchase fingerprints, each kept once: a key shares its text (most
     /// buyers of a sale buy the same thing).
     fingerprints: HashSet<Arc<str>, RandomState>,
 }
 
-#[derive(Default)]
+/// 8 bytes beside the buyer's id in the map's slot.
+#[derive(Clone, Copy)]
 struct Buyer {
     units: u32,
-    /// Most buyers use no key or one: none costs the null pointer, one is allocated
-    /// exactly (a `Vec` push would make room for four).
-    keys: Option<Box<[KeyEntry]>>,
+    keys: KeysAt,
+}
+
+/// Where a buyer's keys are in `Shard::key_lists`, if they have any. Most buyers use no
+/// key or one: a list is allocated exactly (a `Vec` push would make room for four).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct KeysAt(u32);
+
+impl KeysAt {
+    const NONE: KeysAt = KeysAt(u32::MAX);
 }
 
 impl Buyer {
-    fn keys(&self) -> &[KeyEntry] {
-        self.keys.as_deref().unwrap_or_default()
-    }
+    const NEW: Buyer = Buyer {
+        units: 0,
+        keys: KeysAt::NONE,
+    };
 
     fn is_empty(&self) -> bool {
-        self.units == 0 && self.keys.is_none()
-    }
-
-    fn retain_keys(&mut self, keep: impl Fn(&KeyEntry) -> bool) -> usize {
-        let Some(keys) = self.keys.take() else {
-            return 0;
-        };
-        let before = keys.len();
-        let kept: Box<[KeyEntry]> = if keys.iter().all(&keep) {
-            keys
-        } else {
-            keys.into_vec().into_iter().filter(|e| keep(e)).collect()
-        };
-        let dropped = before - kept.len();
-        if !kept.is_empty() {
-            self.keys = Some(kept);
-        }
-        dropped
+        self.units == 0 && self.keys == KeysAt::NONE
     }
 }
 
@@ -180,14 +176,25 @@ impl KeyEntry {
 }
 
 impl Shard {
+    fn keys_of(&self, user: &str) -> &[KeyEntry] {
+        match self.buyers.get(user) {
+            Some(buyer) if buyer.keys != KeysAt::NONE => &self.key_lists[buyer.keys.0 as usize],
+            _ => &[],
+        }
+    }
+
     fn key(&self, user: &str, key: KeyHash) -> Option<&KeyEntry> {
-        let buyer = self.buyers.get(user)?;
-        buyer.keys().iter().find(|e| e.key == key)
+        self.keys_of(user).iter().find(|e| e.key == key)
     }
 
     fn key_mut(&mut self, user: &str, key: KeyHash) -> Option<&mut KeyEntry> {
-        let keys = self.buyers.get_mut(user)?.keys.as_deref_mut()?;
-        keys.iter_mut().find(|e| e.key == key)
+        let at = self.buyers.get(user)?.keys;
+        if at == KeysAt::NONE {
+            return None;
+        }
+        self.key_lists[at.0 as usize]
+            .iter_mut()
+            .find(|e| e.key == key)
     }
 
     fn set_key(&mut self, user: &str, entry: KeyEntry) {
@@ -195,18 +202,35 @@ impl Shard {
             *slot = entry;
             return;
         }
-        let buyer = self.buyer_mut(user);
-        buyer.keys = Some(match buyer.keys.take() {
-            Some(keys) => keys.into_vec().into_iter().chain([entry]).collect(),
-            None => Box::new([entry]),
-        });
+        let at = self.buyer_mut(user).keys;
+        if at != KeysAt::NONE {
+            let list = &mut self.key_lists[at.0 as usize];
+            *list = std::mem::take(list)
+                .into_vec()
+                .into_iter()
+                .chain([entry])
+                .collect();
+            return;
+        }
+        let list: Box<[KeyEntry]> = Box::new([entry]);
+        let at = match self.free_lists.pop() {
+            Some(free) => {
+                self.key_lists[free as usize] = list;
+                KeysAt(free)
+            }
+            None => {
+                self.key_lists.push(list);
+                KeysAt((self.key_lists.len() - 1) as u32)
+            }
+        };
+        self.buyer_mut(user).keys = at;
     }
 
     /// The buyer's entry, made if new (`get_mut` first: a returning buyer's id is not
     /// allocated again).
     fn buyer_mut(&mut self, user: &str) -> &mut Buyer {
         if !self.buyers.contains_key(user) {
-            self.buyers.insert(user.into(), Buyer::default());
+            self.buyers.insert(user.into(), Buyer::NEW);
         }
         self.buyers.get_mut(user).expect("just inserted")
     }
@@ -243,22 +267,58 @@ impl Shard {
         kept
     }
 
+    /// Keeps the buyer's keys that pass `keep` (their list goes back to the free ones
+    /// when none does); returns how many went.
+    fn retain_keys(
+        key_lists: &mut [Box<[KeyEntry]>],
+        free_lists: &mut Vec<u32>,
+        buyer: &mut Buyer,
+        keep: impl Fn(&KeyEntry) -> bool,
+    ) -> usize {
+        if buyer.keys == KeysAt::NONE {
+            return 0;
+        }
+        let list = &mut key_lists[buyer.keys.0 as usize];
+        let before = list.len();
+        if !list.iter().all(&keep) {
+            *list = std::mem::take(list)
+                .into_vec()
+                .into_iter()
+                .filter(|e| keep(e))
+                .collect();
+        }
+        let dropped = before - list.len();
+        if list.is_empty() {
+            free_lists.push(buyer.keys.0);
+            buyer.keys = KeysAt::NONE;
+        }
+        dropped
+    }
+
     /// Drops the buyer's expired keys; returns how many live keys the buyer has left.
     fn live_keys(&mut self, user: &str, now: Millis) -> usize {
         let Some(buyer) = self.buyers.get_mut(user) else {
             return 0;
         };
-        buyer.retain_keys(|e| e.expires_at > now);
-        let live = buyer.keys().len();
+        Self::retain_keys(&mut self.key_lists, &mut self.free_lists, buyer, |e| {
+            e.expires_at > now
+        });
+        let live = self.keys_of(user).len();
         self.drop_if_empty(user);
         live
     }
 
     /// Drops every expired key of the shard; returns how many.
     fn forget_expired(&mut self, now: Millis) -> usize {
+        let Shard {
+            buyers,
+            key_lists,
+            free_lists,
+            ..
+        } = self;
         let mut forgotten = 0;
-        self.buyers.retain(|_, buyer| {
-            forgotten += buyer.retain_keys(|e| e.expires_at > now);
+        buyers.retain(|_, buyer| {
+            forgotten += Self::retain_keys(key_lists, free_lists, buyer, |e| e.expires_at > now);
             !buyer.is_empty()
         });
         forgotten
@@ -266,7 +326,9 @@ impl Shard {
 
     fn remove_key(&mut self, user: &str, key: KeyHash) {
         if let Some(buyer) = self.buyers.get_mut(user) {
-            buyer.retain_keys(|e| e.key != key);
+            Self::retain_keys(&mut self.key_lists, &mut self.free_lists, buyer, |e| {
+                e.key != key
+            });
             self.drop_if_empty(user);
         }
     }
