@@ -246,8 +246,20 @@ impl Shard {
         self.buyers.get(user).map_or(0, |b| b.units)
     }
 
+    /// On the selling path: one lookup for a returning buyer, one more for a new one.
     fn add_units(&mut self, user: &str, units: u32) {
-        self.buyer_mut(user).units += units;
+        match self.buyers.get_mut(user) {
+            Some(buyer) => buyer.units += units,
+            None => {
+                self.buyers.insert(
+                    user.into(),
+                    Buyer {
+                        units,
+                        ..Buyer::NEW
+                    },
+                );
+            }
+        }
     }
 
     fn remove_units(&mut self, user: &str, units: u32) {
