@@ -105,8 +105,17 @@ fn main() -> anyhow::Result<()> {
         worker_group: format!("bench-{}", std::process::id()),
         ..Config::default()
     };
+    // `block_on` polls on this thread, and the store's SQLite threads start from the
+    // thread that opens them: this one is on the server's CPU while the server starts
+    // (before, they were left free to run on the client's CPU), and on the client's after.
+    if pinned {
+        pin_to(0);
+    }
     let server = server_rt.block_on(Server::start(&config))?;
     let _worker = server_rt.block_on(start_worker(&config))?;
+    if pinned {
+        pin_to(1);
+    }
     let base = format!("http://{}", server.addr);
     println!(
         "server: gate {} · bus {} · store {} · {} · client: {} closed-loop connections, {} rounds of {} s",
@@ -624,7 +633,7 @@ fn runtime(cpu: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(cpu) = cpu {
-        // One core each: one worker thread; threads started from it (SQLite's) inherit it.
+        // One core each: one worker thread; threads started from it inherit it.
         builder
             .worker_threads(1)
             .on_thread_start(move || pin_to(cpu));
