@@ -1,13 +1,10 @@
 //! Request ids (kept from `X-Request-Id` or generated, echoed back, on every log line of
 //! the request) and JSON logs with `--log-format json`.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
 use crate::helpers::TestServer;
+use crate::helpers::serve_output::ServeOutput;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_carries_a_request_id() {
@@ -39,33 +36,12 @@ async fn every_answer_carries_a_request_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_name_the_request_of_each_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--quiet",
-            "--log-format",
-            "json",
-        ])
-        .arg("--store")
-        .arg(format!("sqlite://{}", dir.path().join("s.db").display()))
-        .arg("--config")
-        .arg(dir.path().join("none.toml"))
-        .env("RUST_LOG", "flashsale=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = out.next_line().await.unwrap().expect("listening");
-        if let Some(base) = line.strip_prefix("flashsale listening on ") {
-            break base.to_string();
-        }
-    };
+    let mut served = ServeOutput::start_reading_stderr(
+        &["--quiet", "--log-format", "json"],
+        &[("RUST_LOG", "flashsale=info")],
+    )
+    .await;
+    let base = &served.base;
     let http = reqwest::Client::new();
     let sale: serde_json::Value = http
         .post(format!("{base}/api/sales"))
@@ -87,7 +63,7 @@ async fn json_logs_name_the_request_of_each_line() {
         .unwrap();
     assert_eq!(ended.status(), 200);
 
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut err = served.stderr();
     let found = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(line) = err.next_line().await.unwrap() {
             let event: serde_json::Value =

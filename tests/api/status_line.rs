@@ -1,47 +1,15 @@
 //! `serve` prints a status line every few seconds (remaining, sold, outcomes, requests
 //! per second, p99); `--quiet` turns it off.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use crate::helpers::serve_output::ServeOutput;
 
-async fn serve(
-    extra: &[&str],
-) -> (
-    Child,
-    Lines<BufReader<ChildStdout>>,
-    String,
-    tempfile::TempDir,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--rate-per-buyer",
-            "off",
-        ])
-        .arg("--store")
-        .arg(format!("sqlite://{}", dir.path().join("s.db").display()))
-        .arg("--config")
-        .arg(dir.path().join("none.toml"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next_line().await.unwrap().expect("a listening line");
-        if let Some(base) = line.strip_prefix("flashsale listening on ") {
-            break base.to_string();
-        }
-    };
-    (child, lines, base, dir)
+/// `serve` with the buyer limit off (the test buys five times from one address).
+async fn serve(extra: &[&str]) -> ServeOutput {
+    let mut args = vec!["--rate-per-buyer", "off"];
+    args.extend_from_slice(extra);
+    ServeOutput::start(&args).await
 }
 
 async fn sell_three(base: &str) -> String {
@@ -68,8 +36,9 @@ async fn sell_three(base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_prints_a_status_line_and_quiet_turns_it_off() {
-    let (_child, mut lines, base, _dir) = serve(&["--status-every", "1"]).await;
-    let id = sell_three(&base).await;
+    let mut served = serve(&["--status-every", "1"]).await;
+    let lines = &mut served.stdout;
+    let id = sell_three(&served.base).await;
     let mut sale_line = None;
     let mut totals_line = None;
     let _ = tokio::time::timeout(Duration::from_secs(6), async {
@@ -98,34 +67,17 @@ async fn serve_prints_a_status_line_and_quiet_turns_it_off() {
         "{totals_line}"
     );
 
-    let (_quiet, mut lines, base, _dir) = serve(&["--quiet", "--status-every", "1"]).await;
-    sell_three(&base).await;
-    let printed = tokio::time::timeout(Duration::from_millis(2500), lines.next_line()).await;
+    let mut quiet = serve(&["--quiet", "--status-every", "1"]).await;
+    sell_three(&quiet.base).await;
+    let printed = tokio::time::timeout(Duration::from_millis(2500), quiet.stdout.next_line()).await;
     assert!(printed.is_err(), "--quiet printed {printed:?}");
 }
 
 /// A newcomer's first `serve` (no credential, an empty store) has sales to show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_serve_in_development_mode_has_sample_sales() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--quiet"])
-        .arg("--store")
-        .arg(format!("sqlite://{}", dir.path().join("s.db").display()))
-        .arg("--config")
-        .arg(dir.path().join("none.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next_line().await.unwrap().expect("listening");
-        if let Some(base) = line.strip_prefix("flashsale listening on ") {
-            break base.to_string();
-        }
-    };
+    let served = ServeOutput::start(&["--quiet"]).await;
+    let base = &served.base;
     let sales: Vec<serde_json::Value> = reqwest::get(format!("{base}/api/sales"))
         .await
         .unwrap()

@@ -1,6 +1,7 @@
 //! The test helpers, one concern per file: `backends.rs` (which engines, and the
 //! `backend_tests!` macro), `deployment.rs` (launching the real binary's processes),
-//! `server.rs` (a gateway under test and HTTP to it), `services.rs` (where PostgreSQL
+//! `server.rs` (a gateway under test and HTTP to it), `serve_output.rs` (a `serve` whose
+//! own output a test reads), `services.rs` (where PostgreSQL
 //! and Redis are), `broker.rs` (a tansu broker of a test's own, to stop and restart).
 //! The test binaries (`tests/api`, `tests/distributed`, `tests/campaign`) include them.
 
@@ -11,6 +12,9 @@ mod backends;
 pub mod broker;
 mod deployment;
 mod server;
+// Only the suites that read a gateway's own output use it.
+#[allow(dead_code)]
+pub mod serve_output;
 pub mod services;
 
 pub use backends::Backends;
