@@ -155,19 +155,29 @@ impl Watch {
 }
 
 fn whole(frame: &SaleFrame) -> Event {
-    let view = SaleView::from(SaleState {
-        sale: frame.sale.clone(),
-        remaining: frame.remaining.clone(),
+    let data = frame.whole_data.get_or_init(|| {
+        let view = SaleView::from(SaleState {
+            sale: frame.sale.clone(),
+            remaining: frame.remaining.clone(),
+        });
+        serde_json::to_string(&view).expect("views serialize")
     });
-    Event::default()
-        .event("sale")
-        .id(frame.id.clone())
-        .data(serde_json::to_string(&view).expect("views serialize"))
+    Event::default().event("sale").id(frame.id.clone()).data(data)
 }
 
 /// What changed from `before` to `now`: the sale's counters, and only the items whose
 /// stock or remaining units changed (a seat map of thousands gets the few seats taken).
+/// Serialized once per frame for the watchers that had the frame before it.
 fn change(before: &SaleFrame, now: &SaleFrame) -> Event {
+    let event = Event::default().event("stock").id(now.id.clone());
+    if now.previous_id.as_deref() == Some(before.id.as_str()) {
+        event.data(now.change_data.get_or_init(|| change_data(before, now)))
+    } else {
+        event.data(change_data(before, now))
+    }
+}
+
+fn change_data(before: &SaleFrame, now: &SaleFrame) -> String {
     let items: Vec<_> = now
         .sale
         .items
@@ -181,21 +191,75 @@ fn change(before: &SaleFrame, now: &SaleFrame) -> Event {
             serde_json::json!({"id": item.id, "stock": item.stock, "remaining": now.remaining[i]})
         })
         .collect();
-    let body = serde_json::json!({
+    serde_json::json!({
         "status": now.status,
         "stock": now.sale.total_stock(),
         "remaining": now.total_remaining(),
         "ends_at": now.sale.ends_at.map(rfc3339),
         "items": items,
-    });
-    Event::default()
-        .event("stock")
-        .id(now.id.clone())
-        .data(body.to_string())
+    })
+    .to_string()
 }
 
 fn order(event: &OrderEvent) -> Event {
     Event::default()
         .event("order")
         .data(serde_json::to_string(event).expect("events serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Item, Sale};
+    use crate::live::frame;
+
+    fn seats(remaining: &[u32]) -> SaleState {
+        SaleState {
+            sale: Arc::new(Sale {
+                id: "hall".into(),
+                name: "hall".into(),
+                items: ["A1", "A2", "A3"]
+                    .map(|id| Item {
+                        id: id.into(),
+                        stock: 1,
+                    })
+                    .into(),
+                per_user_limit: 2,
+                starts_at: 0,
+                ends_at: None,
+                payment_window: 0,
+                created_at: 0,
+                rate_limits: Default::default(),
+                paused: false,
+            }),
+            remaining: remaining.to_vec(),
+        }
+    }
+
+    /// A change is serialized once per frame for the watchers that had the frame before
+    /// it; a watcher that missed a frame gets its own, and does not change theirs.
+    #[test]
+    fn a_change_is_serialized_once_per_frame_and_only_for_the_frame_before_it() {
+        let first = frame("feed", 0, seats(&[1, 1, 1]));
+        let second = frame("feed", 1, seats(&[0, 1, 1]));
+        let third = frame("feed", 2, seats(&[0, 0, 1]));
+        assert_eq!(third.previous_id.as_deref(), Some(second.id.as_str()));
+
+        let _ = change(&first, &second);
+        let shared = second.change_data.get().expect("kept for the next watcher");
+        assert_eq!(*shared, change_data(&first, &second));
+        assert!(shared.contains("\"A1\"") && !shared.contains("\"A2\""), "{shared}");
+
+        // A watcher that missed `second`: its own change (A1 and A2), nothing kept.
+        let _ = change(&first, &third);
+        assert!(third.change_data.get().is_none());
+        // The watchers that had `second` get the change from it alone.
+        let _ = change(&second, &third);
+        let shared = third.change_data.get().expect("kept");
+        assert!(shared.contains("\"A2\"") && !shared.contains("\"A1\""), "{shared}");
+
+        let _ = whole(&third);
+        let kept = third.whole_data.get().expect("the whole sale kept");
+        assert!(kept.contains("\"A3\""), "{kept}");
+    }
 }

@@ -7,7 +7,7 @@
 //! poller stops once its sale has had no watcher for a while.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -29,6 +29,14 @@ pub struct SaleFrame {
     pub sale: Arc<Sale>,
     pub status: SaleStatus,
     pub remaining: Vec<u32>,
+    /// The id of the frame this one followed, if any.
+    pub previous_id: Option<String>,
+    /// The events' data as the HTTP layer writes them, serialized once per frame by the
+    /// first watcher that needs it and shared by the others (with 5,000 watchers of a
+    /// sale, each change was serialized 5,000 times): the whole sale, and the change from
+    /// `previous_id` (a watcher that missed frames gets its own).
+    pub whole_data: OnceLock<String>,
+    pub change_data: OnceLock<String>,
 }
 
 impl SaleFrame {
@@ -138,12 +146,16 @@ impl SaleFeeds {
     }
 }
 
-fn frame(feed_id: &str, n: u64, state: SaleState) -> SaleFrame {
+/// Frame `n` of a feed (frame `n - 1` is the one it follows).
+pub fn frame(feed_id: &str, n: u64, state: SaleState) -> SaleFrame {
     let remaining_total = state.remaining.iter().map(|&r| r as u64).sum();
     SaleFrame {
         id: format!("{feed_id}-{n}"),
         status: state.sale.status(now_millis(), remaining_total),
         sale: state.sale,
         remaining: state.remaining,
+        previous_id: n.checked_sub(1).map(|previous| format!("{feed_id}-{previous}")),
+        whole_data: OnceLock::new(),
+        change_data: OnceLock::new(),
     }
 }
