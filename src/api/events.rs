@@ -162,7 +162,10 @@ fn whole(frame: &SaleFrame) -> Event {
         });
         serde_json::to_string(&view).expect("views serialize")
     });
-    Event::default().event("sale").id(frame.id.clone()).data(data)
+    Event::default()
+        .event("sale")
+        .id(frame.id.clone())
+        .data(data)
 }
 
 /// What changed from `before` to `now`: the sale's counters, and only the items whose
@@ -248,7 +251,10 @@ mod tests {
         let _ = change(&first, &second);
         let shared = second.change_data.get().expect("kept for the next watcher");
         assert_eq!(*shared, change_data(&first, &second));
-        assert!(shared.contains("\"A1\"") && !shared.contains("\"A2\""), "{shared}");
+        assert!(
+            shared.contains("\"A1\"") && !shared.contains("\"A2\""),
+            "{shared}"
+        );
 
         // A watcher that missed `second`: its own change (A1 and A2), nothing kept.
         let _ = change(&first, &third);
@@ -256,7 +262,10 @@ mod tests {
         // The watchers that had `second` get the change from it alone.
         let _ = change(&second, &third);
         let shared = third.change_data.get().expect("kept");
-        assert!(shared.contains("\"A2\"") && !shared.contains("\"A1\""), "{shared}");
+        assert!(
+            shared.contains("\"A2\"") && !shared.contains("\"A1\""),
+            "{shared}"
+        );
 
         let _ = whole(&third);
         let kept = third.whole_data.get().expect("the whole sale kept");

@@ -154,7 +154,9 @@ pub fn frame(feed_id: &str, n: u64, state: SaleState) -> SaleFrame {
         status: state.sale.status(now_millis(), remaining_total),
         sale: state.sale,
         remaining: state.remaining,
-        previous_id: n.checked_sub(1).map(|previous| format!("{feed_id}-{previous}")),
+        previous_id: n
+            .checked_sub(1)
+            .map(|previous| format!("{feed_id}-{previous}")),
         whole_data: OnceLock::new(),
         change_data: OnceLock::new(),
     }

@@ -683,3 +683,15 @@ fn a_buyer_entry_lives_while_it_holds_units_or_keys() {
     assert_eq!(entries(&gate), 0, "nothing held, no key: no entry");
     assert_eq!(gate.remaining_sync(&s).unwrap(), vec![10]);
 }
+
+/// A key is kept as 128 bits only if its two halves come from different seeds.
+#[test]
+fn a_key_hash_has_two_independent_halves() {
+    let gate = LocalGate::new();
+    let KeyHash(first, second) = gate.key_hash("the same key");
+    assert_ne!(first, second);
+    assert!(gate.key_hash("the same key") == KeyHash(first, second));
+    assert!(gate.key_hash("another key") != KeyHash(first, second));
+    // Another gate (another process) has seeds of its own.
+    assert!(LocalGate::new().key_hash("the same key") != KeyHash(first, second));
+}
