@@ -226,8 +226,8 @@ impl Shard {
         self.buyer_mut(user).keys = at;
     }
 
-    /// The buyer's entry, made if new (`get_mut` first: a returning buyer's id is not
-    /// allocated again).
+    /// The buyer's entry, made if new (looked up before inserting: a returning buyer's id
+    /// is not allocated again). Off the selling path: `add_units` does its own.
     fn buyer_mut(&mut self, user: &str) -> &mut Buyer {
         if !self.buyers.contains_key(user) {
             self.buyers.insert(user.into(), Buyer::NEW);
