@@ -22,6 +22,9 @@ use crate::protect::rate::RateDefaults;
 use crate::protect::{BreakerSettings, OverloadLimits, TrustedProxies};
 use crate::store::StoreUrl;
 
+
+/// How the example secrets under `deploy/` begin; refused at start.
+const EXAMPLE_SECRET_PREFIX: &str = "change-me";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     /// Address the HTTP gateway listens on (port 0 picks a free port).
@@ -54,6 +57,10 @@ pub struct Config {
     /// Listen beyond loopback with no credential configured (anyone may buy as anyone
     /// and create sales): only behind something that authenticates.
     pub insecure: bool,
+    /// Buyers are authenticated in front of this server (the body's `user_id` is who a
+    /// trusted front says): with credentials set but no buyer-token key, listening
+    /// beyond loopback is refused without it.
+    pub buyers_authenticated_upstream: bool,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
     /// In development mode (no credential), a first start on an empty store creates two
@@ -149,6 +156,7 @@ impl Default for Config {
             payment_secret_file: None,
             payment_tolerance_s: 300,
             insecure: false,
+            buyers_authenticated_upstream: false,
             body_limit: 16 * 1024,
             sale_body_limit: 1024 * 1024,
             live_update_ms: 250,
@@ -268,6 +276,22 @@ impl Config {
     }
 
     fn validate_credentials(&self) -> Result<(), ConfigError> {
+        // deploy/'s example secrets are public: a deployment must set its own.
+        for (name, value) in [
+            ("admin_token", &self.admin_token),
+            ("auth_secret", &self.auth_secret),
+            ("payment_secret", &self.payment_secret),
+        ] {
+            if value
+                .as_deref()
+                .is_some_and(|v| v.starts_with(EXAMPLE_SECRET_PREFIX))
+            {
+                return Err(invalid(
+                    name,
+                    "is deploy/'s example value (starts with `change-me`): set a secret of your own",
+                ));
+            }
+        }
         if let Some(token) = &self.admin_token
             && token.len() < MIN_ADMIN_TOKEN
         {

@@ -78,6 +78,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     insecure: bool,
+    /// Buyers are authenticated by a trusted front that sets the body's `user_id`: lets
+    /// a server with an admin token but no buyer-token key listen beyond loopback.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    buyers_authenticated_upstream: bool,
     /// Every how many seconds to print the status line (default 5).
     #[arg(long = "status-every", value_name = "SECONDS")]
     #[serde(rename = "status_interval_s", skip_serializing_if = "Option::is_none")]

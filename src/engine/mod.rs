@@ -130,7 +130,7 @@ pub struct Engine {
     sales: sales::SaleCache,
     /// Replays of a key waiting for its first request, woken when it settles.
     key_waiters: Arc<purchase::KeyWaiters>,
-    recovery: recovery::Rebuilds,
+    recovery: Arc<recovery::Recovery>,
     /// Status changes, for whoever listens in this process (live pages, tests).
     events: tokio::sync::broadcast::Sender<OrderEvent>,
 }
@@ -145,6 +145,8 @@ impl Engine {
         settings: EngineSettings,
     ) -> Result<Engine, EngineError> {
         let (events, _) = tokio::sync::broadcast::channel(1024);
+        let recovery =
+            recovery::Recovery::new(gate.clone(), bus.clone(), store.clone(), settings.clone());
         let engine = Engine {
             gate,
             bus,
@@ -153,16 +155,28 @@ impl Engine {
             settings,
             sales: Default::default(),
             key_waiters: Default::default(),
-            recovery: Default::default(),
+            recovery,
             events,
         };
-        for sale in engine.store.list_sales().await? {
-            // A sale that cannot be restored yet (its bus not drained) is restored when
-            // the gate next reports it missing.
-            if let Err(e) = engine.restore_if_missing(&sale).await {
-                tracing::warn!(sale = %sale.id, error = %e, "sale not restored at start");
+        let sales = engine.store.list_sales().await?;
+        for sale in &sales {
+            engine.sales.insert(Arc::new(sale.clone()));
+        }
+        if engine.gate.shared() {
+            // A shared gate that lost sales (Redis flushed) rebuilds them in the
+            // background, after the gateway listens: rebuilding every sale ever, one by
+            // one, before listening (seconds each) kept it from answering its probes
+            // (issue #21). Ended sales are rebuilt only when something needs them.
+            engine.start_rebuilds(sales);
+        } else {
+            // This process's own gate is empty at start: rebuild every sale before the
+            // gateway listens (reads of the local store only, no waits), so that the
+            // first buyer finds it.
+            for sale in &sales {
+                if let Err(e) = engine.restore_if_missing(sale).await {
+                    tracing::warn!(sale = %sale.id, error = %e, "sale not restored at start");
+                }
             }
-            engine.sales.insert(Arc::new(sale));
         }
         Ok(engine)
     }

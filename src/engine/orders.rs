@@ -14,11 +14,6 @@ impl Engine {
             .ok_or_else(|| EngineError::OrderNotFound(id.to_string()))
     }
 
-    /// Why an order failed after it was accepted, if it did.
-    pub async fn order_failure(&self, id: &str) -> Result<Option<String>, EngineError> {
-        Ok(self.store.order_failure(id).await?)
-    }
-
     pub async fn order_history(&self, id: &str) -> Result<Vec<(OrderStatus, Millis)>, EngineError> {
         Ok(self.store.order_history(id).await?)
     }

@@ -161,8 +161,13 @@ impl Engine {
                     .instrument(tracing::Span::current()),
                 );
                 match tokio::time::timeout(self.settings.buyer_wait, placing).await {
-                    Ok(placed) => placed
-                        .map_err(|e| EngineError::Unavailable(format!("order task failed: {e}")))?,
+                    Ok(placed) => placed.map_err(|e| {
+                        tracing::error!(error = %e, "order task failed");
+                        EngineError::Unavailable(
+                            "the order could not be placed; retry with the same Idempotency-Key"
+                                .into(),
+                        )
+                    })?,
                     Err(_) => Err(EngineError::Unavailable(
                         "the order is still on its way to the store; retry with the same \
                          Idempotency-Key"
@@ -285,11 +290,17 @@ async fn place(
             if let Err(release) = gate.release(&sale, &order, true).await {
                 tracing::error!(order = %order.id, error = %release, "reservation not released");
             }
-            Err(EngineError::Unavailable(e.to_string()))
+            // The bus's own words go to the log, not to the buyer (issue #21).
+            tracing::warn!(order = %order.id, error = %e, "order not placed; reservation released");
+            Err(EngineError::Unavailable(
+                "the order could not be queued; retry".into(),
+            ))
         }
         Err(e) => {
             tracing::error!(order = %order.id, error = %e, "order outcome unknown; reservation kept");
-            Err(EngineError::Unavailable(e.to_string()))
+            Err(EngineError::Unavailable(
+                "the order's outcome is not known yet; retry with the same Idempotency-Key".into(),
+            ))
         }
     };
     key_waiters.settled(&order.id);

@@ -44,6 +44,20 @@ struct SaleState {
     shards: Box<[Mutex<Shard>]>,
     /// Orders whose units were given back: a release happens once per order.
     released: Mutex<HashSet<Box<str>, RandomState>>,
+    /// Set when the sale was rebuilt from the store (a restart): see `Rebuilt`.
+    rebuilt: Option<Rebuilt>,
+}
+
+/// What a rebuild counted. An order placed before it holds units here only if the
+/// rebuild counted it: any other (ended, its release still marked pending when the
+/// process died) was never put back in, and releasing it would give its units twice
+/// (issue #21). The Redis gate keeps the same set (`counted`).
+struct Rebuilt {
+    /// When the store was read (`SaleSnapshot::taken_at`).
+    at: Millis,
+    /// The counted orders' ids, as 64-bit hashes under the gate's seed (8 bytes each
+    /// instead of the id's text): an order leaves the set when it is released.
+    counted: Mutex<HashSet<u64, RandomState>>,
 }
 
 #[derive(Default)]
@@ -355,6 +369,7 @@ impl SaleState {
             sold_out_lock: Mutex::new(()),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             released: Mutex::default(),
+            rebuilt: None,
         };
         state.refresh_sold_out();
         state
@@ -558,6 +573,12 @@ impl LocalGate {
         if !state.released.lock().insert(order.id.as_str().into()) {
             return Ok(());
         }
+        if let Some(rebuilt) = &state.rebuilt
+            && order.created_at < rebuilt.at
+            && !rebuilt.counted.lock().remove(&self.hasher.hash_one(&order.id))
+        {
+            return Ok(());
+        }
         let units = order.units(sale);
         let mut shard = self.shard(&state, &order.user_id).lock();
         shard.remove_units(&order.user_id, order.total_units());
@@ -614,7 +635,17 @@ impl StockGate for LocalGate {
             item.stock
                 .saturating_sub(snapshot.sold.get(i).copied().unwrap_or(0))
         });
-        let state = SaleState::new(remaining, totals(sale));
+        let mut state = SaleState::new(remaining, totals(sale));
+        state.rebuilt = Some(Rebuilt {
+            at: snapshot.taken_at,
+            counted: Mutex::new(
+                snapshot
+                    .holding
+                    .iter()
+                    .map(|id| self.hasher.hash_one(id))
+                    .collect(),
+            ),
+        });
         for (user, &units) in &snapshot.buyers {
             let mut shard = self.shard(&state, user).lock();
             shard.add_units(user, units);

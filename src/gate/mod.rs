@@ -94,6 +94,10 @@ pub struct SaleSnapshot {
     /// before it gives units back only if the order is one of these: the units of an
     /// order the snapshot did not count (ended, or never stored) are not in the gate.
     pub holding: Vec<String>,
+    /// When the store was read for this snapshot (ms, the engine's clock): an order
+    /// created before it was placed before the rebuild. The local gate judges a release
+    /// by it; the Redis gate by its own clock at the restore.
+    pub taken_at: Millis,
 }
 
 /// How a reservation that never heard back from the bus ends (`drop_hold`).

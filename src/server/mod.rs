@@ -47,6 +47,13 @@ pub enum StartError {
          listen on loopback, or pass --insecure"
     )]
     Insecure(SocketAddr),
+    #[error(
+        "refusing to listen on {0} without buyer tokens (anyone could buy as anyone and \
+         read or cancel anyone's order): set auth_secret / auth_public_key, listen on \
+         loopback, or pass --buyers-authenticated-upstream behind a front that \
+         authenticates buyers"
+    )]
+    AnonymousBuyers(SocketAddr),
 }
 
 /// A server running in this process.
@@ -74,12 +81,23 @@ impl Server {
                     .into(),
             )));
         }
-        if config.is_open() && !config.insecure {
+        // Beyond loopback, buyers must be who they say: with nothing configured only
+        // `--insecure` allows it, and with some credentials but no buyer-token key only
+        // a front that authenticates buyers (issue #21: an admin token alone let anyone
+        // buy as anyone).
+        let anonymous_buyers = !auth.buyers_need_tokens();
+        let refusal = if config.is_open() {
+            (!config.insecure).then_some(StartError::Insecure as fn(SocketAddr) -> StartError)
+        } else {
+            (anonymous_buyers && !config.buyers_authenticated_upstream)
+                .then_some(StartError::AnonymousBuyers as fn(SocketAddr) -> StartError)
+        };
+        if let Some(refusal) = refusal {
             let addrs = tokio::net::lookup_host(&config.listen)
                 .await
                 .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
             if let Some(exposed) = addrs.into_iter().find(|a| !a.ip().is_loopback()) {
-                return Err(StartError::Insecure(exposed));
+                return Err(refusal(exposed));
             }
         }
         let gate =

@@ -361,6 +361,57 @@ async fn weak_or_missing_credentials_are_refused_at_start() {
     refuses_to_start(&["--auth-secret", SECRET], "nobody could create a sale").await;
     // Exposed beyond loopback with no credential at all.
     refuses_to_start(&["--listen", "0.0.0.0:0"], "refusing to listen").await;
+    // Issue #21: some credentials but no buyer tokens, beyond loopback: anyone would buy
+    // as anyone.
+    refuses_to_start(
+        &["--listen", "0.0.0.0:0", "--admin-token", ADMIN],
+        "without buyer tokens",
+    )
+    .await;
+    refuses_to_start(
+        &["--listen", "0.0.0.0:0", "--admin-token", ADMIN, "--payment-secret", ADMIN],
+        "without buyer tokens",
+    )
+    .await;
+    // deploy/'s example secrets.
+    refuses_to_start(
+        &["--admin-token", "change-me-admin-token-0123456789"],
+        "example value",
+    )
+    .await;
+}
+
+/// Issue #21: behind a front that authenticates buyers, an admin token without
+/// buyer tokens may listen beyond loopback, and anonymous callers still cannot read or
+/// cancel orders (the admin token can).
+#[tokio::test]
+async fn without_buyer_tokens_orders_need_the_admin_token_once_credentials_are_set() {
+    let app = TestServer::spawn_on(
+        Backends::Embedded,
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--admin-token",
+            ADMIN,
+            "--buyers-authenticated-upstream",
+        ],
+    )
+    .await;
+    let sale = app.live_sale(2, 1).await;
+    let bought = app.purchase(&sale, json!({"user_id": "eve"}), None).await;
+    assert_eq!(bought.status, 202, "{}", bought.text);
+    let order = bought.body["id"].as_str().unwrap();
+    app.get(&format!("/api/orders/{order}"))
+        .await
+        .assert_problem(401, "unauthorized");
+    app.post(&format!("/api/orders/{order}/cancel"), &json!({}))
+        .await
+        .assert_problem(401, "unauthorized");
+    let read = app
+        .send(app.client.get(app.url(&format!("/api/orders/{order}"))).bearer_auth(ADMIN))
+        .await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(read.body["id"], order);
 }
 
 #[tokio::test]

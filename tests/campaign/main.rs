@@ -31,7 +31,6 @@
 mod helpers;
 
 mod buyers;
-mod redis_server;
 mod report;
 mod scenario;
 mod verdict;
@@ -80,7 +79,7 @@ async fn fault_campaign() {
     let binary = pinned.path().join("flashsale");
     std::fs::copy(env!("CARGO_BIN_EXE_flashsale"), &binary).expect("copy the flashsale binary");
     let services = Services {
-        redis: redis_server::RedisServer::start().await,
+        redis: helpers::redis_server::RedisServer::start().await,
         binary,
         broker: None,
     };

@@ -11,5 +11,6 @@ mod helpers;
 
 mod gateways;
 mod kafka;
+mod rebuilds;
 #[cfg(feature = "otel")]
 mod tracing;

@@ -202,6 +202,7 @@ async fn restore_rebuilds_stock_buyers_and_keys() {
         buyers: [("a".to_string(), 2)].into_iter().collect(),
         keyed_orders: vec![o.clone()],
         holding: vec![o.id.clone()],
+        taken_at: 1_600,
     };
     let lease = gate.lease_rebuild(&s).await.unwrap().unwrap();
     gate.restore(&s, &snapshot, &lease).await.unwrap();
@@ -215,6 +216,45 @@ async fn restore_rebuilds_stock_buyers_and_keys() {
         gate.decide(&s, &p, Some("k"), "o3", 1_500).unwrap(),
         Decision::Replay(KeyAnswer::Accepted(Arc::new(o)))
     );
+}
+
+/// Issue #21: a crash between an order's end and the mark that its units went back
+/// leaves its release pending; the rebuilt gate did not count it, so the sweeper's
+/// release after the restart must give nothing back. Orders the rebuild counted, and
+/// orders placed after it, give their units back once.
+#[tokio::test]
+async fn after_a_restore_only_counted_or_later_orders_give_units_back() {
+    let s = sale(&[3], 1);
+    let gate = LocalGate::new();
+    let ended = order(&s, &purchase(&s, "a", &[(0, 1)]), "ended", None);
+    let counted = order(&s, &purchase(&s, "b", &[(0, 1)]), "counted", None);
+    let snapshot = SaleSnapshot {
+        sold: vec![1],
+        buyers: [("b".to_string(), 1)].into_iter().collect(),
+        holding: vec![counted.id.clone()],
+        taken_at: 1_600,
+        ..Default::default()
+    };
+    let lease = gate.lease_rebuild(&s).await.unwrap().unwrap();
+    gate.restore(&s, &snapshot, &lease).await.unwrap();
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![2]);
+
+    gate.release_sync(&s, &ended, false).unwrap();
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![2], "not counted: nothing back");
+
+    gate.release_sync(&s, &counted, false).unwrap();
+    gate.release_sync(&s, &counted, false).unwrap();
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![3], "counted: back once");
+
+    let later = purchase(&s, "c", &[(0, 1)]);
+    assert_eq!(
+        gate.decide(&s, &later, None, "later", 1_700).unwrap(),
+        Decision::Reserved { at: 1_700 }
+    );
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![2]);
+    let placed = Order::new("later".into(), &s, &later, None, 1_700);
+    gate.release_sync(&s, &placed, false).unwrap();
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![3], "placed after: back");
 }
 
 #[test]

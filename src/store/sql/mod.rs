@@ -489,9 +489,11 @@ impl OrderStore for SqlStore {
     }
 
     async fn mark_released(&self, id: &str) -> Result<(), StoreError> {
+        // Through the writer: on SQLite a reader's write would wait for (and could fail
+        // with SQLITE_BUSY against) the group-commit writer, leaving the flag set.
         sqlx::query("UPDATE orders SET release_pending = 0 WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
