@@ -80,6 +80,9 @@ impl OrderStore for FaultyStore {
     async fn list_sales(&self) -> Result<Vec<Sale>, StoreError> {
         self.inner.list_sales().await
     }
+    async fn recent_sales(&self, limit: usize) -> Result<Vec<Sale>, StoreError> {
+        self.inner.recent_sales(limit).await
+    }
     async fn set_window(
         &self,
         id: &str,

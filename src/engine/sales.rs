@@ -19,19 +19,42 @@ pub struct SaleState {
 /// The sales this process has seen; an operator's changes made through another gateway
 /// arrive with the sweeper (`controls::sync_sales`).
 #[derive(Default)]
-pub(super) struct SaleCache(RwLock<HashMap<String, Arc<Sale>>>);
+pub(super) struct SaleCache {
+    by_id: RwLock<HashMap<String, Arc<Sale>>>,
+    /// The newest sales as the store last listed them, kept `RECENT_FOR`: the buyer
+    /// page and `/metrics` ask on every load (issue #21). A sale created here drops it.
+    recent: parking_lot::Mutex<Option<Recent>>,
+}
+
+/// How long a listing of the newest sales is reused.
+const RECENT_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+struct Recent {
+    at: std::time::Instant,
+    limit: usize,
+    ids: Vec<String>,
+}
 
 impl SaleCache {
     pub(super) fn get(&self, id: &str) -> Option<Arc<Sale>> {
-        self.0.read().get(id).cloned()
+        self.by_id.read().get(id).cloned()
     }
 
     pub(super) fn insert(&self, sale: Arc<Sale>) {
-        self.0.write().insert(sale.id.clone(), sale);
+        self.by_id.write().insert(sale.id.clone(), sale);
     }
 
     pub(super) fn all(&self) -> Vec<Arc<Sale>> {
-        self.0.read().values().cloned().collect()
+        self.by_id.read().values().cloned().collect()
+    }
+
+    /// The ids of the `limit` newest sales, if listed less than `RECENT_FOR` ago.
+    fn recent(&self, limit: usize) -> Option<Vec<String>> {
+        self.recent
+            .lock()
+            .as_ref()
+            .filter(|r| r.limit == limit && r.at.elapsed() < RECENT_FOR)
+            .map(|r| r.ids.clone())
     }
 }
 
@@ -45,6 +68,7 @@ impl Engine {
         self.gate.open_sale(&sale).await?;
         let sale = Arc::new(sale);
         self.sales.insert(sale.clone());
+        *self.sales.recent.lock() = None;
         self.sale_state(&sale.id).await
     }
 
@@ -67,24 +91,36 @@ impl Engine {
     /// The `limit` most recent sales of the store, with their remaining stock (a sale the
     /// gate cannot answer for is left out and logged).
     pub async fn recent_sales(&self, limit: usize) -> Result<Vec<SaleState>, EngineError> {
-        let mut sales = self
-            .breakers
-            .store
-            .call(self.store.list_sales(), |_| true)
-            .await??;
-        sales.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-        sales.truncate(limit);
+        let sales: Vec<Arc<Sale>> = match self.sales.recent(limit) {
+            // Every listed sale went into the cache when it was listed.
+            Some(ids) => ids.iter().filter_map(|id| self.sales.get(id)).collect(),
+            None => {
+                let listed = self
+                    .breakers
+                    .store
+                    .call(self.store.recent_sales(limit), |_| true)
+                    .await??;
+                let sales: Vec<Arc<Sale>> = listed
+                    .into_iter()
+                    // The cached copy is the one this gateway applied to its gate.
+                    .map(|stored| {
+                        self.sales.get(&stored.id).unwrap_or_else(|| {
+                            let sale = Arc::new(stored);
+                            self.sales.insert(sale.clone());
+                            sale
+                        })
+                    })
+                    .collect();
+                *self.sales.recent.lock() = Some(Recent {
+                    at: std::time::Instant::now(),
+                    limit,
+                    ids: sales.iter().map(|s| s.id.clone()).collect(),
+                });
+                sales
+            }
+        };
         let mut states = Vec::with_capacity(sales.len());
-        for stored in sales {
-            // The cached copy is the one this gateway applied to its gate.
-            let sale = match self.sales.get(&stored.id) {
-                Some(cached) => cached,
-                None => {
-                    let sale = Arc::new(stored);
-                    self.sales.insert(sale.clone());
-                    sale
-                }
-            };
+        for sale in sales {
             match self.gate.remaining(&sale).await {
                 Ok(remaining) => states.push(SaleState { sale, remaining }),
                 Err(e) => tracing::warn!(sale = %sale.id, error = %e, "sale left out of the list"),

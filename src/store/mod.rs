@@ -43,7 +43,11 @@ pub trait OrderStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     async fn create_sale(&self, sale: &Sale) -> Result<(), StoreError>;
     async fn get_sale(&self, id: &str) -> Result<Option<Sale>, StoreError>;
+    /// Every sale, newest first.
     async fn list_sales(&self) -> Result<Vec<Sale>, StoreError>;
+    /// The `limit` newest sales, newest first, in a few statements whatever the number
+    /// of sales.
+    async fn recent_sales(&self, limit: usize) -> Result<Vec<Sale>, StoreError>;
     /// An operator's change of the sale's window or pause; the sale after it, `None` if
     /// there is no such sale.
     async fn set_window(

@@ -67,6 +67,73 @@ impl SqlStore {
         })
     }
 
+    /// Sales with their items, newest first: one sale (`id`), the `newest` few, or all.
+    /// One statement for the sales and one per 1,000 of them for their items, whatever
+    /// their number (issue #21: a list took two statements per sale).
+    async fn sales(&self, id: Option<&str>, newest: Option<usize>) -> Result<Vec<Sale>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, per_user_limit, starts_at, ends_at, payment_window, created_at, \
+             rate_limits, paused FROM sales WHERE ($1 = '' OR id = $1) \
+             ORDER BY created_at DESC, id DESC LIMIT $2",
+        )
+        .bind(id.unwrap_or(""))
+        .bind(newest.map_or(i64::MAX, |n| n.min(i64::MAX as usize) as i64))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut sales = rows
+            .iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                Ok(Sale {
+                    name: row.try_get("name")?,
+                    items: Vec::new(),
+                    per_user_limit: u32_column(row, "per_user_limit")?,
+                    starts_at: row.try_get("starts_at")?,
+                    ends_at: row.try_get("ends_at")?,
+                    payment_window: u32_column(row, "payment_window")?,
+                    created_at: row.try_get("created_at")?,
+                    rate_limits: match row.try_get::<Option<String>, _>("rate_limits")? {
+                        Some(json) => serde_json::from_str(&json).map_err(|e| {
+                            StoreError::Corrupt(format!("sale {id}: rate_limits: {e}"))
+                        })?,
+                        None => Default::default(),
+                    },
+                    paused: row.try_get::<i64, _>("paused")? != 0,
+                    id,
+                })
+            })
+            .collect::<Result<Vec<Sale>, StoreError>>()?;
+        let at: std::collections::HashMap<String, usize> = sales
+            .iter()
+            .enumerate()
+            .map(|(n, sale)| (sale.id.clone(), n))
+            .collect();
+        let ids: Vec<String> = sales.iter().map(|s| s.id.clone()).collect();
+        for chunk in ids.chunks(1000) {
+            let placeholders = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT sale_id, item_id, stock FROM sale_items WHERE sale_id IN ({placeholders}) \
+                 ORDER BY sale_id, position"
+            )));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let sale_id: String = row.try_get("sale_id")?;
+                if let Some(&n) = at.get(&sale_id) {
+                    sales[n].items.push(Item {
+                        id: row.try_get("item_id")?,
+                        stock: u32_column(&row, "stock")?,
+                    });
+                }
+            }
+        }
+        Ok(sales)
+    }
+
     async fn transition_on(
         &self,
         conn: &mut AnyConnection,
@@ -224,46 +291,7 @@ impl OrderStore for SqlStore {
     }
 
     async fn get_sale(&self, id: &str) -> Result<Option<Sale>, StoreError> {
-        let Some(row) = sqlx::query(
-            "SELECT id, name, per_user_limit, starts_at, ends_at, payment_window, created_at, \
-             rate_limits, paused FROM sales WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let items = sqlx::query(
-            "SELECT item_id, stock FROM sale_items WHERE sale_id = $1 ORDER BY position",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Item {
-                id: r.try_get("item_id")?,
-                stock: u32_column(r, "stock")?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(Sale {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            items,
-            per_user_limit: u32_column(&row, "per_user_limit")?,
-            starts_at: row.try_get("starts_at")?,
-            ends_at: row.try_get("ends_at")?,
-            payment_window: u32_column(&row, "payment_window")?,
-            created_at: row.try_get("created_at")?,
-            rate_limits: match row.try_get::<Option<String>, _>("rate_limits")? {
-                Some(json) => serde_json::from_str(&json)
-                    .map_err(|e| StoreError::Corrupt(format!("sale {id}: rate_limits: {e}")))?,
-                None => Default::default(),
-            },
-            paused: row.try_get::<i64, _>("paused")? != 0,
-        }))
+        Ok(self.sales(Some(id), None).await?.pop())
     }
 
     async fn set_window(
@@ -308,16 +336,11 @@ impl OrderStore for SqlStore {
     }
 
     async fn list_sales(&self) -> Result<Vec<Sale>, StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM sales ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut sales = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(sale) = self.get_sale(&id).await? {
-                sales.push(sale);
-            }
-        }
-        Ok(sales)
+        self.sales(None, None).await
+    }
+
+    async fn recent_sales(&self, limit: usize) -> Result<Vec<Sale>, StoreError> {
+        self.sales(None, Some(limit)).await
     }
 
     async fn insert_orders(&self, orders: &[Order]) -> Result<Vec<InsertOutcome>, StoreError> {

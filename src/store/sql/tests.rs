@@ -397,3 +397,53 @@ async fn sqlite_a_store_of_the_old_layout_is_laid_out_again() {
             .await;
     assert!(dangling.is_err());
 }
+
+/// Counts the statements sqlx runs on this thread (its `sqlx::query` events).
+#[derive(Clone, Default)]
+struct StatementCount(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StatementCount {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() == "sqlx::query" {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Issue #21: listing sales took two statements per sale ever created (the buyer page
+/// and `/metrics` list on every load). Now a few, whatever their number. PostgreSQL
+/// only: its statements run on the caller's thread, where the counter listens (SQLite's
+/// run on a thread of their own).
+#[tokio::test]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+async fn postgres_listing_sales_takes_a_few_statements_whatever_their_number() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let (store, _dir) = store(Dialect::Postgres).await;
+    let mut created = Vec::new();
+    for n in 0..2_000 {
+        let mut s = sale(3, 1);
+        s.id = format!("sale-{n:04}");
+        s.created_at = n;
+        store.create_sale(&s).await.unwrap();
+        created.push(s);
+    }
+    let count = StatementCount::default();
+    let _listening =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(count.clone()));
+    let statements = |count: &StatementCount| count.0.swap(0, std::sync::atomic::Ordering::SeqCst);
+
+    let recent = store.recent_sales(100).await.unwrap();
+    assert_eq!(statements(&count), 2, "the newest 100");
+    assert_eq!(recent.len(), 100);
+    assert_eq!(recent[0], created[1_999], "newest first, items included");
+    assert_eq!(recent[99], created[1_900]);
+
+    let all = store.list_sales().await.unwrap();
+    assert!(statements(&count) <= 3, "every sale: one + one per 1,000");
+    assert_eq!(all.len(), 2_000);
+    assert!(all.iter().all(|s| s.items.len() == 1));
+
+    assert_eq!(store.get_sale("sale-0007").await.unwrap().as_ref(), Some(&created[7]));
+    assert_eq!(statements(&count), 2);
+    assert_eq!(store.get_sale("nope").await.unwrap(), None);
+}
