@@ -76,6 +76,18 @@ pub struct Config {
     pub sale_body_limit: usize,
     /// Connections open at once; beyond it a new connection is closed at once.
     pub max_connections: usize,
+    /// Connections open at once from one client address (IPv6: one /64); 0 (the
+    /// default) is a quarter of `max_connections`. A trusted proxy is not limited.
+    pub max_connections_per_ip: usize,
+    /// Largest read buffer of a connection, in bytes (at least 8192): a request's
+    /// header must fit, and each open connection may take this much.
+    pub max_header_buffer: usize,
+    /// A second address to listen on, for probes, the payment service and `/metrics`
+    /// (e.g. a port the load balancer does not expose): its own connections, which
+    /// buyers filling the public listener cannot take.
+    pub internal_listen: Option<String>,
+    /// Connections open at once on `internal_listen`.
+    pub internal_max_connections: usize,
     /// A request's header must arrive within this, in ms; an idle keep-alive connection
     /// is closed after it too.
     pub header_read_timeout_ms: u64,
@@ -163,6 +175,10 @@ impl Default for Config {
             status_interval_s: 5,
             sample_sales: true,
             max_connections: 10_000,
+            max_connections_per_ip: 0,
+            max_header_buffer: 32 * 1024,
+            internal_listen: None,
+            internal_max_connections: 256,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
@@ -351,6 +367,12 @@ impl Config {
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
+        if self.internal_max_connections == 0 {
+            return Err(invalid("internal_max_connections", "must be at least 1"));
+        }
+        if !(8192..=1024 * 1024).contains(&self.max_header_buffer) {
+            return Err(invalid("max_header_buffer", "must be 8192 bytes to 1 MiB"));
+        }
         for (setting, ms) in [
             ("header_read_timeout_ms", self.header_read_timeout_ms),
             ("body_read_timeout_ms", self.body_read_timeout_ms),
@@ -435,6 +457,11 @@ impl Config {
     pub fn connection_limits(&self) -> crate::server::ConnectionLimits {
         crate::server::ConnectionLimits {
             max_connections: self.max_connections,
+            max_connections_per_ip: match self.max_connections_per_ip {
+                0 => (self.max_connections / 4).max(1),
+                n => n,
+            },
+            max_buffer: self.max_header_buffer,
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         }

@@ -77,15 +77,27 @@ pub struct BodyLimits {
 }
 
 pub fn router(state: AppState, body_limits: BodyLimits, body_read_timeout: Duration) -> Router {
-    // The buyers' other routes count against their address's budget (purchases count
-    // in the handler, per sale). Server-to-server routes (admin, payment confirmations)
-    // are authenticated and not limited by address.
-    let buyer_reads = Router::new()
+    // Every public route counts against its address's budget (purchases count in the
+    // handler, per sale): the page, its assets, the probes and `/metrics` too, so that
+    // one host cannot flood any of them (issue #21). Server-to-server routes (admin,
+    // payment confirmations) are authenticated and not limited by address.
+    let public = Router::new()
         .route("/api/sales", get(list_sales))
         .route("/api/sales/{id}", get(get_sale))
         .route("/api/sales/{id}/events", get(events::sale_events))
         .route("/api/orders/{id}", get(get_order))
         .route("/api/orders/{id}/cancel", post(cancel_order))
+        .route("/", get(pages::index))
+        .route("/admin", get(pages::admin))
+        .route("/assets/{file}", get(pages::asset))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .url("/docs/openapi.json", openapi::document()),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limit_by_address,
@@ -101,20 +113,9 @@ pub fn router(state: AppState, body_limits: BodyLimits, body_read_timeout: Durat
         .route("/api/sales/{id}/stock", post(controls::add_stock))
         .route("/api/sales/{id}/purchase", post(purchase))
         .route("/api/orders/{id}/pay", post(pay_order))
-        .merge(buyer_reads)
-        .route("/", get(pages::index))
-        .route("/admin", get(pages::admin))
-        .route("/assets/{file}", get(pages::asset))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/openapi.json", get(openapi_json))
-        .route("/metrics", get(metrics))
+        .merge(public)
         // Counts what the routes above answer (404s of unknown paths are not routes).
         .route_layer(crate::observe::metrics::CountRequestsLayer)
-        .merge(
-            utoipa_swagger_ui::SwaggerUi::new("/docs")
-                .url("/docs/openapi.json", openapi::document()),
-        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limits.default))

@@ -106,6 +106,9 @@ pub async fn run(config_file: &Path, args: ServeArgs) -> anyhow::Result<ExitCode
         .context("starting the server")?;
     // Tests and scripts read the address from this line (the port may have been 0).
     println!("flashsale listening on http://{}", server.addr);
+    if let Some(internal) = server.internal_addr {
+        println!("flashsale internal listener on http://{internal}");
+    }
     tracing::info!(gate = %config.gate, bus = %config.bus, store = %config.store, "serving");
     if config.is_open() {
         tracing::warn!(

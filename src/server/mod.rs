@@ -59,6 +59,9 @@ pub enum StartError {
 /// A server running in this process.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where the internal listener is, if one was asked for (`internal_listen`).
+    pub internal_addr: Option<SocketAddr>,
+    internal: Option<JoinHandle<()>>,
     /// Cancelled to stop the HTTP server, then the sweeper, then the writer.
     stop_http: CancellationToken,
     stop_sweeper: CancellationToken,
@@ -125,14 +128,30 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
+        // Bound before the engine's background work needs it: probes reach the internal
+        // listener as soon as the public one answers.
+        let internal = match &config.internal_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|e| StartError::Listen(address.clone(), e))?,
+            ),
+            None => None,
+        };
+        let internal_addr = internal
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
         let limits = Arc::new(RateLimiters::new(config.rate_defaults()));
+        let trusted_proxies = Arc::new(config.trusted_proxies().map_err(StartError::Config)?);
         let stop_sweeper = CancellationToken::new();
         let stop_http = CancellationToken::new();
         let state = AppState::new(AppParts {
             engine: engine.clone(),
             auth,
             limits: limits.clone(),
-            trusted_proxies: Arc::new(config.trusted_proxies().map_err(StartError::Config)?),
+            trusted_proxies: trusted_proxies.clone(),
             overload: Arc::new(Overload::new(config.overload_limits())),
             feeds: crate::live::SaleFeeds::new(
                 engine.clone(),
@@ -170,14 +189,34 @@ impl Server {
             stop_sweeper.clone(),
         ));
         let forgetter = tokio::spawn(forget_idle_rate_keys(limits, stop_sweeper.clone()));
+        let public_limits = config.connection_limits();
+        // The internal listener's slots are its own; its clients (probes, the payment
+        // service, a scraper) are few and known, so no per-address share.
+        let internal = internal.map(|listener| {
+            let limits = ConnectionLimits {
+                max_connections: config.internal_max_connections,
+                max_connections_per_ip: config.internal_max_connections,
+                ..public_limits
+            };
+            tokio::spawn(connections::serve(
+                listener,
+                app.clone(),
+                limits,
+                trusted_proxies.clone(),
+                stop_http.clone(),
+            ))
+        });
         let http = tokio::spawn(connections::serve(
             listener,
             app,
-            config.connection_limits(),
+            public_limits,
+            trusted_proxies,
             stop_http.clone(),
         ));
         Ok(Server {
             addr,
+            internal_addr,
+            internal,
             stop_http,
             stop_sweeper,
             stop_writer,
@@ -194,6 +233,11 @@ impl Server {
         self.stop_http.cancel();
         if let Err(e) = self.http.await {
             tracing::error!(error = %e, "http server task failed");
+        }
+        if let Some(internal) = self.internal
+            && let Err(e) = internal.await
+        {
+            tracing::error!(error = %e, "internal http server task failed");
         }
         self.stop_sweeper.cancel();
         let _ = self.sweeper.await;

@@ -221,6 +221,25 @@ fn kubernetes_manifests_hang_together() {
     let container = &gateway["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // Issue #21: a start gets time (startupProbe), and the probes use the internal
+    // listener, a port the container declares, that buyers cannot fill.
+    assert_eq!(container["startupProbe"]["httpGet"]["path"], "/healthz");
+    let internal_port = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "internal")
+        .expect("an internal port")["containerPort"]
+        .as_u64()
+        .unwrap();
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "internal", "{probe}");
+    }
+    let config = std::fs::read_to_string("deploy/k8s/config.yaml").unwrap();
+    assert!(
+        config.contains(&format!("FLASHSALE_INTERNAL_LISTEN: \"0.0.0.0:{internal_port}\"")),
+        "the internal listener is on the probes' port"
+    );
     assert_eq!(container["args"][0], "serve");
     assert_eq!(
         deployments["flashsale-worker"]["spec"]["template"]["spec"]["containers"][0]["args"][0],

@@ -66,6 +66,8 @@ async fn four_thousand_half_sent_headers_neither_block_nor_delay_shutdown() {
     let mut app = gateway(&[
         ("FLASHSALE_HEADER_READ_TIMEOUT_MS", "60000"), // held, not timed out, here
         ("FLASHSALE_SHUTDOWN_GRACE_MS", "3000"),
+        // All from one address here: its share is the whole server.
+        ("FLASHSALE_MAX_CONNECTIONS_PER_IP", "10000"),
     ])
     .await;
     let addr = addr(&app);
@@ -132,7 +134,11 @@ async fn a_body_that_trickles_in_gets_408() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_are_closed_at_once() {
-    let app = gateway(&[("FLASHSALE_MAX_CONNECTIONS", "20")]).await;
+    let app = gateway(&[
+        ("FLASHSALE_MAX_CONNECTIONS", "20"),
+        ("FLASHSALE_MAX_CONNECTIONS_PER_IP", "20"),
+    ])
+    .await;
     let addr = addr(&app);
     let mut held = Vec::new();
     for _ in 0..20 {
@@ -232,4 +238,116 @@ async fn too_many_or_too_large_headers_get_431() {
         );
     }
     assert!(healthz(&addr).await);
+}
+
+/// Idle keep-alive connections on the server's address from `local` (a loopback
+/// address of the client's choosing); how many the server kept open.
+async fn hold_from(local: &str, addr: &str, count: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..count {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+        let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+        // One request answered: the connection is an idle keep-alive from then on.
+        let request = b"GET /healthz HTTP/1.1\r\nHost: flashsale\r\n\r\n";
+        if stream.write_all(request).await.is_err() {
+            continue;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 && buf.starts_with(b"HTTP/1.1 200") => held.push(stream),
+            _ => {}
+        }
+    }
+    held
+}
+
+/// Issue #21: one address cannot take every connection. 200 idle keep-alives from one
+/// address on a server of 200 connections: it keeps its share (a quarter), and a buyer
+/// from another address still buys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_address_cannot_take_every_connection() {
+    let app = gateway(&[
+        ("FLASHSALE_MAX_CONNECTIONS", "200"),
+        ("FLASHSALE_HEADER_READ_TIMEOUT_MS", "60000"),
+    ])
+    .await;
+    let addr = addr(&app);
+    let sale = app.live_sale(1, 1).await;
+    let held = hold_from("127.0.0.1", &addr, 200).await;
+    // The test's own client keeps a connection or two of its share.
+    assert!((48..=50).contains(&held.len()), "one address holds a quarter: {}", held.len());
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let bought = other
+        .post(app.url(&format!("/api/sales/{sale}/purchase")))
+        .json(&json!({"user_id": "elsewhere"}))
+        .send()
+        .await
+        .expect("another address is served");
+    assert_eq!(bought.status(), 202);
+    drop(held);
+}
+
+/// Kernel-reported resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Issue #21: a connection's read buffer is bounded (hyper's default let each grow to
+/// ~400 KiB: 64 MB here with `FLASHSALE_MAX_HEADER_BUFFER=409600`): 100 connections
+/// sending 400 KB of a header that never ends grow the server by less than 10 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partial_headers_of_400_kb_take_little_memory() {
+    let app = gateway(&[("FLASHSALE_HEADER_READ_TIMEOUT_MS", "60000")]).await;
+    let addr = addr(&app);
+    let pid = app.child_id();
+    assert!(healthz(&addr).await);
+    let before = rss_kib(pid);
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let mut header = b"GET /healthz HTTP/1.1\r\nHost: flashsale\r\nX-Large: ".to_vec();
+        header.extend(std::iter::repeat_n(b'x', 400 * 1000));
+        // The server may refuse (431) and close before it has read it all.
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&header)).await;
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 10 * 1024, "RSS grew by {grown} KiB");
+    drop(held);
+    assert!(healthz(&addr).await);
+}
+
+/// Issue #21: probes and the payment service have a listener of their own
+/// (`internal_listen`): buyers filling the public one cannot keep them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_internal_listener_answers_while_the_public_one_is_full() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let internal = format!("127.0.0.1:{port}");
+    let app = gateway(&[
+        ("FLASHSALE_MAX_CONNECTIONS", "8"),
+        ("FLASHSALE_MAX_CONNECTIONS_PER_IP", "8"),
+        ("FLASHSALE_HEADER_READ_TIMEOUT_MS", "60000"),
+        ("FLASHSALE_INTERNAL_LISTEN", &internal),
+    ])
+    .await;
+    let addr = addr(&app);
+    let held = hold_from("127.0.0.1", &addr, 8).await;
+    assert_eq!(held.len(), 8);
+    assert!(!healthz(&addr).await, "the public listener is full");
+    assert!(healthz(&internal).await, "the internal one answers");
+    drop(held);
 }

@@ -88,6 +88,11 @@ impl TestServer {
         (status, started.elapsed())
     }
 
+    /// The gateway's process id.
+    pub fn child_id(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
     pub async fn kill9(&mut self) {
         // tokio's Child::kill sends SIGKILL: no shutdown code runs.
         self.child.kill().await.expect("kill -9");
