@@ -40,8 +40,9 @@ impl SqlStore {
             Dialect::Sqlite => Self::insert_sqlite(&mut conn, orders).await,
             Dialect::Postgres => Self::insert_postgres(&mut conn, orders).await,
         };
-        if stored.is_err() {
-            self.forget_writer(&mut conn);
+        if let Err(e) = &stored {
+            // One statement each on SQLite: its commit is the statement's.
+            self.forget_writer_unless_clean(&mut conn, e, false);
         }
         stored
     }

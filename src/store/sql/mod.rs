@@ -141,6 +141,7 @@ impl SqlStore {
         to: OrderStatus,
         at: Millis,
         window: &str,
+        at_commit: &mut bool,
     ) -> Result<Option<Transition>, StoreError> {
         let mut tx = conn.begin().await?;
         let moved = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -192,15 +193,25 @@ impl SqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        *at_commit = true;
         tx.commit().await?;
         Ok(Some(Transition { order, moved }))
     }
 
     /// After a failed write on SQLite, the writer's connection is closed instead of
-    /// reused: its guard may hold what the file does not (a failed COMMIT), and the next
-    /// connection rebuilds it from the file.
-    fn forget_writer(&self, conn: &mut sqlx::pool::PoolConnection<sqlx::Any>) {
-        if self.dialect == Dialect::Sqlite {
+    /// reused, unless the failure surely left its guard as the file is
+    /// (`rolled_back_whole`): a failed COMMIT may have left the guard holding what the
+    /// file does not, and the next connection rebuilds it from the file. That rebuild
+    /// reads every order (seconds per million): replacing the writer on every error
+    /// stalled all writes for that long (issue #21).
+    fn forget_writer_unless_clean(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+        error: &StoreError,
+        at_commit: bool,
+    ) {
+        if self.dialect == Dialect::Sqlite && (at_commit || !rolled_back_whole(error)) {
+            tracing::warn!(%error, "the SQLite writer is replaced (its guard is rebuilt)");
             conn.close_on_drop();
         }
     }
@@ -214,10 +225,14 @@ impl SqlStore {
         let mut options = AnyPoolOptions::new().max_connections(max_connections);
         if role == Role::Writer {
             // The guard is rebuilt on every new connection: open it now, and keep it.
+            // That rebuild runs inside `acquire` (`after_connect`) and takes seconds per
+            // million orders: sqlx's 30 s acquire timeout dropped a long rebuild and
+            // started it again, for ever (issue #21).
             options = options
                 .min_connections(1)
                 .max_lifetime(None)
-                .idle_timeout(None);
+                .idle_timeout(None)
+                .acquire_timeout(std::time::Duration::from_secs(3600));
         }
         let pool = options
             .after_connect(move |conn, _| {
@@ -247,6 +262,18 @@ impl SqlStore {
         }
         Ok(pool)
     }
+}
+
+/// Whether SQLite undid the whole failed statement, the guard's part with it: busy,
+/// locked, disk full (SQLITE_FULL is raised before anything is committed) or a
+/// constraint. The primary code is the extended code's low byte.
+fn rolled_back_whole(error: &StoreError) -> bool {
+    let StoreError::Database(sqlx::Error::Database(db)) = error else {
+        return false;
+    };
+    db.code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6 | 13 | 19))
 }
 
 #[async_trait]
@@ -395,9 +422,12 @@ impl OrderStore for SqlStore {
         };
         // On the writer: on SQLite, the buyer's units are in its guard.
         let mut conn = self.writer.acquire().await?;
-        let moved = self.transition_on(&mut conn, id, to, at, &window).await;
-        if moved.is_err() {
-            self.forget_writer(&mut conn);
+        let mut at_commit = false;
+        let moved = self
+            .transition_on(&mut conn, id, to, at, &window, &mut at_commit)
+            .await;
+        if let Err(e) = &moved {
+            self.forget_writer_unless_clean(&mut conn, e, at_commit);
         }
         moved
     }

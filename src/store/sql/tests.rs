@@ -447,3 +447,54 @@ async fn postgres_listing_sales_takes_a_few_statements_whatever_their_number() {
     assert_eq!(statements(&count), 2);
     assert_eq!(store.get_sale("nope").await.unwrap(), None);
 }
+
+/// Issue #21: a write the database refused whole (here SQLITE_FULL, from a page limit
+/// on the writer's connection) keeps the writer and its guard: the next write goes on
+/// the same connection at once, without the guard's rebuild from every order (which
+/// held every write for seconds per million orders, and for ever past 30 s), and the
+/// guard still counts what the file holds.
+#[tokio::test]
+async fn sqlite_a_full_disk_keeps_the_writer_and_its_guard() {
+    let (store, _dir) = store(Dialect::Sqlite).await;
+    let s = sale(1_000, 1);
+    store.create_sale(&s).await.unwrap();
+    store.insert_orders(&[order(&s, "first", "a", 1)]).await.unwrap();
+    // Marks the writer's connection: a replaced one has no such table.
+    let mut writer = store.writer.acquire().await.unwrap();
+    sqlx::raw_sql("CREATE TEMP TABLE this_connection (x)")
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut *writer)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}")))
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    drop(writer);
+
+    let many: Vec<Order> = (0..500)
+        .map(|n| order(&s, &format!("o{n:03}"), &format!("buyer-{n}"), 1))
+        .collect();
+    let full = store.insert_orders(&many).await;
+    assert!(full.is_err(), "the page limit refuses the batch: {full:?}");
+
+    let mut writer = store.writer.acquire().await.unwrap();
+    sqlx::raw_sql("SELECT x FROM temp.this_connection")
+        .execute(&mut *writer)
+        .await
+        .expect("the same writer connection");
+    sqlx::raw_sql("PRAGMA max_page_count = 1073741823")
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    drop(writer);
+    let outcomes = store.insert_orders(&many).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == InsertOutcome::Stored), "{outcomes:?}");
+    // The guard holds what the file holds: the first buyer is at the limit still.
+    let again = store.insert_orders(&[order(&s, "second", "a", 1)]).await.unwrap();
+    assert!(matches!(again[0], InsertOutcome::Rejected(_)), "{again:?}");
+    assert_eq!(store.sale_orders(&s.id).await.unwrap().len(), 501);
+}
