@@ -585,4 +585,29 @@ mod tests {
             Ok(())
         });
     }
+
+    /// Issue #21: on Kafka an order may land up to a request timeout and librdkafka's
+    /// one-second scan after its delivery timeout; a hold younger than that is not its
+    /// gateway's death, and a rebuild waits that long.
+    #[test]
+    fn the_kafka_delivery_deadline_covers_a_late_retry() {
+        let mut config = Config {
+            bus: BusUrl::Kafka {
+                brokers: "127.0.0.1:9092".into(),
+            },
+            kafka_delivery_timeout_ms: 3_000,
+            ..Config::default()
+        };
+        assert_eq!(
+            config.bus_settings().delivery_deadline(),
+            Duration::from_millis(3_000 + 1_000 + 1_000)
+        );
+        config.hold_grace_ms = 4_000;
+        let error = config.validate().unwrap_err();
+        assert!(error.to_string().contains("hold_grace_ms"), "{error}");
+        config.hold_grace_ms = 5_001;
+        if cfg!(feature = "kafka") {
+            config.validate().unwrap();
+        }
+    }
 }

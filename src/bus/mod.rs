@@ -145,11 +145,17 @@ pub struct BusSettings {
 
 impl BusSettings {
     /// The longest an order may be on its way to the store: past it, it has landed or
-    /// never will.
+    /// never will. In process, the writer enforces it (nothing commits past it). On
+    /// Kafka it is the producer's delivery timeout, plus a request still in flight when
+    /// that timer fired (a retried produce reported "possibly persisted" can still be
+    /// appended: one request timeout, a third of the delivery timeout), plus the second
+    /// librdkafka may take to notice a timeout (it scans once a second) (issue #21).
     pub fn delivery_deadline(&self) -> Duration {
         match self.url {
             BusUrl::Memory => self.timeout,
-            BusUrl::Kafka { .. } => self.delivery_timeout,
+            BusUrl::Kafka { .. } => {
+                self.delivery_timeout + self.delivery_timeout / 3 + Duration::from_secs(1)
+            }
         }
     }
 }

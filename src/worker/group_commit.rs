@@ -56,9 +56,15 @@ async fn commit(batch: &mut Vec<Envelope>, store: &dyn OrderStore) {
     }
     let orders: Vec<_> = batch.iter().map(|e| e.order.clone()).collect();
     let started = std::time::Instant::now();
+    // Nor does the batch commit past the earliest deadline in it: a commit that is
+    // slow (a lock, a stalled disk) is rolled back at that deadline, not left to land
+    // after a rebuild read the store (issue #21).
+    let earliest = batch.iter().map(|e| e.deadline).min().expect("not empty");
     let stored = {
         let _timer = StageTimer::start(Stage::StoreCommit);
-        store.insert_orders(&orders).await
+        store
+            .insert_orders_within(&orders, earliest.saturating_duration_since(now))
+            .await
     };
     match stored {
         Ok(outcomes) => {

@@ -93,7 +93,8 @@ impl Deployment {
             // A buyer waits 2 s here, not 1 s: CI runs two suites at once on 2 cores, and
             // a 503 "still on its way, retry" is right but not what these tests look at.
             .env("FLASHSALE_BACKEND_TIMEOUT_MS", "2000")
-            .env("FLASHSALE_HOLD_GRACE_MS", "3000")
+            // Past the Kafka bus's delivery deadline (2 s + a request of 0.67 s + 1 s).
+            .env("FLASHSALE_HOLD_GRACE_MS", "4000")
             .env("FLASHSALE_KAFKA_DELIVERY_TIMEOUT_MS", "2000")
             .env("FLASHSALE_TOPIC_PREFIX", &self.topic_prefix)
             .env(

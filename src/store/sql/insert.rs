@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use sqlx::{AnyConnection, Connection};
+use tokio::time::Instant;
 
 use super::{Dialect, SqlStore};
 use crate::domain::Order;
@@ -34,11 +35,16 @@ impl From<sqlx::Error> for BatchError {
 
 impl SqlStore {
     /// Stores a batch in one transaction; each order succeeds or fails on its own.
-    pub(super) async fn insert(&self, orders: &[Order]) -> Result<Vec<InsertOutcome>, StoreError> {
+    /// With a `deadline` (PostgreSQL), nothing commits past it (`insert_orders_within`).
+    pub(super) async fn insert(
+        &self,
+        orders: &[Order],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
         let mut conn = self.writer.acquire().await?;
         let stored = match self.dialect {
             Dialect::Sqlite => Self::insert_sqlite(&mut conn, orders).await,
-            Dialect::Postgres => Self::insert_postgres(&mut conn, orders).await,
+            Dialect::Postgres => Self::insert_postgres(&mut conn, orders, deadline).await,
         };
         if let Err(e) = &stored {
             // One statement each on SQLite: its commit is the statement's.
@@ -51,12 +57,15 @@ impl SqlStore {
     async fn insert_postgres(
         conn: &mut AnyConnection,
         orders: &[Order],
+        deadline: Option<Instant>,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         // The whole batch, without a savepoint (nearly every batch goes in whole). A
         // refused batch is rolled back and goes again order by order.
         let mut tx = conn.begin().await?;
+        Self::bound_by(&mut tx, deadline).await?;
         match Self::insert_batch(&mut tx, orders).await {
             Ok(outcomes) => {
+                Self::still_in_time(deadline)?;
                 tx.commit().await?;
                 return Ok(outcomes);
             }
@@ -67,6 +76,7 @@ impl SqlStore {
             Err(BatchError::Database(e)) => return Err(e.into()),
         }
         let mut tx = conn.begin().await?;
+        Self::bound_by(&mut tx, deadline).await?;
         let mut outcomes = Vec::with_capacity(orders.len());
         for order in orders {
             let one = std::slice::from_ref(order);
@@ -76,8 +86,40 @@ impl SqlStore {
             };
             outcomes.push(outcome);
         }
+        Self::still_in_time(deadline)?;
         tx.commit().await?;
         Ok(outcomes)
+    }
+
+    /// Bounds each statement of the transaction (COMMIT included) and each lock wait by
+    /// the time left before `deadline`: one round trip, the settings ending with the
+    /// transaction.
+    async fn bound_by(conn: &mut AnyConnection, deadline: Option<Instant>) -> Result<(), StoreError> {
+        let Some(deadline) = deadline else {
+            return Ok(());
+        };
+        Self::still_in_time(Some(deadline))?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1)
+            .to_string();
+        sqlx::query(
+            "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)",
+        )
+        .bind(left)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// `PastDeadline` once `deadline` has passed: the open transaction is then dropped
+    /// (rolled back) instead of committed.
+    fn still_in_time(deadline: Option<Instant>) -> Result<(), StoreError> {
+        match deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(StoreError::PastDeadline),
+            _ => Ok(()),
+        }
     }
 
     /// SQLite: the batch as one statement, its own transaction; the writer's triggers

@@ -371,7 +371,16 @@ impl OrderStore for SqlStore {
     }
 
     async fn insert_orders(&self, orders: &[Order]) -> Result<Vec<InsertOutcome>, StoreError> {
-        self.insert(orders).await
+        self.insert(orders, None).await
+    }
+
+    async fn insert_orders_within(
+        &self,
+        orders: &[Order],
+        within: std::time::Duration,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        self.insert(orders, Some(tokio::time::Instant::now() + within))
+            .await
     }
 
     async fn get_order(&self, id: &str) -> Result<Option<Order>, StoreError> {

@@ -3,6 +3,7 @@
 use super::*;
 use crate::domain::{NewSale, PurchaseRequest, validate_purchase};
 use crate::store::InsertOutcome;
+use std::time::Duration;
 
 /// A fresh SQLite file, or a fresh PostgreSQL database for each test.
 async fn store(dialect: Dialect) -> (SqlStore, tempfile::TempDir) {
@@ -497,4 +498,39 @@ async fn sqlite_a_full_disk_keeps_the_writer_and_its_guard() {
     let again = store.insert_orders(&[order(&s, "second", "a", 1)]).await.unwrap();
     assert!(matches!(again[0], InsertOutcome::Rejected(_)), "{again:?}");
     assert_eq!(store.sale_orders(&s.id).await.unwrap().len(), 501);
+}
+
+/// Issue #21: a bounded insert never lands past its deadline. A trigger makes the
+/// insert take 3 s; bounded by 500 ms it is cut and rolled back, and the order is not
+/// in the store then or later (unbounded, it landed after 3 s).
+#[tokio::test]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+async fn postgres_a_bounded_insert_never_lands_past_its_deadline() {
+    let (store, _dir) = store(Dialect::Postgres).await;
+    let s = sale(10, 1);
+    store.create_sale(&s).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.user_id = 'slow' THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER slow_insert BEFORE INSERT ON orders \
+         FOR EACH ROW EXECUTE FUNCTION slow_insert();",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let cut = store
+        .insert_orders_within(&[order(&s, "slow-order", "slow", 1)], Duration::from_millis(500))
+        .await;
+    assert!(cut.is_err(), "{cut:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(store.get_order("slow-order").await.unwrap(), None);
+    assert_eq!(store.sold_counters(&s.id).await.unwrap()[0].1, 0);
+    // In time, it goes in.
+    let outcomes = store
+        .insert_orders_within(&[order(&s, "quick", "quick", 1)], Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(outcomes, vec![InsertOutcome::Stored]);
 }
