@@ -298,6 +298,9 @@ async fn place(
         }
         Err(e) => {
             tracing::error!(order = %order.id, error = %e, "order outcome unknown; reservation kept");
+            // Until the sweeper finds out (`stale_holds`): stored, its key replays it;
+            // not, its units go back.
+            gate.hold_unresolved(&sale, &order);
             Err(EngineError::Unavailable(
                 "the order's outcome is not known yet; retry with the same Idempotency-Key".into(),
             ))

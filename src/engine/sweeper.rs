@@ -274,4 +274,71 @@ mod tests {
         drop(engine);
         writer.await.unwrap();
     }
+
+    /// Issue #21: an order whose fate the writer could not tell (its commit's answer
+    /// lost, and the lookups after it failed) kept its units and its key "in progress"
+    /// for the process's whole life on the local gate. The sweeper resolves it as it
+    /// does a shared gate's holds: stored, its key replays it.
+    #[tokio::test]
+    async fn an_order_of_unknown_fate_is_resolved_by_the_sweeper() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
+        let (bus, inbox) = MemoryBus::new(64, Duration::from_secs(30));
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(crate::worker::run_group_commit(
+            inbox,
+            store.clone(),
+            64,
+            stop.clone(),
+        ));
+        let engine = Engine::start(
+            Arc::new(LocalGate::new()),
+            Arc::new(bus),
+            store.clone(),
+            crate::engine::EngineSettings {
+                hold_grace: Duration::from_millis(100),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let sale = engine
+            .create_sale(NewSale {
+                name: "s".into(),
+                stock: Some(5),
+                items: None,
+                per_user_limit: Some(1),
+                starts_at: None,
+                ends_at: None,
+                payment_window: None,
+                rate_limits: None,
+            })
+            .await
+            .unwrap();
+        let id = sale.sale.id.clone();
+        let request = || PurchaseRequest {
+            user_id: "a".into(),
+            quantity: Some(1),
+            items: None,
+        };
+        *store.lose_commit_answers.lock() = true;
+        *store.fail_lookups.lock() = true;
+        let unknown = engine.purchase(&id, request(), Some("k".into())).await;
+        assert!(matches!(unknown, Err(EngineError::Unavailable(_))), "{unknown:?}");
+        // The writer gives up looking after 5 s: the outcome is unknown.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        *store.lose_commit_answers.lock() = false;
+        *store.fail_lookups.lock() = false;
+        let retry = engine.purchase(&id, request(), Some("k".into())).await;
+        assert!(matches!(retry, Err(EngineError::InProgress)), "{retry:?}");
+
+        let sweep = engine.sweep().await.unwrap();
+        assert_eq!(sweep.resolved, 1, "{sweep:?}");
+        let replay = engine.purchase(&id, request(), Some("k".into())).await.unwrap();
+        assert_eq!(store.sale_orders(&id).await.unwrap()[0].id, replay.id);
+        assert_eq!(engine.sale_state(&id).await.unwrap().remaining, [4]);
+        stop.cancel();
+        drop(engine);
+        writer.await.unwrap();
+    }
 }

@@ -16,7 +16,9 @@ use foldhash::quality::RandomState;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use super::{Decision, GateError, KeyAnswer, KeyPolicy, RebuildLease, SaleSnapshot, StockGate};
+use super::{
+    Decision, GateError, HoldEnd, KeyAnswer, KeyPolicy, RebuildLease, SaleSnapshot, StockGate,
+};
 use crate::domain::{Millis, Order, Refusal, Sale, Units, ValidPurchase};
 
 const SHARDS: usize = 64;
@@ -46,6 +48,9 @@ struct SaleState {
     released: Mutex<HashSet<Box<str>, RandomState>>,
     /// Set when the sale was rebuilt from the store (a restart): see `Rebuilt`.
     rebuilt: Option<Rebuilt>,
+    /// Reservations whose order's fate the bus could not tell (`hold_unresolved`), with
+    /// when they were kept; rare, so a plain list.
+    unresolved: Mutex<Vec<(Order, std::time::Instant)>>,
 }
 
 /// What a rebuild counted. An order placed before it holds units here only if the
@@ -370,6 +375,7 @@ impl SaleState {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             released: Mutex::default(),
             rebuilt: None,
+            unresolved: Mutex::default(),
         };
         state.refresh_sold_out();
         state
@@ -735,6 +741,50 @@ impl StockGate for LocalGate {
 
     async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError> {
         self.remaining_sync(sale)
+    }
+
+    fn hold_unresolved(&self, sale: &Sale, order: &Order) {
+        if let Ok(state) = self.state(sale) {
+            state
+                .unresolved
+                .lock()
+                .push((order.clone(), std::time::Instant::now()));
+        }
+    }
+
+    async fn stale_holds(
+        &self,
+        sale: &Sale,
+        grace: std::time::Duration,
+    ) -> Result<Vec<String>, GateError> {
+        let state = self.state(sale)?;
+        let unresolved = state.unresolved.lock();
+        Ok(unresolved
+            .iter()
+            .filter(|(_, kept)| kept.elapsed() >= grace)
+            .map(|(order, _)| order.id.clone())
+            .collect())
+    }
+
+    async fn drop_hold(
+        &self,
+        sale: &Sale,
+        order_id: &str,
+        end: HoldEnd<'_>,
+    ) -> Result<(), GateError> {
+        let state = self.state(sale)?;
+        let held = {
+            let mut unresolved = state.unresolved.lock();
+            let at = unresolved.iter().position(|(o, _)| o.id == order_id);
+            at.map(|at| unresolved.swap_remove(at).0)
+        };
+        let Some(order) = held else {
+            return Ok(());
+        };
+        match end {
+            HoldEnd::Release => self.release_sync(sale, &order, true),
+            HoldEnd::Confirm(stored) => self.confirm_sync(sale, stored),
+        }
     }
 
     async fn forget_expired_keys(&self, sale: &Sale, now: Millis) -> Result<usize, GateError> {

@@ -275,6 +275,13 @@ pub trait StockGate: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// The bus could not tell whether it took `order` (a failed commit whose lookup
+    /// failed too): the reservation is kept, and handed to the sweeper by `stale_holds`
+    /// once older than the grace. A shared gate holds every reservation that way
+    /// already; the local gate keeps only these (issue #21: their units stayed reserved
+    /// and their key "in progress" for the gateway's whole life).
+    fn hold_unresolved(&self, _sale: &Sale, _order: &Order) {}
+
     /// Ends such a reservation, as `end` says.
     async fn drop_hold(
         &self,

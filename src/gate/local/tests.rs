@@ -257,6 +257,34 @@ async fn after_a_restore_only_counted_or_later_orders_give_units_back() {
     assert_eq!(gate.remaining_sync(&s).unwrap(), vec![3], "placed after: back");
 }
 
+/// Issue #21: a reservation whose order's fate is unknown is handed to the sweeper
+/// once older than the grace; released, its units and its key go.
+#[tokio::test]
+async fn an_unresolved_hold_goes_to_the_sweeper_and_is_released() {
+    let s = sale(&[2], 1);
+    let gate = gate_with(&s);
+    let p = purchase(&s, "a", &[(0, 1)]);
+    assert!(matches!(
+        gate.decide(&s, &p, Some("k"), "o1", 1_500).unwrap(),
+        Decision::Reserved { .. }
+    ));
+    let held = order(&s, &p, "o1", Some("k"));
+    gate.hold_unresolved(&s, &held);
+    assert!(gate.stale_holds(&s, std::time::Duration::from_secs(60)).await.unwrap().is_empty());
+    assert_eq!(
+        gate.stale_holds(&s, std::time::Duration::ZERO).await.unwrap(),
+        vec!["o1".to_string()]
+    );
+    gate.drop_hold(&s, "o1", HoldEnd::Release).await.unwrap();
+    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![2]);
+    assert!(gate.stale_holds(&s, std::time::Duration::ZERO).await.unwrap().is_empty());
+    // The key was forgotten: a retry is decided afresh.
+    assert!(matches!(
+        gate.decide(&s, &p, Some("k"), "o2", 1_500).unwrap(),
+        Decision::Reserved { .. }
+    ));
+}
+
 #[test]
 fn concurrent_buyers_on_threads_never_oversell() {
     let s = Arc::new(sale(&[100], 1));
