@@ -25,6 +25,14 @@ pub enum StoreError {
     PastDeadline,
 }
 
+impl StoreError {
+    /// Whether the schema refused the write (a constraint: it will be refused again),
+    /// as opposed to the store failing (worth retrying).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(db)) if sql::is_constraint(&**db))
+    }
+}
+
 /// What became of one order of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InsertOutcome {

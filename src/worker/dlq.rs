@@ -95,7 +95,17 @@ pub async fn replay(bus: &KafkaSettings, store: &dyn OrderStore) -> Result<Repla
             Err(reason) => Err((entry.letter.payload.clone(), reason)),
             Ok(order) => match store.insert_orders(std::slice::from_ref(&order)).await {
                 Ok(outcomes) => match outcomes.into_iter().next() {
-                    Some(InsertOutcome::Rejected(reason)) => Err((order.id.clone(), reason)),
+                    // Acknowledged once, refused now: kept as failed, as the worker
+                    // does, so that its units go back; dead again only if that fails.
+                    Some(InsertOutcome::Rejected(reason)) => {
+                        match store.fail_order(&order, &reason).await {
+                            Ok(()) => {
+                                report.stored_as_failed.push((order.id.clone(), reason));
+                                continue;
+                            }
+                            Err(e) => Err((order.id.clone(), format!("{reason}; then not stored as failed: {e}"))),
+                        }
+                    }
                     _ => Ok(order.id.clone()),
                 },
                 Err(e) => return Err(BusError::Unknown(format!("store: {e}"))),

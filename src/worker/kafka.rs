@@ -245,7 +245,13 @@ async fn store_batch(
             continue;
         };
         tracing::error!(order = %order.id, %reason, "store refused an acknowledged order; compensating");
-        match store.fail_order(order, &reason).await {
+        // Retried while the store is down (as the insert is): dead-lettering it then
+        // would leave an acknowledged order's units held with nothing to give them
+        // back (issue #21). Only a refusal by the schema (an unknown sale) goes to
+        // the dead letters.
+        match with_retries_unless_refused("store it as failed", || store.fail_order(order, &reason))
+            .await
+        {
             Ok(()) => {
                 let mut failed = order.clone();
                 failed.status = OrderStatus::Failed;
@@ -264,6 +270,26 @@ async fn store_batch(
     }
     for (message, reason) in dead {
         dead_letter(producer, &topics.dlq, message, reason).await;
+    }
+}
+
+/// Runs `attempt` until it succeeds or the schema refuses it, backing off while the
+/// store is down.
+async fn with_retries_unless_refused<F, Fut>(what: &str, mut attempt: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Err(e) if !e.is_refusal() => {
+                tracing::error!(error = %e, "{what} failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            done => return done,
+        }
     }
 }
 

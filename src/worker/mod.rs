@@ -91,6 +91,9 @@ impl DeadLetters {
 #[derive(Debug, Default, Serialize)]
 pub struct Replay {
     pub stored: Vec<String>,
+    /// Orders the store refused: kept as `failed` with the reason (their units go back
+    /// through the sweepers), as the worker does, instead of dead-lettered again.
+    pub stored_as_failed: Vec<(String, String)>,
     /// Letters that failed again: (order id or payload, reason).
     pub failed: Vec<(String, String)>,
 }
@@ -101,12 +104,16 @@ impl Replay {
         for id in &self.stored {
             out.push_str(&format!("stored {id}\n"));
         }
+        for (id, reason) in &self.stored_as_failed {
+            out.push_str(&format!("stored as failed {id}: {reason}\n"));
+        }
         for (what, reason) in &self.failed {
             out.push_str(&format!("failed again {what}: {reason}\n"));
         }
         out.push_str(&format!(
-            "replayed: {} stored, {} failed again",
+            "replayed: {} stored, {} stored as failed, {} failed again",
             self.stored.len(),
+            self.stored_as_failed.len(),
             self.failed.len()
         ));
         out

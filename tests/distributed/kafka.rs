@@ -145,7 +145,17 @@ async fn dead_letters_are_listed_and_replayed(backends: Backends) {
         flashsale::bus::kafka::producer_config("127.0.0.1:9092", Duration::from_secs(5))
             .create()
             .unwrap();
-    for payload in [OrderMessage::encode(&order), b"not json".to_vec()] {
+    // A second order of the same buyer: over the sale's limit of 1 once the sale is
+    // there, it is kept as failed on replay (issue #21), not dead-lettered again.
+    let over_the_limit = Order {
+        id: "dlq-order-2".into(),
+        ..order.clone()
+    };
+    for payload in [
+        OrderMessage::encode(&order),
+        OrderMessage::encode(&over_the_limit),
+        b"not json".to_vec(),
+    ] {
         producer
             .send(
                 FutureRecord::<(), _>::to(&topics.orders).payload(&payload),
@@ -164,7 +174,7 @@ async fn dead_letters_are_listed_and_replayed(backends: Backends) {
             "{stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        if stdout.contains("2 dead letters") {
+        if stdout.contains("3 dead letters") {
             break stdout;
         }
         assert!(started.elapsed() < Duration::from_secs(30), "{stdout}");
@@ -181,10 +191,11 @@ async fn dead_letters_are_listed_and_replayed(backends: Backends) {
     let out = deployment.run("dlq replay", &[]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("replayed: 1 stored, 1 failed again"),
+        stdout.contains("replayed: 1 stored, 1 stored as failed, 1 failed again"),
         "{stdout}"
     );
     assert_eq!(gateway.order("dlq-order-1").await.status, 200);
+    assert_eq!(gateway.order("dlq-order-2").await.body["status"], "failed");
     let after = deployment.run("dlq list", &[]).await;
     let stdout = String::from_utf8_lossy(&after.stdout);
     assert!(

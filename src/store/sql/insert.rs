@@ -336,7 +336,7 @@ fn outcomes_of(orders: &[Order], mut inserted: HashSet<String>) -> Vec<InsertOut
 
 /// Whether a database error is a constraint violation (the order's own fault), as
 /// opposed to a failure of the database (the batch's).
-fn is_constraint(e: &dyn sqlx::error::DatabaseError) -> bool {
+pub(crate) fn is_constraint(e: &dyn sqlx::error::DatabaseError) -> bool {
     use sqlx::error::ErrorKind;
     // 1811: SQLITE_CONSTRAINT_TRIGGER, a trigger's RAISE(ABORT) (`sqlite_layout.rs`).
     matches!(

@@ -16,6 +16,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 pub use dialect::Dialect;
+pub(crate) use insert::is_constraint;
 
 use super::{InsertOutcome, OrderStore, StoreError, StoreUrl, Transition};
 use crate::domain::{Item, Millis, Order, OrderStatus, Sale};
