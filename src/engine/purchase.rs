@@ -54,6 +54,27 @@ impl KeyWaiters {
             waiting.remove(order_id);
         }
     }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+}
+
+/// A replay's interest in an order, dropped with it: a replay whose request is dropped
+/// (its client hung up) leaves no entry behind (issue #21).
+struct Watching<'a> {
+    waiters: &'a KeyWaiters,
+    order_id: String,
+    notify: Option<Arc<Notify>>,
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        if let Some(notify) = self.notify.take() {
+            self.waiters.forget(&self.order_id, notify);
+        }
+    }
 }
 
 impl Engine {
@@ -191,10 +212,13 @@ impl Engine {
             KeyAnswer::Accepted(order) => return Ok(order),
             KeyAnswer::InFlight { order_id } => order_id,
         };
-        let notify = self.key_waiters.watch(&order_id);
-        let answer = self.await_settled(sale, user_id, key, &notify).await;
-        self.key_waiters.forget(&order_id, notify);
-        answer
+        let watching = Watching {
+            notify: Some(self.key_waiters.watch(&order_id)),
+            waiters: &self.key_waiters,
+            order_id,
+        };
+        let notify = watching.notify.clone().expect("set above");
+        self.await_settled(sale, user_id, key, &notify).await
     }
 
     async fn await_settled(
@@ -308,4 +332,58 @@ async fn place(
     };
     key_waiters.settled(&order.id);
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::MemoryBus;
+    use crate::domain::NewSale;
+    use crate::gate::LocalGate;
+
+    /// Issue #21: a replay whose request is dropped while it waits for the first
+    /// request (its client hung up) leaves no entry in the waiters' table.
+    #[tokio::test]
+    async fn an_abandoned_replay_leaves_no_waiter_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = crate::store::connect(&url.parse().unwrap()).await.unwrap();
+        let gate = Arc::new(LocalGate::new());
+        let (bus, _inbox) = MemoryBus::new(8, Duration::from_secs(5));
+        let engine = Engine::start(gate.clone(), Arc::new(bus), store, Default::default())
+            .await
+            .unwrap();
+        let sale = engine
+            .create_sale(NewSale {
+                name: "s".into(),
+                stock: Some(5),
+                items: None,
+                per_user_limit: Some(1),
+                starts_at: None,
+                ends_at: None,
+                payment_window: None,
+                rate_limits: None,
+            })
+            .await
+            .unwrap();
+        let request = || PurchaseRequest {
+            user_id: "a".into(),
+            quantity: Some(1),
+            items: None,
+        };
+        // The first request with the key is still in flight.
+        let first = validate_purchase(&sale.sale, request()).unwrap();
+        let decided = gate
+            .decide(&sale.sale, &first, Some("k"), "first", now_millis())
+            .unwrap();
+        assert!(matches!(decided, Decision::Reserved { .. }));
+        let replay = engine.purchase(&sale.sale.id, request(), Some("k".into()));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), replay)
+                .await
+                .is_err(),
+            "the replay waits"
+        );
+        assert_eq!(engine.key_waiters.len(), 0);
+    }
 }
