@@ -71,10 +71,12 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::OrderNotFound(order.id.clone()))?;
         if transition.moved {
-            self.announce(&transition.order, now).await;
+            // The units first: an event is news, the units are stock (issue #21: during
+            // a broker outage each release waited for its event's delivery timeout).
             if let Err(e) = self.release_ended(&transition.order).await {
                 tracing::warn!(order = %order.id, error = %e, "release deferred to the sweeper");
             }
+            self.announce(&transition.order, now).await;
         }
         Ok(transition.order)
     }
@@ -91,12 +93,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Tells this process's listeners and, through the bus, the others.
+    /// Tells this process's listeners at once and, through the bus, the others in the
+    /// background: neither a buyer's answer nor a sweep waits for the broker.
     async fn announce(&self, order: &Order, now: Millis) {
         let event = OrderEvent::of(order, now);
         let _ = self.events.send(event.clone());
-        if let Err(e) = self.bus.publish_event(&event).await {
-            tracing::warn!(order = %order.id, error = %e, "status event not published");
-        }
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bus.publish_event(&event).await {
+                tracing::warn!(order = %event.order_id, error = %e, "status event not published");
+            }
+        });
     }
 }

@@ -341,4 +341,83 @@ mod tests {
         drop(engine);
         writer.await.unwrap();
     }
+
+    /// The in-process bus with a broker that does not answer status events (a Kafka
+    /// outage): each `publish_event` hangs.
+    struct EventsHang(MemoryBus);
+
+    #[async_trait::async_trait]
+    impl crate::bus::OrderBus for EventsHang {
+        async fn publish(&self, order: &crate::domain::Order) -> Result<(), crate::bus::BusError> {
+            self.0.publish(order).await
+        }
+        async fn undelivered(
+            &self,
+            sale_id: &str,
+            deadline: Duration,
+        ) -> Result<Vec<crate::domain::Order>, crate::bus::BusError> {
+            self.0.undelivered(sale_id, deadline).await
+        }
+        async fn publish_event(
+            &self,
+            _event: &crate::domain::OrderEvent,
+        ) -> Result<(), crate::bus::BusError> {
+            std::future::pending().await
+        }
+    }
+
+    /// Issue #21: ending an order gives its units back without waiting for its status
+    /// event to be delivered (each waited the broker's delivery timeout in an outage).
+    #[tokio::test]
+    async fn an_expiry_does_not_wait_for_its_status_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
+        let (bus, inbox) = MemoryBus::new(64, Duration::from_secs(5));
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(crate::worker::run_group_commit(
+            inbox,
+            store.clone(),
+            64,
+            stop.clone(),
+        ));
+        let engine = Engine::start(
+            Arc::new(LocalGate::new()),
+            Arc::new(EventsHang(bus)),
+            store.clone(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let sale = engine
+            .create_sale(NewSale {
+                name: "s".into(),
+                stock: Some(2),
+                items: None,
+                per_user_limit: Some(1),
+                starts_at: None,
+                ends_at: None,
+                payment_window: Some(1),
+                rate_limits: None,
+            })
+            .await
+            .unwrap();
+        for user in ["a", "b"] {
+            let request = PurchaseRequest {
+                user_id: user.into(),
+                quantity: Some(1),
+                items: None,
+            };
+            engine.purchase(&sale.sale.id, request, None).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let sweep = tokio::time::timeout(Duration::from_secs(2), engine.sweep())
+            .await
+            .expect("the sweep does not wait for the events")
+            .unwrap();
+        assert_eq!(sweep.expired, 2, "{sweep:?}");
+        assert_eq!(engine.sale_state(&sale.sale.id).await.unwrap().remaining, [2]);
+        stop.cancel();
+        drop(engine);
+        writer.await.unwrap();
+    }
 }
