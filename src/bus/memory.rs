@@ -1,8 +1,11 @@
 //! In-process bus: a bounded channel to the group-commit writer (`crate::worker`). Each
 //! order carries a one-shot reply that the writer sends after the commit holding it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +32,9 @@ pub struct MemoryBus {
     tx: mpsc::Sender<Envelope>,
     /// Orders handed to the writer and not answered yet.
     in_flight: Arc<AtomicUsize>,
+    /// The same, per sale: a rebuild waits for its sale's orders only (issue #21: it
+    /// waited for every sale's, and under steady sales elsewhere never saw none).
+    in_flight_by_sale: Arc<Mutex<HashMap<String, usize>>>,
     /// How long an order may wait for the writer (its delivery deadline).
     deadline: Duration,
 }
@@ -40,6 +46,7 @@ impl MemoryBus {
             MemoryBus {
                 tx,
                 in_flight: Arc::default(),
+                in_flight_by_sale: Arc::default(),
                 deadline,
             },
             rx,
@@ -47,19 +54,43 @@ impl MemoryBus {
     }
 }
 
-/// Counts an order in flight until dropped.
-struct InFlight(Arc<AtomicUsize>);
+/// Counts an order in flight, in all and for its sale, until dropped.
+struct InFlight<'a> {
+    bus: &'a MemoryBus,
+    sale_id: &'a str,
+}
 
-impl InFlight {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        InFlight(count.clone())
+impl<'a> InFlight<'a> {
+    fn new(bus: &'a MemoryBus, sale_id: &'a str) -> Self {
+        bus.in_flight.fetch_add(1, Ordering::SeqCst);
+        *bus.in_flight_by_sale
+            .lock()
+            .entry(sale_id.to_string())
+            .or_default() += 1;
+        InFlight { bus, sale_id }
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.bus.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let mut by_sale = self.bus.in_flight_by_sale.lock();
+        if let Some(count) = by_sale.get_mut(self.sale_id) {
+            *count -= 1;
+            if *count == 0 {
+                by_sale.remove(self.sale_id);
+            }
+        }
+    }
+}
+
+impl MemoryBus {
+    fn in_flight_for(&self, sale_id: &str) -> usize {
+        self.in_flight_by_sale
+            .lock()
+            .get(sale_id)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -70,7 +101,7 @@ impl OrderBus for MemoryBus {
     }
 
     async fn publish(&self, order: &Order) -> Result<(), BusError> {
-        let _in_flight = InFlight::new(&self.in_flight);
+        let _in_flight = InFlight::new(self, &order.sale_id);
         let (reply, answer) = oneshot::channel();
         self.tx
             .try_send(Envelope {
@@ -93,17 +124,17 @@ impl OrderBus for MemoryBus {
         }
     }
 
-    /// Waits for this process's orders to be answered by the writer: then every order
-    /// it acknowledged is in the store. Only this process's orders are visible here:
+    /// Waits for this process's orders of the sale to be answered by the writer: then
+    /// every order of it acknowledged is in the store. Only this process's orders are visible here:
     /// with several gateways on the in-process bus, the store's own stock check covers
     /// the others' last milliseconds.
     async fn undelivered(
         &self,
-        _sale_id: &str,
+        sale_id: &str,
         deadline: Duration,
     ) -> Result<Vec<Order>, BusError> {
         let until = tokio::time::Instant::now() + deadline;
-        while self.in_flight.load(Ordering::SeqCst) > 0 {
+        while self.in_flight_for(sale_id) > 0 {
             if tokio::time::Instant::now() >= until {
                 return Err(BusError::Unknown(
                     "orders still on their way to the store".into(),
@@ -171,5 +202,24 @@ mod tests {
         let unknown = bus.publish(&order("c")).await.unwrap_err();
         assert!(matches!(unknown, BusError::Unknown(_)) && !unknown.is_definite());
         writer.await.unwrap();
+    }
+
+    /// Issue #21: a rebuild waits for its own sale's orders, not another sale's.
+    #[tokio::test]
+    async fn undelivered_waits_for_the_sale_asked_about_only() {
+        let (bus, mut rx) = MemoryBus::new(8, Duration::from_secs(5));
+        let bus = std::sync::Arc::new(bus);
+        let other = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.publish(&order("elsewhere")).await }
+        });
+        let held = rx.recv().await.unwrap(); // in the writer's hands, not answered
+        assert_eq!(bus.pending(), Some(1));
+        assert!(bus.undelivered("mine", Duration::from_millis(100)).await.is_ok());
+        assert!(bus.undelivered("s", Duration::from_millis(100)).await.is_err());
+        held.reply.send(Ok(())).unwrap();
+        other.await.unwrap().unwrap();
+        assert!(bus.undelivered("s", Duration::from_millis(100)).await.is_ok());
+        assert_eq!(bus.pending(), Some(0));
     }
 }
