@@ -48,6 +48,10 @@ pub struct Config {
     /// PEM file of an identity provider's public key (RS256/384/512, ES256/384) that
     /// signs buyer tokens; instead of `auth_secret`.
     pub auth_public_key: Option<PathBuf>,
+    /// The `iss` buyer tokens must carry (refused without it), when set.
+    pub auth_issuer: Option<String>,
+    /// The `aud` buyer tokens must name (refused without it), when set.
+    pub auth_audience: Option<String>,
     /// Secret (at least 16 bytes) the payment service signs payment confirmations with.
     pub payment_secret: Option<String>,
     /// File holding `payment_secret`.
@@ -164,6 +168,8 @@ impl Default for Config {
             auth_secret: None,
             auth_secret_file: None,
             auth_public_key: None,
+            auth_issuer: None,
+            auth_audience: None,
             payment_secret: None,
             payment_secret_file: None,
             payment_tolerance_s: 300,
@@ -286,6 +292,10 @@ impl Config {
         Auth::new(
             self.admin_token.as_deref(),
             buyer_key,
+            &crate::auth::TokenScope {
+                issuer: self.auth_issuer.clone(),
+                audience: self.auth_audience.clone(),
+            },
             self.payment_secret.as_deref(),
             Duration::from_secs(self.payment_tolerance_s),
         )

@@ -18,6 +18,15 @@ pub struct BuyerTokens {
     validation: Validation,
 }
 
+/// Who must have issued a buyer token, and for whom (`auth_issuer`, `auth_audience`):
+/// when set, a token without that `iss` / `aud` is refused, so that a token the same
+/// identity provider issued for another service does not buy here.
+#[derive(Debug, Clone, Default)]
+pub struct TokenScope {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
 impl BuyerTokens {
     pub fn hs256(secret: &[u8]) -> BuyerTokens {
         Self::with(DecodingKey::from_secret(secret), &[Algorithm::HS256])
@@ -46,7 +55,25 @@ impl BuyerTokens {
         // Clocks of the identity provider and of this server differ by a little.
         validation.leeway = 30;
         validation.validate_aud = false;
+        // A token not valid yet is refused too (its `nbf`, when it has one).
+        validation.validate_nbf = true;
         BuyerTokens { key, validation }
+    }
+
+    /// Requires the scope's issuer and audience, when set.
+    pub fn scoped(mut self, scope: &TokenScope) -> BuyerTokens {
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &scope.issuer {
+            self.validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if let Some(audience) = &scope.audience {
+            self.validation.set_audience(&[audience]);
+            self.validation.validate_aud = true;
+            required.push("aud");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self
     }
 
     /// The buyer the token names.
@@ -129,5 +156,49 @@ mod tests {
         let tokens = BuyerTokens::hs256(SECRET);
         assert!(tokens.verify(&mint(SECRET, "", in_an_hour())).is_err());
         assert!(tokens.verify(&mint(SECRET, "a\nb", in_an_hour())).is_err());
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    /// Issue #21: `nbf` always; `iss` and `aud` when configured.
+    #[test]
+    fn not_yet_valid_and_out_of_scope_tokens_are_refused() {
+        let exp = in_an_hour();
+        let later = jsonwebtoken::get_current_timestamp() + 600;
+        let tokens = BuyerTokens::hs256(SECRET);
+        assert!(tokens
+            .verify(&signed(serde_json::json!({"sub": "ann", "exp": exp, "nbf": later})))
+            .is_err());
+
+        let scoped = BuyerTokens::hs256(SECRET).scoped(&TokenScope {
+            issuer: Some("https://id.example".into()),
+            audience: Some("flashsale".into()),
+        });
+        let good = serde_json::json!({"sub": "ann", "exp": exp,
+            "iss": "https://id.example", "aud": "flashsale"});
+        assert_eq!(scoped.verify(&signed(good.clone())), Ok("ann".into()));
+        for (claim, value) in [
+            ("iss", serde_json::json!("https://other.example")),
+            ("aud", serde_json::json!("another-service")),
+            ("iss", serde_json::Value::Null),
+            ("aud", serde_json::Value::Null),
+        ] {
+            let mut claims = good.clone();
+            if value.is_null() {
+                claims.as_object_mut().unwrap().remove(claim);
+            } else {
+                claims[claim] = value;
+            }
+            assert!(scoped.verify(&signed(claims.clone())).is_err(), "{claims}");
+        }
+        // Unscoped, a token that names an audience is still accepted.
+        assert_eq!(tokens.verify(&signed(good)), Ok("ann".into()));
     }
 }

@@ -13,7 +13,7 @@ mod payment_signature;
 use std::path::Path;
 use std::time::Duration;
 
-pub use buyer_token::{BuyerTokens, Claims, mint as mint_buyer_token};
+pub use buyer_token::{BuyerTokens, Claims, TokenScope, mint as mint_buyer_token};
 pub use payment_signature::{PaymentSignatures, SIGNATURE_HEADER, sign_payment};
 
 /// Shortest admin token accepted: anything shorter can be guessed.
@@ -55,6 +55,7 @@ impl Auth {
     pub fn new(
         admin_token: Option<&str>,
         buyer_key: Option<BuyerKey<'_>>,
+        buyer_scope: &TokenScope,
         payment_secret: Option<&str>,
         payment_tolerance: Duration,
     ) -> Result<Auth, AuthError> {
@@ -67,7 +68,8 @@ impl Auth {
                 })?;
                 Some(BuyerTokens::public_key(&pem)?)
             }
-        };
+        }
+        .map(|tokens| tokens.scoped(buyer_scope));
         Ok(Auth {
             admin_token: admin_token.map(|t| t.as_bytes().into()),
             buyers,

@@ -36,6 +36,14 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     auth_public_key: Option<PathBuf>,
+    /// The `iss` a buyer token must carry (refused without it).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_issuer: Option<String>,
+    /// The `aud` a buyer token must name (refused without it).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_audience: Option<String>,
     /// Secret the payment service signs payment confirmations with (16 bytes or more).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
