@@ -22,7 +22,6 @@ use crate::protect::rate::RateDefaults;
 use crate::protect::{BreakerSettings, OverloadLimits, TrustedProxies};
 use crate::store::StoreUrl;
 
-
 /// How the example secrets under `deploy/` begin; refused at start.
 const EXAMPLE_SECRET_PREFIX: &str = "change-me";
 #[derive(Debug, Clone, Serialize, Deserialize)]

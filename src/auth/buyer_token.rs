@@ -173,9 +173,13 @@ mod tests {
         let exp = in_an_hour();
         let later = jsonwebtoken::get_current_timestamp() + 600;
         let tokens = BuyerTokens::hs256(SECRET);
-        assert!(tokens
-            .verify(&signed(serde_json::json!({"sub": "ann", "exp": exp, "nbf": later})))
-            .is_err());
+        assert!(
+            tokens
+                .verify(&signed(
+                    serde_json::json!({"sub": "ann", "exp": exp, "nbf": later})
+                ))
+                .is_err()
+        );
 
         let scoped = BuyerTokens::hs256(SECRET).scoped(&TokenScope {
             issuer: Some("https://id.example".into()),

@@ -128,11 +128,7 @@ impl OrderBus for MemoryBus {
     /// every order of it acknowledged is in the store. Only this process's orders are visible here:
     /// with several gateways on the in-process bus, the store's own stock check covers
     /// the others' last milliseconds.
-    async fn undelivered(
-        &self,
-        sale_id: &str,
-        deadline: Duration,
-    ) -> Result<Vec<Order>, BusError> {
+    async fn undelivered(&self, sale_id: &str, deadline: Duration) -> Result<Vec<Order>, BusError> {
         let until = tokio::time::Instant::now() + deadline;
         while self.in_flight_for(sale_id) > 0 {
             if tokio::time::Instant::now() >= until {
@@ -215,11 +211,23 @@ mod tests {
         });
         let held = rx.recv().await.unwrap(); // in the writer's hands, not answered
         assert_eq!(bus.pending(), Some(1));
-        assert!(bus.undelivered("mine", Duration::from_millis(100)).await.is_ok());
-        assert!(bus.undelivered("s", Duration::from_millis(100)).await.is_err());
+        assert!(
+            bus.undelivered("mine", Duration::from_millis(100))
+                .await
+                .is_ok()
+        );
+        assert!(
+            bus.undelivered("s", Duration::from_millis(100))
+                .await
+                .is_err()
+        );
         held.reply.send(Ok(())).unwrap();
         other.await.unwrap().unwrap();
-        assert!(bus.undelivered("s", Duration::from_millis(100)).await.is_ok());
+        assert!(
+            bus.undelivered("s", Duration::from_millis(100))
+                .await
+                .is_ok()
+        );
         assert_eq!(bus.pending(), Some(0));
     }
 }

@@ -14,7 +14,8 @@ impl Engine {
     /// it has ended already.
     pub async fn end_sale(&self, id: &str) -> Result<SaleState, EngineError> {
         let sale = self.stored_sale(id).await?;
-        let now = now_millis();
+        // "Now" as the gate judges the window (Redis's clock in Redis mode).
+        let now = self.gate.now().await?;
         if sale.has_ended(now) {
             return self.refuse_ended(sale).await;
         }
@@ -111,5 +112,119 @@ impl Engine {
         }
         self.sales.insert(sale.clone());
         self.sale_state(&sale.id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::bus::MemoryBus;
+    use crate::domain::{Millis, NewSale, Order, ValidPurchase};
+    use crate::gate::{
+        Decision, GateError, KeyAnswer, LocalGate, RebuildLease, SaleSnapshot, StockGate,
+    };
+
+    /// A local gate whose clock is an hour ahead of this process's.
+    struct AnHourAhead(LocalGate);
+
+    const HOUR: Millis = 3_600_000;
+
+    #[async_trait]
+    impl StockGate for AnHourAhead {
+        async fn now(&self) -> Result<Millis, GateError> {
+            Ok(now_millis() + HOUR)
+        }
+        async fn open_sale(&self, sale: &Sale) -> Result<(), GateError> {
+            self.0.open_sale(sale).await
+        }
+        async fn has_sale(&self, sale: &Sale) -> Result<bool, GateError> {
+            self.0.has_sale(sale).await
+        }
+        async fn restore(
+            &self,
+            sale: &Sale,
+            snapshot: &SaleSnapshot,
+            lease: &RebuildLease,
+        ) -> Result<(), GateError> {
+            self.0.restore(sale, snapshot, lease).await
+        }
+        async fn reserve(
+            &self,
+            sale: &Sale,
+            purchase: &ValidPurchase,
+            key: Option<&str>,
+            order_id: &str,
+            now: Millis,
+        ) -> Result<Decision, GateError> {
+            self.0.reserve(sale, purchase, key, order_id, now).await
+        }
+        async fn confirm(&self, sale: &Sale, order: &Order) -> Result<(), GateError> {
+            self.0.confirm(sale, order).await
+        }
+        async fn release(
+            &self,
+            sale: &Sale,
+            order: &Order,
+            forget_key: bool,
+        ) -> Result<(), GateError> {
+            self.0.release(sale, order, forget_key).await
+        }
+        async fn key_answer(
+            &self,
+            sale: &Sale,
+            user_id: &str,
+            key: &str,
+        ) -> Result<Option<KeyAnswer>, GateError> {
+            self.0.key_answer(sale, user_id, key).await
+        }
+        async fn update_sale(&self, sale: &Sale) -> Result<(), GateError> {
+            self.0.update_sale(sale).await
+        }
+        async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError> {
+            self.0.remaining(sale).await
+        }
+    }
+
+    /// Issue #21: "end now" is stamped with the gate's clock, on which the gate judges
+    /// the window (Redis's), not this gateway's.
+    #[tokio::test]
+    async fn end_now_is_the_gates_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = crate::store::connect(&url.parse().unwrap()).await.unwrap();
+        let (bus, _inbox) = MemoryBus::new(8, Duration::from_secs(5));
+        let engine = Engine::start(
+            Arc::new(AnHourAhead(LocalGate::new())),
+            Arc::new(bus),
+            store,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let sale = engine
+            .create_sale(NewSale {
+                name: "s".into(),
+                stock: Some(5),
+                items: None,
+                per_user_limit: Some(1),
+                starts_at: None,
+                ends_at: None,
+                payment_window: None,
+                rate_limits: None,
+            })
+            .await
+            .unwrap();
+        let before = now_millis();
+        let ended = engine.end_sale(&sale.sale.id).await.unwrap();
+        let ends_at = ended.sale.ends_at.expect("ended");
+        assert!(
+            ends_at >= before + HOUR,
+            "stamped {} ms before the gate's now",
+            before + HOUR - ends_at
+        );
     }
 }

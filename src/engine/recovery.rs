@@ -76,7 +76,9 @@ impl Recovery {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(sale = %id, error = %e, "sale not restored: store unreadable"),
+                Err(e) => {
+                    tracing::warn!(sale = %id, error = %e, "sale not restored: store unreadable")
+                }
             }
             drop(running);
         }))

@@ -324,7 +324,10 @@ mod tests {
         *store.lose_commit_answers.lock() = true;
         *store.fail_lookups.lock() = true;
         let unknown = engine.purchase(&id, request(), Some("k".into())).await;
-        assert!(matches!(unknown, Err(EngineError::Unavailable(_))), "{unknown:?}");
+        assert!(
+            matches!(unknown, Err(EngineError::Unavailable(_))),
+            "{unknown:?}"
+        );
         // The writer gives up looking after 5 s: the outcome is unknown.
         tokio::time::sleep(Duration::from_secs(6)).await;
         *store.lose_commit_answers.lock() = false;
@@ -334,7 +337,10 @@ mod tests {
 
         let sweep = engine.sweep().await.unwrap();
         assert_eq!(sweep.resolved, 1, "{sweep:?}");
-        let replay = engine.purchase(&id, request(), Some("k".into())).await.unwrap();
+        let replay = engine
+            .purchase(&id, request(), Some("k".into()))
+            .await
+            .unwrap();
         assert_eq!(store.sale_orders(&id).await.unwrap()[0].id, replay.id);
         assert_eq!(engine.sale_state(&id).await.unwrap().remaining, [4]);
         stop.cancel();
@@ -415,7 +421,10 @@ mod tests {
             .expect("the sweep does not wait for the events")
             .unwrap();
         assert_eq!(sweep.expired, 2, "{sweep:?}");
-        assert_eq!(engine.sale_state(&sale.sale.id).await.unwrap().remaining, [2]);
+        assert_eq!(
+            engine.sale_state(&sale.sale.id).await.unwrap().remaining,
+            [2]
+        );
         stop.cancel();
         drop(engine);
         writer.await.unwrap();

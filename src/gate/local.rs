@@ -581,7 +581,10 @@ impl LocalGate {
         }
         if let Some(rebuilt) = &state.rebuilt
             && order.created_at < rebuilt.at
-            && !rebuilt.counted.lock().remove(&self.hasher.hash_one(&order.id))
+            && !rebuilt
+                .counted
+                .lock()
+                .remove(&self.hasher.hash_one(&order.id))
         {
             return Ok(());
         }

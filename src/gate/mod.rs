@@ -202,6 +202,13 @@ pub async fn connect(
 
 #[async_trait]
 pub trait StockGate: Send + Sync + 'static {
+    /// The gate's clock (ms), on which it judges sale windows: Redis's own in Redis
+    /// mode. An operator's "end now" is stamped with it (issue #21: stamped with the
+    /// gateway's clock, a skewed gateway ended a sale early or late on Redis).
+    async fn now(&self) -> Result<Millis, GateError> {
+        Ok(crate::domain::now_millis())
+    }
+
     /// Makes a sale known to the gate with its full stock; a no-op if it is known.
     async fn open_sale(&self, sale: &Sale) -> Result<(), GateError>;
 

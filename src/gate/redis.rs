@@ -498,13 +498,18 @@ impl StockGate for RedisGate {
             .transpose()
     }
 
-    async fn stale_holds(&self, sale: &Sale, grace: Duration) -> Result<Vec<String>, GateError> {
+    async fn now(&self) -> Result<Millis, GateError> {
         let mut conn = self.conn.clone();
-        // Reservations are stamped with Redis's clock: compare with it, not ours.
         let (seconds, micros): (i64, i64) = self
             .bounded(redis::cmd("TIME").query_async(&mut conn))
             .await?;
-        let older_than = seconds * 1000 + micros / 1000 - grace.as_millis() as i64;
+        Ok(seconds * 1000 + micros / 1000)
+    }
+
+    async fn stale_holds(&self, sale: &Sale, grace: Duration) -> Result<Vec<String>, GateError> {
+        let mut conn = self.conn.clone();
+        // Reservations are stamped with Redis's clock: compare with it, not ours.
+        let older_than = self.now().await? - grace.as_millis() as i64;
         let holds = SaleKeys::new(&sale.id).holds;
         self.bounded(
             redis::cmd("ZRANGEBYSCORE")

@@ -74,9 +74,8 @@ pub async fn serve(
         };
         // Finished connections leave the set as new ones come.
         while connections.try_join_next().is_some() {}
-        let address = (!trusted_proxies.trusts(peer.ip())).then(|| {
-            per_address.take(peer.ip(), limits.max_connections_per_ip)
-        });
+        let address = (!trusted_proxies.trusts(peer.ip()))
+            .then(|| per_address.take(peer.ip(), limits.max_connections_per_ip));
         let address_slot = match address {
             Some(None) => {
                 tracing::debug!(%peer, "connection limit of this address reached: closed");
@@ -193,20 +192,34 @@ mod tests {
     fn an_address_holds_at_most_its_share_and_gets_it_back() {
         let table = Arc::new(PerAddress::default());
         let one: IpAddr = "10.0.0.1".parse().unwrap();
-        let held: Vec<_> = (0..3).map(|_| table.take(one, 3).expect("under the cap")).collect();
+        let held: Vec<_> = (0..3)
+            .map(|_| table.take(one, 3).expect("under the cap"))
+            .collect();
         assert!(table.take(one, 3).is_none(), "the fourth is refused");
-        assert!(table.take("10.0.0.2".parse().unwrap(), 3).is_some(), "another address is not");
+        assert!(
+            table.take("10.0.0.2".parse().unwrap(), 3).is_some(),
+            "another address is not"
+        );
         drop(held);
         assert!(table.take(one, 3).is_some());
-        assert!(table.0.lock().len() <= 1, "an address with none open is forgotten");
+        assert!(
+            table.0.lock().len() <= 1,
+            "an address with none open is forgotten"
+        );
     }
 
     #[test]
     fn an_ipv6_host_is_counted_by_its_64() {
         let table = Arc::new(PerAddress::default());
         let _a = table.take("2001:db8:1:2::1".parse().unwrap(), 2).unwrap();
-        let _b = table.take("2001:db8:1:2::ffff".parse().unwrap(), 2).unwrap();
-        assert!(table.take("2001:db8:1:2:abcd::1".parse().unwrap(), 2).is_none());
+        let _b = table
+            .take("2001:db8:1:2::ffff".parse().unwrap(), 2)
+            .unwrap();
+        assert!(
+            table
+                .take("2001:db8:1:2:abcd::1".parse().unwrap(), 2)
+                .is_none()
+        );
         assert!(table.take("2001:db8:1:3::1".parse().unwrap(), 2).is_some());
         // An IPv4 client seen through a dual-stack socket is its IPv4 address.
         let _c = table.take("::ffff:10.0.0.9".parse().unwrap(), 1).unwrap();

@@ -103,7 +103,10 @@ pub async fn replay(bus: &KafkaSettings, store: &dyn OrderStore) -> Result<Repla
                                 report.stored_as_failed.push((order.id.clone(), reason));
                                 continue;
                             }
-                            Err(e) => Err((order.id.clone(), format!("{reason}; then not stored as failed: {e}"))),
+                            Err(e) => Err((
+                                order.id.clone(),
+                                format!("{reason}; then not stored as failed: {e}"),
+                            )),
                         }
                     }
                     _ => Ok(order.id.clone()),

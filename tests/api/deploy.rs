@@ -237,7 +237,9 @@ fn kubernetes_manifests_hang_together() {
     }
     let config = std::fs::read_to_string("deploy/k8s/config.yaml").unwrap();
     assert!(
-        config.contains(&format!("FLASHSALE_INTERNAL_LISTEN: \"0.0.0.0:{internal_port}\"")),
+        config.contains(&format!(
+            "FLASHSALE_INTERNAL_LISTEN: \"0.0.0.0:{internal_port}\""
+        )),
         "the internal listener is on the probes' port"
     );
     assert_eq!(container["args"][0], "serve");

@@ -369,7 +369,14 @@ async fn weak_or_missing_credentials_are_refused_at_start() {
     )
     .await;
     refuses_to_start(
-        &["--listen", "0.0.0.0:0", "--admin-token", ADMIN, "--payment-secret", ADMIN],
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--admin-token",
+            ADMIN,
+            "--payment-secret",
+            ADMIN,
+        ],
         "without buyer tokens",
     )
     .await;
@@ -408,7 +415,11 @@ async fn without_buyer_tokens_orders_need_the_admin_token_once_credentials_are_s
         .await
         .assert_problem(401, "unauthorized");
     let read = app
-        .send(app.client.get(app.url(&format!("/api/orders/{order}"))).bearer_auth(ADMIN))
+        .send(
+            app.client
+                .get(app.url(&format!("/api/orders/{order}")))
+                .bearer_auth(ADMIN),
+        )
         .await;
     assert_eq!(read.status, 200, "{}", read.text);
     assert_eq!(read.body["id"], order);

@@ -192,7 +192,12 @@ async fn a_release_interrupted_by_a_crash_gives_the_units_back_once() {
         .to_string();
     let a = app.purchase(&sale, json!({"user_id": "a"}), None).await;
     assert_eq!(a.status, 202);
-    assert_eq!(app.purchase(&sale, json!({"user_id": "b"}), None).await.status, 202);
+    assert_eq!(
+        app.purchase(&sale, json!({"user_id": "b"}), None)
+            .await
+            .status,
+        202
+    );
     let a = a.body["id"].as_str().unwrap().to_string();
     assert_eq!(app.order_action(&a, "cancel").await.status, 200);
 
@@ -212,7 +217,12 @@ async fn a_release_interrupted_by_a_crash_gives_the_units_back_once() {
         1,
         "one unit back (A's), not two"
     );
-    assert_eq!(app.purchase(&sale, json!({"user_id": "c"}), None).await.status, 202);
+    assert_eq!(
+        app.purchase(&sale, json!({"user_id": "c"}), None)
+            .await
+            .status,
+        202
+    );
     app.purchase(&sale, json!({"user_id": "d"}), None)
         .await
         .assert_problem(409, "sold_out");
@@ -220,5 +230,11 @@ async fn a_release_interrupted_by_a_crash_gives_the_units_back_once() {
     let store = flashsale::store::connect(&app.store_url().parse().unwrap())
         .await
         .unwrap();
-    assert!(store.pending_releases(Some(&sale), None, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .pending_releases(Some(&sale), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

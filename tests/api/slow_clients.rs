@@ -276,7 +276,11 @@ async fn one_address_cannot_take_every_connection() {
     let sale = app.live_sale(1, 1).await;
     let held = hold_from("127.0.0.1", &addr, 200).await;
     // The test's own client keeps a connection or two of its share.
-    assert!((48..=50).contains(&held.len()), "one address holds a quarter: {}", held.len());
+    assert!(
+        (48..=50).contains(&held.len()),
+        "one address holds a quarter: {}",
+        held.len()
+    );
     let other = reqwest::Client::builder()
         .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
         .build()

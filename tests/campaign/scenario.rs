@@ -13,8 +13,8 @@ use tokio::sync::Mutex;
 
 use crate::buyers::{self, Market, Plan};
 use crate::helpers::broker::Broker;
-use crate::helpers::{Backends, Deployment, TestServer};
 use crate::helpers::redis_server::RedisServer;
+use crate::helpers::{Backends, Deployment, TestServer};
 use crate::verdict::{self, Evidence, SaleShape, Verdict};
 
 const ADMIN_TOKEN: &str = "campaign-admin-token";

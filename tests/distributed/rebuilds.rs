@@ -16,7 +16,12 @@ async fn deployment_on_own_redis(backends: Backends) -> (Deployment, RedisServer
 }
 
 /// Buys every 200 ms for `within`: the first 202, or what the last attempt got.
-async fn first_sale(gateway: &TestServer, sale: &str, user: &str, within: Duration) -> (u16, String) {
+async fn first_sale(
+    gateway: &TestServer,
+    sale: &str,
+    user: &str,
+    within: Duration,
+) -> (u16, String) {
     let started = Instant::now();
     loop {
         let reply = gateway.purchase(sale, json!({"user_id": user}), None).await;
@@ -39,7 +44,10 @@ async fn a_client_hanging_up_during_a_rebuild_does_not_kill_the_sale(backends: B
     };
     let sale = gateway.live_sale(5, 1).await;
     assert_eq!(
-        gateway.purchase(&sale, json!({"user_id": "before"}), None).await.status,
+        gateway
+            .purchase(&sale, json!({"user_id": "before"}), None)
+            .await
+            .status,
         202
     );
     redis.flushall().await;
@@ -77,8 +85,10 @@ async fn a_gateway_starting_after_a_redis_loss_listens_at_once(backends: Backend
         sales.push(first.live_sale(2, 1).await);
     }
     let ended = first
-        .create_sale(json!({"name": "over", "stock": 1, "ends_at": "2020-01-01T00:00:00Z",
-            "starts_at": "2019-01-01T00:00:00Z"}))
+        .create_sale(
+            json!({"name": "over", "stock": 1, "ends_at": "2020-01-01T00:00:00Z",
+            "starts_at": "2019-01-01T00:00:00Z"}),
+        )
         .await;
     drop(first);
     redis.flushall().await;
@@ -87,7 +97,10 @@ async fn a_gateway_starting_after_a_redis_loss_listens_at_once(backends: Backend
     let gateway = deployment.gateway().await;
     assert_eq!(gateway.get("/healthz").await.status, 200);
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(5), "answered /healthz after {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "answered /healthz after {took:?}"
+    );
 
     for sale in &sales {
         let (status, text) = first_sale(&gateway, sale, "buyer", Duration::from_secs(60)).await;
@@ -190,7 +203,11 @@ async fn a_slow_commit_across_a_redis_loss_never_lands_late() {
         .collect();
     assert_eq!(stored.len(), STOCK, "the stock sold exactly");
     let slow_stored = stored.iter().any(|o| o.user_id == "slow");
-    assert_eq!(slow_stored, slow_status == 202, "the slow buyer was told {slow_status}");
+    assert_eq!(
+        slow_stored,
+        slow_status == 202,
+        "the slow buyer was told {slow_status}"
+    );
     assert_eq!(sold + usize::from(slow_stored), STOCK);
     assert_eq!(refused, STOCK + 3 - sold);
 }

@@ -240,11 +240,19 @@ async fn after_a_restore_only_counted_or_later_orders_give_units_back() {
     assert_eq!(gate.remaining_sync(&s).unwrap(), vec![2]);
 
     gate.release_sync(&s, &ended, false).unwrap();
-    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![2], "not counted: nothing back");
+    assert_eq!(
+        gate.remaining_sync(&s).unwrap(),
+        vec![2],
+        "not counted: nothing back"
+    );
 
     gate.release_sync(&s, &counted, false).unwrap();
     gate.release_sync(&s, &counted, false).unwrap();
-    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![3], "counted: back once");
+    assert_eq!(
+        gate.remaining_sync(&s).unwrap(),
+        vec![3],
+        "counted: back once"
+    );
 
     let later = purchase(&s, "c", &[(0, 1)]);
     assert_eq!(
@@ -254,7 +262,11 @@ async fn after_a_restore_only_counted_or_later_orders_give_units_back() {
     assert_eq!(gate.remaining_sync(&s).unwrap(), vec![2]);
     let placed = Order::new("later".into(), &s, &later, None, 1_700);
     gate.release_sync(&s, &placed, false).unwrap();
-    assert_eq!(gate.remaining_sync(&s).unwrap(), vec![3], "placed after: back");
+    assert_eq!(
+        gate.remaining_sync(&s).unwrap(),
+        vec![3],
+        "placed after: back"
+    );
 }
 
 /// Issue #21: a reservation whose order's fate is unknown is handed to the sweeper
@@ -270,14 +282,26 @@ async fn an_unresolved_hold_goes_to_the_sweeper_and_is_released() {
     ));
     let held = order(&s, &p, "o1", Some("k"));
     gate.hold_unresolved(&s, &held);
-    assert!(gate.stale_holds(&s, std::time::Duration::from_secs(60)).await.unwrap().is_empty());
+    assert!(
+        gate.stale_holds(&s, std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
-        gate.stale_holds(&s, std::time::Duration::ZERO).await.unwrap(),
+        gate.stale_holds(&s, std::time::Duration::ZERO)
+            .await
+            .unwrap(),
         vec!["o1".to_string()]
     );
     gate.drop_hold(&s, "o1", HoldEnd::Release).await.unwrap();
     assert_eq!(gate.remaining_sync(&s).unwrap(), vec![2]);
-    assert!(gate.stale_holds(&s, std::time::Duration::ZERO).await.unwrap().is_empty());
+    assert!(
+        gate.stale_holds(&s, std::time::Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // The key was forgotten: a retry is decided afresh.
     assert!(matches!(
         gate.decide(&s, &p, Some("k"), "o2", 1_500).unwrap(),

@@ -94,7 +94,10 @@ impl SqlStore {
     /// Bounds each statement of the transaction (COMMIT included) and each lock wait by
     /// the time left before `deadline`: one round trip, the settings ending with the
     /// transaction.
-    async fn bound_by(conn: &mut AnyConnection, deadline: Option<Instant>) -> Result<(), StoreError> {
+    async fn bound_by(
+        conn: &mut AnyConnection,
+        deadline: Option<Instant>,
+    ) -> Result<(), StoreError> {
         let Some(deadline) = deadline else {
             return Ok(());
         };

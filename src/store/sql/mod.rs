@@ -71,7 +71,11 @@ impl SqlStore {
     /// Sales with their items, newest first: one sale (`id`), the `newest` few, or all.
     /// One statement for the sales and one per 1,000 of them for their items, whatever
     /// their number (issue #21: a list took two statements per sale).
-    async fn sales(&self, id: Option<&str>, newest: Option<usize>) -> Result<Vec<Sale>, StoreError> {
+    async fn sales(
+        &self,
+        id: Option<&str>,
+        newest: Option<usize>,
+    ) -> Result<Vec<Sale>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, per_user_limit, starts_at, ends_at, payment_window, created_at, \
              rate_limits, paused FROM sales WHERE ($1 = '' OR id = $1) \

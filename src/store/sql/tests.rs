@@ -444,7 +444,10 @@ async fn postgres_listing_sales_takes_a_few_statements_whatever_their_number() {
     assert_eq!(all.len(), 2_000);
     assert!(all.iter().all(|s| s.items.len() == 1));
 
-    assert_eq!(store.get_sale("sale-0007").await.unwrap().as_ref(), Some(&created[7]));
+    assert_eq!(
+        store.get_sale("sale-0007").await.unwrap().as_ref(),
+        Some(&created[7])
+    );
     assert_eq!(statements(&count), 2);
     assert_eq!(store.get_sale("nope").await.unwrap(), None);
 }
@@ -459,7 +462,10 @@ async fn sqlite_a_full_disk_keeps_the_writer_and_its_guard() {
     let (store, _dir) = store(Dialect::Sqlite).await;
     let s = sale(1_000, 1);
     store.create_sale(&s).await.unwrap();
-    store.insert_orders(&[order(&s, "first", "a", 1)]).await.unwrap();
+    store
+        .insert_orders(&[order(&s, "first", "a", 1)])
+        .await
+        .unwrap();
     // Marks the writer's connection: a replaced one has no such table.
     let mut writer = store.writer.acquire().await.unwrap();
     sqlx::raw_sql("CREATE TEMP TABLE this_connection (x)")
@@ -470,10 +476,12 @@ async fn sqlite_a_full_disk_keeps_the_writer_and_its_guard() {
         .fetch_one(&mut *writer)
         .await
         .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}")))
-        .execute(&mut *writer)
-        .await
-        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PRAGMA max_page_count = {pages}"
+    )))
+    .execute(&mut *writer)
+    .await
+    .unwrap();
     drop(writer);
 
     let many: Vec<Order> = (0..500)
@@ -493,9 +501,15 @@ async fn sqlite_a_full_disk_keeps_the_writer_and_its_guard() {
         .unwrap();
     drop(writer);
     let outcomes = store.insert_orders(&many).await.unwrap();
-    assert!(outcomes.iter().all(|o| *o == InsertOutcome::Stored), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| *o == InsertOutcome::Stored),
+        "{outcomes:?}"
+    );
     // The guard holds what the file holds: the first buyer is at the limit still.
-    let again = store.insert_orders(&[order(&s, "second", "a", 1)]).await.unwrap();
+    let again = store
+        .insert_orders(&[order(&s, "second", "a", 1)])
+        .await
+        .unwrap();
     assert!(matches!(again[0], InsertOutcome::Rejected(_)), "{again:?}");
     assert_eq!(store.sale_orders(&s.id).await.unwrap().len(), 501);
 }
@@ -520,10 +534,17 @@ async fn postgres_a_bounded_insert_never_lands_past_its_deadline() {
     .unwrap();
     let started = std::time::Instant::now();
     let cut = store
-        .insert_orders_within(&[order(&s, "slow-order", "slow", 1)], Duration::from_millis(500))
+        .insert_orders_within(
+            &[order(&s, "slow-order", "slow", 1)],
+            Duration::from_millis(500),
+        )
         .await;
     assert!(cut.is_err(), "{cut:?}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(store.get_order("slow-order").await.unwrap(), None);
     assert_eq!(store.sold_counters(&s.id).await.unwrap()[0].1, 0);
