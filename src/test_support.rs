@@ -110,6 +110,14 @@ impl OrderStore for FaultyStore {
     async fn get_order(&self, id: &str) -> Result<Option<Order>, StoreError> {
         self.inner.get_order(id).await
     }
+    async fn order_for_key(
+        &self,
+        sale_id: &str,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<Order>, StoreError> {
+        self.inner.order_for_key(sale_id, user_id, key).await
+    }
     async fn sale_orders(&self, sale_id: &str) -> Result<Vec<Order>, StoreError> {
         self.inner.sale_orders(sale_id).await
     }

@@ -154,6 +154,7 @@ impl Engine {
                 crash_here_if_asked("after-reserve");
                 // Created at the gate's clock (Redis's in Redis mode): the payment window
                 // runs on the one clock every gateway shares.
+                let (retry_of, sale_id) = (key.clone(), sale.id.clone());
                 let order = Arc::new(Order::new(order_id, &sale, &purchase, key, at));
                 // A bus known to be failing is not tried: the unit goes back at once.
                 let bus_permit = match self.breakers.bus.admit() {
@@ -182,19 +183,47 @@ impl Engine {
                     .instrument(tracing::Span::current()),
                 );
                 match tokio::time::timeout(self.settings.buyer_wait, placing).await {
-                    Ok(placed) => placed.map_err(|e| {
+                    Ok(placed) => match placed.map_err(|e| {
                         tracing::error!(error = %e, "order task failed");
                         EngineError::Unavailable(
                             "the order could not be placed; retry with the same Idempotency-Key"
                                 .into(),
                         )
-                    })?,
+                    })? {
+                        Err(EngineError::Unavailable(why)) if retry_of.is_some() => {
+                            let key = retry_of.as_deref().expect("checked");
+                            self.stored_for_key(&sale_id, &purchase.user_id, key, why)
+                                .await
+                        }
+                        placed => placed,
+                    },
                     Err(_) => Err(EngineError::Unavailable(
                         "the order is still on its way to the store; retry with the same \
                          Idempotency-Key"
                             .into(),
                     )),
                 }
+            }
+        }
+    }
+
+    /// A keyed order the store did not take: if the store holds an order for that key
+    /// already, this was a retry whose key the gate had forgotten (its TTL passed, on a
+    /// sale without an end): it gets the original order, a replay, instead of 503 for
+    /// every retry (the store refuses a second order for a key) (issue #21).
+    async fn stored_for_key(
+        &self,
+        sale_id: &str,
+        user_id: &str,
+        key: &str,
+        why: String,
+    ) -> Result<Arc<Order>, EngineError> {
+        match self.store.order_for_key(sale_id, user_id, key).await {
+            Ok(Some(original)) => Ok(Arc::new(original)),
+            Ok(None) => Err(EngineError::Unavailable(why)),
+            Err(e) => {
+                tracing::warn!(error = %e, "key not looked up in the store");
+                Err(EngineError::Unavailable(why))
             }
         }
     }

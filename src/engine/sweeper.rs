@@ -429,4 +429,57 @@ mod tests {
         drop(engine);
         writer.await.unwrap();
     }
+
+    /// Issue #21: on a sale without an end, a key outlives its time in the gate only in
+    /// the store. A retry past it got 503 for ever (the store refuses a second order for
+    /// the key); it gets the original order now.
+    #[tokio::test]
+    async fn a_retry_after_its_key_expired_gets_the_original_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
+        let (bus, inbox) = MemoryBus::new(64, Duration::from_secs(5));
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(crate::worker::run_group_commit(
+            inbox,
+            store.clone(),
+            64,
+            stop.clone(),
+        ));
+        let gate = LocalGate::with_key_policy(crate::gate::KeyPolicy {
+            ttl: Duration::from_millis(50),
+            max_per_buyer: 16,
+        });
+        let engine = Engine::start(Arc::new(gate), Arc::new(bus), store.clone(), Default::default())
+            .await
+            .unwrap();
+        let sale = engine
+            .create_sale(NewSale {
+                name: "s".into(),
+                stock: Some(5),
+                items: None,
+                per_user_limit: Some(2),
+                starts_at: None,
+                ends_at: None,
+                payment_window: None,
+                rate_limits: None,
+            })
+            .await
+            .unwrap();
+        let id = sale.sale.id.clone();
+        let request = || PurchaseRequest {
+            user_id: "a".into(),
+            quantity: Some(1),
+            items: None,
+        };
+        let first = engine.purchase(&id, request(), Some("k".into())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        engine.sweep().await.unwrap(); // forgets the key in the gate
+        let retry = engine.purchase(&id, request(), Some("k".into())).await.unwrap();
+        assert_eq!(retry.id, first.id);
+        assert_eq!(store.sale_orders(&id).await.unwrap().len(), 1);
+        assert_eq!(engine.sale_state(&id).await.unwrap().remaining, [4]);
+        stop.cancel();
+        drop(engine);
+        writer.await.unwrap();
+    }
 }

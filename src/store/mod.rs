@@ -101,6 +101,13 @@ pub trait OrderStore: Send + Sync + 'static {
     }
 
     async fn get_order(&self, id: &str) -> Result<Option<Order>, StoreError>;
+    /// The order a buyer placed in a sale with an idempotency key, if any.
+    async fn order_for_key(
+        &self,
+        sale_id: &str,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<Order>, StoreError>;
     async fn sale_orders(&self, sale_id: &str) -> Result<Vec<Order>, StoreError>;
 
     /// Moves a pending order to `to`, only if it is still pending and, on the database's

@@ -401,6 +401,26 @@ impl OrderStore for SqlStore {
         .transpose()
     }
 
+    async fn order_for_key(
+        &self,
+        sale_id: &str,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<Order>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE sale_id = $1 AND user_id = $2 AND idempotency_key = $3"
+        ))
+        .bind(sale_id)
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| order_from_row(&row))
+        .transpose()
+    }
+
     async fn sale_orders(&self, sale_id: &str) -> Result<Vec<Order>, StoreError> {
         sqlx::query(concat!(
             "SELECT ",
