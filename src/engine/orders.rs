@@ -71,6 +71,7 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::OrderNotFound(order.id.clone()))?;
         if transition.moved {
+            super::purchase::crash_here_if_asked("after-end");
             // The units first: an event is news, the units are stock (issue #21: during
             // a broker outage each release waited for its event's delivery timeout).
             if let Err(e) = self.release_ended(&transition.order).await {

@@ -296,8 +296,9 @@ fn gate_unavailable(e: &GateError) -> bool {
 
 /// Test-only failpoints: `FLASHSALE_FAILPOINT=after-reserve` kills the process right
 /// after the gate reserved and before the bus has the order, `after-publish` once the
-/// bus has it and before the gate's key is confirmed (as a `kill -9` would).
-fn crash_here_if_asked(point: &str) {
+/// bus has it and before the gate's key is confirmed, `after-end` once a cancel or an
+/// expiry is committed and before its units go back to the gate (as a `kill -9` would).
+pub(super) fn crash_here_if_asked(point: &str) {
     if std::env::var("FLASHSALE_FAILPOINT").is_ok_and(|p| p == point) {
         std::process::abort();
     }

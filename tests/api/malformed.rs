@@ -261,25 +261,43 @@ fn raw(rng: &mut fastrand::Rng, sale: &str) -> Vec<u8> {
     }
 }
 
-async fn send_raw(addr: &str, bytes: &[u8]) -> Option<u16> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
+/// What became of one request.
+enum Fate {
+    Answered(u16),
+    /// The server closed the connection without an answer (a header past its limit).
+    Closed,
+    /// Nothing within 10 s: the server hung on it. A failure.
+    Hung,
+}
+
+async fn send_raw(addr: &str, bytes: &[u8]) -> Fate {
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await
+    else {
+        return Fate::Hung;
+    };
     // The server may close before reading everything: a failed write is an answer too.
     let _ = stream.write_all(bytes).await;
     let _ = stream.shutdown().await;
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    if tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .is_err()
+    {
+        return Fate::Hung;
+    }
     let text = String::from_utf8_lossy(&answer);
     text.strip_prefix("HTTP/1.1 ")
         .and_then(|rest| rest.get(..3))
         .and_then(|code| code.parse().ok())
+        .map_or(Fate::Closed, Fate::Answered)
 }
 
-async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64) {
+/// Requests answered, closed unanswered, and hung (not answered within 10 s).
+async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64, u64) {
     let answered = Arc::new(AtomicU64::new(0));
     let unanswered = Arc::new(AtomicU64::new(0));
+    let hung = Arc::new(AtomicU64::new(0));
     let addr = app.base.trim_start_matches("http://").to_string();
     let mut tasks = tokio::task::JoinSet::new();
     const LANES: usize = 16;
@@ -290,7 +308,7 @@ async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64) {
             addr.clone(),
             sale.to_string(),
         );
-        let (answered, unanswered) = (answered.clone(), unanswered.clone());
+        let (answered, unanswered, hung) = (answered.clone(), unanswered.clone(), hung.clone());
         tasks.spawn(async move {
             let mut rng = fastrand::Rng::with_seed(seed + lane as u64);
             for _ in 0..STRUCTURED / LANES {
@@ -327,6 +345,10 @@ async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64) {
                         }
                         answered.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Not answered within 10 s: the server hung on it.
+                    Err(e) if e.is_timeout() => {
+                        hung.fetch_add(1, Ordering::Relaxed);
+                    }
                     // A header past the limit may close the connection instead of 431.
                     Err(_) => {
                         unanswered.fetch_add(1, Ordering::Relaxed);
@@ -336,7 +358,7 @@ async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64) {
             for _ in 0..RAW / LANES {
                 let bytes = raw(&mut rng, &sale);
                 match send_raw(&addr, &bytes).await {
-                    Some(status) => {
+                    Fate::Answered(status) => {
                         assert!(
                             status < 500,
                             "raw {:?} → {status}",
@@ -344,8 +366,11 @@ async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64) {
                         );
                         answered.fetch_add(1, Ordering::Relaxed);
                     }
-                    None => {
+                    Fate::Closed => {
                         unanswered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Fate::Hung => {
+                        hung.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -357,6 +382,7 @@ async fn flood(app: &TestServer, sale: &str, seed: u64) -> (u64, u64) {
     (
         answered.load(Ordering::Relaxed),
         unanswered.load(Ordering::Relaxed),
+        hung.load(Ordering::Relaxed),
     )
 }
 
@@ -367,9 +393,14 @@ async fn survives(app: TestServer) {
         .unwrap_or_else(|| fastrand::u64(..1 << 40));
     println!("MALFORMED_SEED={seed}");
     let sale = app.live_sale(1_000_000, 1).await;
-    let (answered, unanswered) = flood(&app, &sale, seed).await;
-    println!("{answered} malformed requests answered (none 5xx), {unanswered} closed unanswered");
-    assert!(answered + unanswered >= (STRUCTURED + RAW) as u64);
+    let (answered, unanswered, hung) = flood(&app, &sale, seed).await;
+    println!(
+        "{answered} malformed requests answered (none 5xx), {unanswered} closed unanswered, \
+         {hung} hung"
+    );
+    // Every request is counted once (the lanes divide the totals exactly).
+    assert_eq!(answered + unanswered + hung, (STRUCTURED + RAW) as u64);
+    assert_eq!(hung, 0, "requests the server never answered nor closed");
     assert!(
         unanswered * 10 < answered,
         "most malformed requests get an answer: {unanswered} unanswered"

@@ -53,6 +53,15 @@ pub enum Fault {
     KillWorker,
     KillGateway,
     BrokerRestart,
+    /// Redis FLUSHALL, then clients that hang up (100 ms) on every gateway's sale view
+    /// for 3 s: the rebuilds those views start must finish all the same.
+    FlushAllHangUp,
+    /// Some buyers' orders take 3 s to insert (a trigger), past the 2 s delivery
+    /// deadline, and Redis loses the sale meanwhile: no order may land late.
+    SlowCommitFlush,
+    /// A gateway replaced by one that dies right after its first cancel or expiry is
+    /// committed, before its units go back (failpoint `after-end`), then started again.
+    CrashAfterEnd,
 }
 
 impl Fault {
@@ -64,6 +73,9 @@ impl Fault {
             Fault::KillWorker => "kill -9 worker",
             Fault::KillGateway => "kill -9 gateway",
             Fault::BrokerRestart => "broker restart",
+            Fault::FlushAllHangUp => "redis FLUSHALL, clients hang up",
+            Fault::SlowCommitFlush => "slow commit across FLUSHALL",
+            Fault::CrashAfterEnd => "crash between an end and its release",
         }
     }
 }
@@ -174,7 +186,7 @@ impl Scenario {
     }
 }
 
-/// The campaign: 11 faulted runs and 10 baselines over both deployments and the three
+/// The campaign: 16 faulted runs and 10 baselines over both deployments and the three
 /// sale shapes. Worker and broker faults apply to the Kafka bus only.
 pub fn campaign() -> Vec<Scenario> {
     use Fault::*;
@@ -202,6 +214,11 @@ pub fn campaign() -> Vec<Scenario> {
         (Memory, None, Limit1),
         (Memory, None, Limit2),
         (Memory, None, MultiItem),
+        (Kafka, FlushAllHangUp, Limit2),
+        (Memory, FlushAllHangUp, Limit1),
+        (Memory, SlowCommitFlush, Limit2),
+        (Kafka, CrashAfterEnd, Limit1),
+        (Memory, CrashAfterEnd, MultiItem),
     ];
     runs.iter()
         .enumerate()
@@ -288,6 +305,75 @@ async fn inject(
             market.gateways.write()[victim] = replacement.base.clone();
             gateways[victim] = replacement;
             format!("gateway {victim} killed, a new one started")
+        }
+        Fault::FlushAllHangUp => {
+            services.redis.flushall().await;
+            let urls: Vec<String> = market.gateways.read().clone();
+            let impatient = reqwest::Client::new();
+            let mut hung_up = 0;
+            for _ in 0..30 {
+                for url in &urls {
+                    let view = impatient
+                        .get(format!("{url}/api/sales/{}", market.sale))
+                        .timeout(Duration::from_millis(100))
+                        .send()
+                        .await;
+                    hung_up += usize::from(view.is_err());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            format!("FLUSHALL, then {hung_up} sale views hung up on")
+        }
+        Fault::SlowCommitFlush => {
+            use sqlx::Connection;
+            let mut db = sqlx::PgConnection::connect(&deployment.store_url)
+                .await
+                .expect("connect to the run's database");
+            sqlx::raw_sql(
+                "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.user_id LIKE '%3' THEN PERFORM pg_sleep(3); END IF; \
+                 RETURN NEW; END $$; \
+                 CREATE TRIGGER slow_insert BEFORE INSERT ON orders \
+                 FOR EACH ROW EXECUTE FUNCTION slow_insert();",
+            )
+            .execute(&mut db)
+            .await
+            .expect("slow trigger");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            services.redis.flushall().await;
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            sqlx::raw_sql("DROP TRIGGER slow_insert ON orders")
+                .execute(&mut db)
+                .await
+                .expect("drop the slow trigger");
+            "inserts of buyers *3 slowed to 3 s for 4.5 s, FLUSHALL 0.5 s in".to_string()
+        }
+        Fault::CrashAfterEnd => {
+            let mut gateways = gateways.lock().await;
+            let victim = rng.usize(..gateways.len());
+            gateways[victim].kill9().await;
+            let mut doomed = deployment
+                .gateway_with_env(&[("FLASHSALE_FAILPOINT", "after-end")])
+                .await;
+            market.gateways.write()[victim] = doomed.base.clone();
+            // Its sweeper expires an overdue order within a window or two (3 s each).
+            let waited = Instant::now();
+            while !doomed.exited() && waited.elapsed() < Duration::from_secs(20) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let crashed = doomed.exited();
+            let replacement = deployment.gateway().await;
+            market.gateways.write()[victim] = replacement.base.clone();
+            gateways[victim] = replacement;
+            format!(
+                "gateway {victim} replaced by one that {} ({:.1} s later), started again",
+                if crashed {
+                    "died after ending an order"
+                } else {
+                    "never ended an order"
+                },
+                waited.elapsed().as_secs_f64()
+            )
         }
         Fault::BrokerRestart => {
             let broker = services

@@ -88,6 +88,12 @@ impl TestServer {
         (status, started.elapsed())
     }
 
+    /// Whether the gateway's process has exited (a failpoint fired).
+    #[allow(dead_code)] // the campaign's
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     /// The gateway's process id.
     pub fn child_id(&self) -> u32 {
         self.child.id().expect("still running")

@@ -497,9 +497,18 @@ proptest! {
 fn sold_out_flag_follows_stock_under_concurrent_releases() {
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
-    // At most 2,000 rounds or 4 s, whichever ends first (a busy machine runs fewer).
-    const ROUNDS: u32 = 2_000;
-    let deadline = Instant::now() + Duration::from_secs(4);
+    // At most 2,000 rounds or 4 s, whichever ends first (a busy machine runs fewer);
+    // `.ci/run` runs it again for a minute and 200,000 rounds (FLASHSALE_STRESS_ROUNDS,
+    // FLASHSALE_STRESS_SECONDS), where an interleaving this rare has its chance.
+    let from_env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let rounds = from_env("FLASHSALE_STRESS_ROUNDS", 2_000) as u32;
+    let deadline =
+        Instant::now() + Duration::from_secs(from_env("FLASHSALE_STRESS_SECONDS", 4));
     // Spins a little (the other thread is usually running), then lets others run.
     let wait_until = |what: &str, done: &dyn Fn() -> bool| {
         let mut spins = 0u32;
@@ -551,7 +560,7 @@ fn sold_out_flag_follows_stock_under_concurrent_releases() {
         });
         let mut stuck = None;
         let mut round = 1;
-        while round <= ROUNDS && Instant::now() < deadline {
+        while round <= rounds && Instant::now() < deadline {
             go.store(round, Ordering::SeqCst);
             gate.release_sync(&s, &held[0], false).unwrap();
             // The buyer gets that unit and marks the sale sold out: the second release
@@ -781,7 +790,19 @@ fn a_buyer_entry_lives_while_it_holds_units_or_keys() {
 fn a_key_hash_has_two_independent_halves() {
     let gate = LocalGate::new();
     let KeyHash(first, second) = gate.key_hash("the same key");
-    assert_ne!(first, second);
+    // Each half is its own seed's hash of the key.
+    let [one, two] = &gate.key_hashers;
+    assert_eq!((first, second), (one.hash_one("the same key"), two.hash_one("the same key")));
+    // Two seeds, not one used twice (halves equal) nor one half derived from the other
+    // by a fixed mask (the same XOR for every key): over 1,000 keys, both vary.
+    let xors: std::collections::HashSet<u64> = (0..1_000)
+        .map(|n| {
+            let KeyHash(a, b) = gate.key_hash(&format!("key-{n}"));
+            assert_ne!(a, b);
+            a ^ b
+        })
+        .collect();
+    assert_eq!(xors.len(), 1_000);
     assert!(gate.key_hash("the same key") == KeyHash(first, second));
     assert!(gate.key_hash("another key") != KeyHash(first, second));
     // Another gate (another process) has seeds of its own.
