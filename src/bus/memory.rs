@@ -63,10 +63,15 @@ struct InFlight<'a> {
 impl<'a> InFlight<'a> {
     fn new(bus: &'a MemoryBus, sale_id: &'a str) -> Self {
         bus.in_flight.fetch_add(1, Ordering::SeqCst);
-        *bus.in_flight_by_sale
-            .lock()
-            .entry(sale_id.to_string())
-            .or_default() += 1;
+        let mut by_sale = bus.in_flight_by_sale.lock();
+        // The sale's entry is there while any of its orders is in flight: no
+        // allocation on the way of a sale that is selling.
+        match by_sale.get_mut(sale_id) {
+            Some(count) => *count += 1,
+            None => {
+                by_sale.insert(sale_id.to_string(), 1);
+            }
+        }
         InFlight { bus, sale_id }
     }
 }

@@ -126,7 +126,8 @@ pub async fn run(
         }
         if let Some(previous) = storing.take() {
             let waited_at = tokio::time::Instant::now();
-            commit(&consumer, previous.stored().await, CommitMode::Async);
+            let offsets = stored_while_polling(&consumer, previous, &mut batch, config.max_batch).await;
+            commit(&consumer, offsets, CommitMode::Async);
             tracing::debug!(size = batch.len(), waited_for_previous = ?waited_at.elapsed(), "batch consumed");
         }
         storing = Some(StoringBatch::start(batch, &store, &producer, &bus.topics));
@@ -136,6 +137,53 @@ pub async fn run(
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Waits for the previous batch to be stored while still polling the consumer: a
+/// consumer that does not poll for `max.poll.interval.ms` (10 s) is put out of its group,
+/// and a store outage longer than that made the worker leave it (issue #21). What
+/// arrives meanwhile joins the next batch; once that is full, the partitions are paused
+/// (polling a paused consumer delivers nothing and keeps it in the group; resuming goes
+/// on from the last message delivered).
+async fn stored_while_polling(
+    consumer: &StreamConsumer,
+    previous: StoringBatch,
+    batch: &mut Vec<OwnedMessage>,
+    max_batch: usize,
+) -> TopicPartitionList {
+    let stored = previous.stored();
+    tokio::pin!(stored);
+    let mut paused: Option<TopicPartitionList> = None;
+    loop {
+        tokio::select! {
+            offsets = &mut stored => {
+                if let Some(list) = paused
+                    && let Err(e) = consumer.resume(&list)
+                {
+                    tracing::warn!(error = %e, "partitions not resumed");
+                }
+                return offsets;
+            }
+            message = consumer.recv() => match message {
+                Ok(message) => {
+                    batch.push(message.detach());
+                    if batch.len() >= max_batch
+                        && let Ok(assigned) = consumer.assignment()
+                    {
+                        // Also partitions assigned since an earlier pause.
+                        if let Err(e) = consumer.pause(&assigned) {
+                            tracing::warn!(error = %e, "partitions not paused");
+                        }
+                        paused = Some(assigned);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+        }
+    }
 }
 
 /// A batch whose store runs in a task of its own, and the offsets to commit after it.

@@ -336,3 +336,73 @@ async fn an_acknowledged_order_the_store_refuses_is_compensated(backends: Backen
 }
 
 backend_tests!(kafka: status_changes_are_published, an_acknowledged_order_the_store_refuses_is_compensated);
+
+/// Issue #21: a store outage longer than the consumer's poll interval (10 s) while
+/// orders keep coming. The worker keeps polling while it retries (it left its group:
+/// `MaxPollExceeded`, a rebalance, the batch delivered again), and every order
+/// acknowledged meanwhile is stored once the store is back.
+async fn a_long_store_outage_keeps_the_worker_in_its_group(backends: Backends) {
+    use sqlx::Connection;
+    let deployment = Deployment::new(backends, &[]).await;
+    let gateway = deployment.gateway().await;
+    let _worker = deployment.worker().await;
+    let sale = gateway.live_sale(1_000, 1).await;
+    assert_eq!(
+        gateway.purchase(&sale, json!({"user_id": "before"}), None).await.status,
+        202
+    );
+    gateway.settled_orders(&sale).await;
+
+    // The outage: the orders table locked for 14 s.
+    let mut db = sqlx::PgConnection::connect(&deployment.store_url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE;")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut acked = Vec::new();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(14) {
+        let reply = gateway
+            .purchase(&sale, json!({"user_id": format!("during-{n}")}), None)
+            .await;
+        if reply.status == 202 {
+            acked.push(reply.body["id"].as_str().unwrap().to_string());
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut db).await.unwrap();
+    assert!(acked.len() > 20, "orders kept coming: {}", acked.len());
+
+    let started = Instant::now();
+    loop {
+        let stored: HashSet<String> = gateway
+            .stored_orders(&sale)
+            .await
+            .into_iter()
+            .map(|o| o.id)
+            .collect();
+        if acked.iter().all(|id| stored.contains(id)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} acknowledged orders not stored",
+            acked.iter().filter(|id| !stored.contains(*id)).count()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs: String = std::fs::read_dir(deployment.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("worker-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        !logs.contains("MaxPollExceeded") && !logs.contains("poll interval"),
+        "the worker left its group:\n{logs}"
+    );
+}
+
+backend_tests!(kafka: a_long_store_outage_keeps_the_worker_in_its_group);
