@@ -117,13 +117,11 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use async_trait::async_trait;
 
     use super::*;
-    use crate::bus::MemoryBus;
-    use crate::domain::{Millis, NewSale, Order, ValidPurchase};
+    use crate::domain::{Millis, Order, ValidPurchase};
+    use crate::engine::fixture::{Fixture, Setup};
     use crate::gate::{
         Decision, GateError, KeyAnswer, LocalGate, RebuildLease, SaleSnapshot, StockGate,
     };
@@ -193,38 +191,19 @@ mod tests {
     /// the window (Redis's), not this gateway's.
     #[tokio::test]
     async fn end_now_is_the_gates_now() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = crate::store::connect(&url.parse().unwrap()).await.unwrap();
-        let (bus, _inbox) = MemoryBus::new(8, Duration::from_secs(5));
-        let engine = Engine::start(
-            Arc::new(AnHourAhead(LocalGate::new())),
-            Arc::new(bus),
-            store,
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        let sale = engine
-            .create_sale(NewSale {
-                name: "s".into(),
-                stock: Some(5),
-                items: None,
-                per_user_limit: Some(1),
-                starts_at: None,
-                ends_at: None,
-                payment_window: None,
-                rate_limits: None,
-            })
-            .await
-            .unwrap();
+        let fixture = Fixture::start(Setup {
+            gate: Arc::new(AnHourAhead(LocalGate::new())),
+            ..Default::default()
+        })
+        .await;
         let before = now_millis();
-        let ended = engine.end_sale(&sale.sale.id).await.unwrap();
+        let ended = fixture.engine.end_sale(&fixture.sale).await.unwrap();
         let ends_at = ended.sale.ends_at.expect("ended");
         assert!(
             ends_at >= before + HOUR,
             "stamped {} ms before the gate's now",
             before + HOUR - ends_at
         );
+        fixture.stop().await;
     }
 }

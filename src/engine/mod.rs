@@ -10,6 +10,8 @@
 //! - `controls.rs`: an operator ends, pauses, resumes a sale or adds stock.
 
 mod controls;
+#[cfg(test)]
+mod fixture;
 mod orders;
 mod purchase;
 mod recovery;

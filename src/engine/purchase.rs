@@ -367,53 +367,39 @@ async fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::MemoryBus;
-    use crate::domain::NewSale;
+    use crate::engine::fixture::{Fixture, Setup};
     use crate::gate::LocalGate;
 
     /// Issue #21: a replay whose request is dropped while it waits for the first
     /// request (its client hung up) leaves no entry in the waiters' table.
     #[tokio::test]
     async fn an_abandoned_replay_leaves_no_waiter_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = crate::store::connect(&url.parse().unwrap()).await.unwrap();
         let gate = Arc::new(LocalGate::new());
-        let (bus, _inbox) = MemoryBus::new(8, Duration::from_secs(5));
-        let engine = Engine::start(gate.clone(), Arc::new(bus), store, Default::default())
-            .await
-            .unwrap();
-        let sale = engine
-            .create_sale(NewSale {
-                name: "s".into(),
-                stock: Some(5),
-                items: None,
-                per_user_limit: Some(1),
-                starts_at: None,
-                ends_at: None,
-                payment_window: None,
-                rate_limits: None,
-            })
-            .await
-            .unwrap();
-        let request = || PurchaseRequest {
+        let fixture = Fixture::start(Setup {
+            gate: gate.clone(),
+            ..Default::default()
+        })
+        .await;
+        let sale = fixture.engine.sale(&fixture.sale).await.unwrap();
+        // The first request with the key is still in flight.
+        let request = PurchaseRequest {
             user_id: "a".into(),
             quantity: Some(1),
             items: None,
         };
-        // The first request with the key is still in flight.
-        let first = validate_purchase(&sale.sale, request()).unwrap();
+        let first = validate_purchase(&sale, request).unwrap();
         let decided = gate
-            .decide(&sale.sale, &first, Some("k"), "first", now_millis())
+            .decide(&sale, &first, Some("k"), "first", now_millis())
             .unwrap();
         assert!(matches!(decided, Decision::Reserved { .. }));
-        let replay = engine.purchase(&sale.sale.id, request(), Some("k".into()));
+        let replay = fixture.buy("a", Some("k"));
         assert!(
             tokio::time::timeout(Duration::from_millis(100), replay)
                 .await
                 .is_err(),
             "the replay waits"
         );
-        assert_eq!(engine.key_waiters.len(), 0);
+        assert_eq!(fixture.engine.key_waiters.len(), 0);
+        fixture.stop().await;
     }
 }

@@ -200,79 +200,35 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::bus::MemoryBus;
-    use crate::domain::{NewSale, PurchaseRequest};
-    use crate::gate::LocalGate;
+    use crate::bus::{MemoryBus, OrderBus};
+    use crate::engine::fixture::{Fixture, Setup};
+    use crate::gate::{KeyPolicy, LocalGate};
     use crate::store::OrderStore;
-    use crate::test_support::FaultyStore;
 
     /// One order that cannot be expired does not keep the others behind it waiting.
     #[tokio::test]
     async fn a_failing_row_is_skipped_not_a_stop() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
-        let (bus, inbox) = MemoryBus::new(64, Duration::from_secs(5));
-        let stop = CancellationToken::new();
-        let writer = tokio::spawn(crate::worker::run_group_commit(
-            inbox,
-            store.clone(),
-            64,
-            stop.clone(),
-        ));
-        let engine = Engine::start(
-            Arc::new(LocalGate::new()),
-            Arc::new(bus),
-            store.clone(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        let sale = engine
-            .create_sale(NewSale {
-                name: "s".into(),
-                stock: Some(5),
-                items: None,
-                per_user_limit: Some(1),
-                starts_at: None,
-                ends_at: None,
-                payment_window: Some(1),
-                rate_limits: None,
-            })
-            .await
-            .unwrap();
+        let fixture = Fixture::start(Setup {
+            payment_window: Some(1),
+            ..Default::default()
+        })
+        .await;
         let mut ids = Vec::new();
         for user in ["a", "b", "c"] {
-            let request = PurchaseRequest {
-                user_id: user.into(),
-                quantity: Some(1),
-                items: None,
-            };
-            ids.push(
-                engine
-                    .purchase(&sale.sale.id, request, None)
-                    .await
-                    .unwrap()
-                    .id
-                    .clone(),
-            );
+            ids.push(fixture.buy(user, None).await.unwrap().id.clone());
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(1100)).await;
         // The oldest overdue order, the first the sweep reads, fails every time.
-        *store.fail_transitions_of.lock() = Some(ids[0].clone());
-        let sweep = engine.sweep().await.unwrap();
+        *fixture.store.fail_transitions_of.lock() = Some(ids[0].clone());
+        let sweep = fixture.engine.sweep().await.unwrap();
         assert_eq!((sweep.expired, sweep.skipped), (2, 1), "{sweep:?}");
         for id in &ids[1..] {
-            let order = store.get_order(id).await.unwrap().unwrap();
+            let order = fixture.store.get_order(id).await.unwrap().unwrap();
             assert_eq!(order.status, OrderStatus::Expired);
         }
-        assert_eq!(
-            engine.sale_state(&sale.sale.id).await.unwrap().remaining,
-            [4]
-        );
-        stop.cancel();
-        drop(engine);
-        writer.await.unwrap();
+        assert_eq!(fixture.remaining().await, [4]);
+        fixture.stop().await;
     }
 
     /// Issue #21: an order whose fate the writer could not tell (its commit's answer
@@ -281,71 +237,35 @@ mod tests {
     /// does a shared gate's holds: stored, its key replays it.
     #[tokio::test]
     async fn an_order_of_unknown_fate_is_resolved_by_the_sweeper() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
-        let (bus, inbox) = MemoryBus::new(64, Duration::from_secs(30));
-        let stop = CancellationToken::new();
-        let writer = tokio::spawn(crate::worker::run_group_commit(
-            inbox,
-            store.clone(),
-            64,
-            stop.clone(),
-        ));
-        let engine = Engine::start(
-            Arc::new(LocalGate::new()),
-            Arc::new(bus),
-            store.clone(),
-            crate::engine::EngineSettings {
+        let fixture = Fixture::start(Setup {
+            settings: crate::engine::EngineSettings {
                 hold_grace: Duration::from_millis(100),
                 ..Default::default()
             },
-        )
-        .await
-        .unwrap();
-        let sale = engine
-            .create_sale(NewSale {
-                name: "s".into(),
-                stock: Some(5),
-                items: None,
-                per_user_limit: Some(1),
-                starts_at: None,
-                ends_at: None,
-                payment_window: None,
-                rate_limits: None,
-            })
-            .await
-            .unwrap();
-        let id = sale.sale.id.clone();
-        let request = || PurchaseRequest {
-            user_id: "a".into(),
-            quantity: Some(1),
-            items: None,
-        };
-        *store.lose_commit_answers.lock() = true;
-        *store.fail_lookups.lock() = true;
-        let unknown = engine.purchase(&id, request(), Some("k".into())).await;
+            ..Default::default()
+        })
+        .await;
+        *fixture.store.lose_commit_answers.lock() = true;
+        *fixture.store.fail_lookups.lock() = true;
+        let unknown = fixture.buy("a", Some("k")).await;
         assert!(
             matches!(unknown, Err(EngineError::Unavailable(_))),
             "{unknown:?}"
         );
         // The writer gives up looking after 5 s: the outcome is unknown.
         tokio::time::sleep(Duration::from_secs(6)).await;
-        *store.lose_commit_answers.lock() = false;
-        *store.fail_lookups.lock() = false;
-        let retry = engine.purchase(&id, request(), Some("k".into())).await;
+        *fixture.store.lose_commit_answers.lock() = false;
+        *fixture.store.fail_lookups.lock() = false;
+        let retry = fixture.buy("a", Some("k")).await;
         assert!(matches!(retry, Err(EngineError::InProgress)), "{retry:?}");
 
-        let sweep = engine.sweep().await.unwrap();
+        let sweep = fixture.engine.sweep().await.unwrap();
         assert_eq!(sweep.resolved, 1, "{sweep:?}");
-        let replay = engine
-            .purchase(&id, request(), Some("k".into()))
-            .await
-            .unwrap();
-        assert_eq!(store.sale_orders(&id).await.unwrap()[0].id, replay.id);
-        assert_eq!(engine.sale_state(&id).await.unwrap().remaining, [4]);
-        stop.cancel();
-        drop(engine);
-        writer.await.unwrap();
+        let replay = fixture.buy("a", Some("k")).await.unwrap();
+        let stored = fixture.store.sale_orders(&fixture.sale).await.unwrap();
+        assert_eq!(stored[0].id, replay.id);
+        assert_eq!(fixture.remaining().await, [4]);
+        fixture.stop().await;
     }
 
     /// The in-process bus with a broker that does not answer status events (a Kafka
@@ -353,7 +273,7 @@ mod tests {
     struct EventsHang(MemoryBus);
 
     #[async_trait::async_trait]
-    impl crate::bus::OrderBus for EventsHang {
+    impl OrderBus for EventsHang {
         async fn publish(&self, order: &crate::domain::Order) -> Result<(), crate::bus::BusError> {
             self.0.publish(order).await
         }
@@ -376,58 +296,24 @@ mod tests {
     /// event to be delivered (each waited the broker's delivery timeout in an outage).
     #[tokio::test]
     async fn an_expiry_does_not_wait_for_its_status_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
-        let (bus, inbox) = MemoryBus::new(64, Duration::from_secs(5));
-        let stop = CancellationToken::new();
-        let writer = tokio::spawn(crate::worker::run_group_commit(
-            inbox,
-            store.clone(),
-            64,
-            stop.clone(),
-        ));
-        let engine = Engine::start(
-            Arc::new(LocalGate::new()),
-            Arc::new(EventsHang(bus)),
-            store.clone(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        let sale = engine
-            .create_sale(NewSale {
-                name: "s".into(),
-                stock: Some(2),
-                items: None,
-                per_user_limit: Some(1),
-                starts_at: None,
-                ends_at: None,
-                payment_window: Some(1),
-                rate_limits: None,
-            })
-            .await
-            .unwrap();
+        let fixture = Fixture::start(Setup {
+            bus: |bus| Arc::new(EventsHang(bus)),
+            stock: 2,
+            payment_window: Some(1),
+            ..Default::default()
+        })
+        .await;
         for user in ["a", "b"] {
-            let request = PurchaseRequest {
-                user_id: user.into(),
-                quantity: Some(1),
-                items: None,
-            };
-            engine.purchase(&sale.sale.id, request, None).await.unwrap();
+            fixture.buy(user, None).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let sweep = tokio::time::timeout(Duration::from_secs(2), engine.sweep())
+        let sweep = tokio::time::timeout(Duration::from_secs(2), fixture.engine.sweep())
             .await
             .expect("the sweep does not wait for the events")
             .unwrap();
         assert_eq!(sweep.expired, 2, "{sweep:?}");
-        assert_eq!(
-            engine.sale_state(&sale.sale.id).await.unwrap().remaining,
-            [2]
-        );
-        stop.cancel();
-        drop(engine);
-        writer.await.unwrap();
+        assert_eq!(fixture.remaining().await, [2]);
+        fixture.stop().await;
     }
 
     /// Issue #21: on a sale without an end, a key outlives its time in the gate only in
@@ -435,51 +321,30 @@ mod tests {
     /// the key); it gets the original order now.
     #[tokio::test]
     async fn a_retry_after_its_key_expired_gets_the_original_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
-        let (bus, inbox) = MemoryBus::new(64, Duration::from_secs(5));
-        let stop = CancellationToken::new();
-        let writer = tokio::spawn(crate::worker::run_group_commit(
-            inbox,
-            store.clone(),
-            64,
-            stop.clone(),
-        ));
-        let gate = LocalGate::with_key_policy(crate::gate::KeyPolicy {
-            ttl: Duration::from_millis(50),
-            max_per_buyer: 16,
-        });
-        let engine = Engine::start(Arc::new(gate), Arc::new(bus), store.clone(), Default::default())
-            .await
-            .unwrap();
-        let sale = engine
-            .create_sale(NewSale {
-                name: "s".into(),
-                stock: Some(5),
-                items: None,
-                per_user_limit: Some(2),
-                starts_at: None,
-                ends_at: None,
-                payment_window: None,
-                rate_limits: None,
-            })
-            .await
-            .unwrap();
-        let id = sale.sale.id.clone();
-        let request = || PurchaseRequest {
-            user_id: "a".into(),
-            quantity: Some(1),
-            items: None,
-        };
-        let first = engine.purchase(&id, request(), Some("k".into())).await.unwrap();
+        let fixture = Fixture::start(Setup {
+            gate: Arc::new(LocalGate::with_key_policy(KeyPolicy {
+                ttl: Duration::from_millis(50),
+                max_per_buyer: 16,
+            })),
+            per_user_limit: 2,
+            ..Default::default()
+        })
+        .await;
+        let first = fixture.buy("a", Some("k")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        engine.sweep().await.unwrap(); // forgets the key in the gate
-        let retry = engine.purchase(&id, request(), Some("k".into())).await.unwrap();
+        fixture.engine.sweep().await.unwrap(); // forgets the key in the gate
+        let retry = fixture.buy("a", Some("k")).await.unwrap();
         assert_eq!(retry.id, first.id);
-        assert_eq!(store.sale_orders(&id).await.unwrap().len(), 1);
-        assert_eq!(engine.sale_state(&id).await.unwrap().remaining, [4]);
-        stop.cancel();
-        drop(engine);
-        writer.await.unwrap();
+        assert_eq!(
+            fixture
+                .store
+                .sale_orders(&fixture.sale)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(fixture.remaining().await, [4]);
+        fixture.stop().await;
     }
 }

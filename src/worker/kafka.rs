@@ -126,7 +126,8 @@ pub async fn run(
         }
         if let Some(previous) = storing.take() {
             let waited_at = tokio::time::Instant::now();
-            let offsets = stored_while_polling(&consumer, previous, &mut batch, config.max_batch).await;
+            let offsets =
+                stored_while_polling(&consumer, previous, &mut batch, config.max_batch).await;
             commit(&consumer, offsets, CommitMode::Async);
             tracing::debug!(size = batch.len(), waited_for_previous = ?waited_at.elapsed(), "batch consumed");
         }

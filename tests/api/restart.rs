@@ -184,8 +184,7 @@ async fn unpaid_order_expires_after_a_restart() {
 /// never sold out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_interrupted_by_a_crash_gives_the_units_back_once() {
-    let deployment =
-        crate::helpers::Deployment::new(crate::helpers::Backends::Embedded, &[]).await;
+    let deployment = crate::helpers::Deployment::new(crate::helpers::Backends::Embedded, &[]).await;
     let app = deployment
         .gateway_with_env(&[("FLASHSALE_FAILPOINT", "after-end")])
         .await;
@@ -198,7 +197,9 @@ async fn a_release_interrupted_by_a_crash_gives_the_units_back_once() {
     let a = app.purchase(&sale, json!({"user_id": "a"}), None).await;
     assert_eq!(a.status, 202);
     assert_eq!(
-        app.purchase(&sale, json!({"user_id": "b"}), None).await.status,
+        app.purchase(&sale, json!({"user_id": "b"}), None)
+            .await
+            .status,
         202
     );
     let a = a.body["id"].as_str().unwrap().to_string();
@@ -207,7 +208,10 @@ async fn a_release_interrupted_by_a_crash_gives_the_units_back_once() {
         .post(app.url(&format!("/api/orders/{a}/cancel")))
         .send()
         .await;
-    assert!(died.is_err(), "the gateway died between the cancel and the release");
+    assert!(
+        died.is_err(),
+        "the gateway died between the cancel and the release"
+    );
     let store = flashsale::store::connect(&app.store_url().parse().unwrap())
         .await
         .unwrap();
@@ -223,7 +227,9 @@ async fn a_release_interrupted_by_a_crash_gives_the_units_back_once() {
         "one unit back (A's), not two"
     );
     assert_eq!(
-        app.purchase(&sale, json!({"user_id": "c"}), None).await.status,
+        app.purchase(&sale, json!({"user_id": "c"}), None)
+            .await
+            .status,
         202
     );
     app.purchase(&sale, json!({"user_id": "d"}), None)

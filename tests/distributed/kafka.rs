@@ -348,13 +348,18 @@ async fn a_long_store_outage_keeps_the_worker_in_its_group(backends: Backends) {
     let _worker = deployment.worker().await;
     let sale = gateway.live_sale(1_000, 1).await;
     assert_eq!(
-        gateway.purchase(&sale, json!({"user_id": "before"}), None).await.status,
+        gateway
+            .purchase(&sale, json!({"user_id": "before"}), None)
+            .await
+            .status,
         202
     );
     gateway.settled_orders(&sale).await;
 
     // The outage: the orders table locked for 14 s.
-    let mut db = sqlx::PgConnection::connect(&deployment.store_url).await.unwrap();
+    let mut db = sqlx::PgConnection::connect(&deployment.store_url)
+        .await
+        .unwrap();
     sqlx::raw_sql("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE;")
         .execute(&mut db)
         .await

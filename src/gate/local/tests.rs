@@ -507,8 +507,7 @@ fn sold_out_flag_follows_stock_under_concurrent_releases() {
             .unwrap_or(default)
     };
     let rounds = from_env("FLASHSALE_STRESS_ROUNDS", 2_000) as u32;
-    let deadline =
-        Instant::now() + Duration::from_secs(from_env("FLASHSALE_STRESS_SECONDS", 4));
+    let deadline = Instant::now() + Duration::from_secs(from_env("FLASHSALE_STRESS_SECONDS", 4));
     // Spins a little (the other thread is usually running), then lets others run.
     let wait_until = |what: &str, done: &dyn Fn() -> bool| {
         let mut spins = 0u32;
@@ -792,7 +791,10 @@ fn a_key_hash_has_two_independent_halves() {
     let KeyHash(first, second) = gate.key_hash("the same key");
     // Each half is its own seed's hash of the key.
     let [one, two] = &gate.key_hashers;
-    assert_eq!((first, second), (one.hash_one("the same key"), two.hash_one("the same key")));
+    assert_eq!(
+        (first, second),
+        (one.hash_one("the same key"), two.hash_one("the same key"))
+    );
     // Two seeds, not one used twice (halves equal) nor one half derived from the other
     // by a fixed mask (the same XOR for every key): over 1,000 keys, both vary.
     let xors: std::collections::HashSet<u64> = (0..1_000)
