@@ -262,6 +262,18 @@ impl Config {
         Ok(config)
     }
 
+    /// The defaults with `settings` over them (a map of setting names to values), no file
+    /// and no environment: what the in-process test server and the examples use.
+    pub fn from_settings(settings: &impl Serialize) -> Result<Config, ConfigError> {
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::defaults(settings))
+            .extract()
+            .map_err(Box::new)?;
+        config.read_secret_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Replaces each `*_file` secret setting by the file's first line.
     fn read_secret_files(&mut self) -> Result<(), ConfigError> {
         read_secret(
