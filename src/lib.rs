@@ -1,24 +1,37 @@
-//! flashsale: a flash-sale engine that sells every unit exactly once. See DESIGN.md and
-//! the README: a request goes api → engine → gate → bus → worker → store.
+//! flashsale: a flash-sale engine that sells every unit exactly once. The design is in
+//! `docs/architecture.md`; a purchase goes server → api → engine (admission, then
+//! placement) → gate → bus → worker → store. Arrows point one way: stages import only
+//! stages; the edge imports stages; composition and tools sit on top
+//! (`tests/architecture.rs` fails on an import cycle).
 
-pub mod api;
-pub mod audit;
-pub mod auth;
+// The stages. `domain` imports nothing of the crate; `observe` records what the stages
+// do and imports nothing either.
 pub mod bus;
-pub mod check;
-pub mod client;
-pub mod config;
-pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod gate;
-pub mod live;
-pub mod load;
 pub mod observe;
 pub mod protect;
-pub mod server;
 pub mod store;
 pub mod worker;
+
+// The edge: HTTP in and out, credentials, the live feeds, what operators read.
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod exporter;
+pub mod live;
+pub mod server;
+
+// Composition: settings, and what `main.rs` dispatches to.
+pub mod config;
+
+// Tools built on the client and the store: the load generator, its audit, `check`,
+// and the demo.
+pub mod audit;
+pub mod check;
+pub mod demo;
+pub mod load;
 
 #[cfg(test)]
 mod test_support;

@@ -2,6 +2,7 @@
 
 mod caller;
 mod controls;
+mod count;
 mod error;
 mod events;
 mod extract;
@@ -65,7 +66,7 @@ pub struct AppParts {
     /// The sales' live frames, for `GET /api/sales/{id}/events`.
     pub feeds: Arc<SaleFeeds>,
     /// What `GET /metrics` renders.
-    pub metrics: Arc<crate::observe::metrics::Exporter>,
+    pub metrics: Arc<crate::exporter::MetricsPage>,
 }
 
 /// How large request bodies may be: a sale of several thousand seats is larger than
@@ -115,7 +116,7 @@ pub fn router(state: AppState, body_limits: BodyLimits, body_read_timeout: Durat
         .route("/api/orders/{id}/pay", post(pay_order))
         .merge(public)
         // Counts what the routes above answer (404s of unknown paths are not routes).
-        .route_layer(crate::observe::metrics::CountRequestsLayer)
+        .route_layer(count::CountRequestsLayer)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limits.default))
@@ -431,7 +432,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.render(&state).await;
+    let text = state.metrics.render(gauges(&state).await);
     (
         [(
             header::CONTENT_TYPE,
@@ -440,6 +441,42 @@ async fn metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The gauges `/metrics` reads at scrape time: states, not events.
+async fn gauges(state: &AppState) -> crate::exporter::Gauges {
+    let mut sales = Vec::new();
+    match state
+        .engine
+        .recent_sales(crate::exporter::MetricsPage::SALES)
+        .await
+    {
+        Ok(recent) => {
+            for sale in recent {
+                let id = sale.sale.id.clone();
+                let sold_in_store = match state.engine.sold_in_store(&id).await {
+                    Ok(sold) => Some(sold),
+                    Err(e) => {
+                        tracing::warn!(sale = %id, error = %e, "store counters not read");
+                        None
+                    }
+                };
+                sales.push(crate::exporter::SaleGauges {
+                    id,
+                    stock: sale.sale.total_stock(),
+                    remaining: sale.remaining.iter().map(|&r| r as u64).sum(),
+                    sold_in_store,
+                });
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "sales not read for /metrics"),
+    }
+    crate::exporter::Gauges {
+        in_flight: state.overload.in_flight(),
+        live_watchers: state.feeds.watched(),
+        bus_pending: state.engine.bus_pending(),
+        sales,
+    }
 }
 
 /// A constant answer: the reference route of the HTTP ceiling benchmark.

@@ -23,6 +23,14 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("--otlp-endpoint needs a build with the `otel` feature")]
+    NoTraceExport,
+    #[error(transparent)]
+    Trace(#[from] super::trace::TraceError),
+}
+
 /// What keeps the trace exporter running: flushed when dropped (end of `main`).
 pub struct LogGuard {
     #[cfg(feature = "otel")]
@@ -36,7 +44,7 @@ pub fn init(
     format: LogFormat,
     otlp_endpoint: Option<&str>,
     service: &str,
-) -> anyhow::Result<LogGuard> {
+) -> Result<LogGuard, LogError> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -75,7 +83,7 @@ pub fn init(
     {
         let _ = service;
         if otlp_endpoint.is_some() {
-            anyhow::bail!("--otlp-endpoint needs a build with the `otel` feature");
+            return Err(LogError::NoTraceExport);
         }
         registry.init();
         Ok(LogGuard {})

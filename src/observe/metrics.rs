@@ -1,20 +1,18 @@
 //! Prometheus metrics, named per its conventions (`flashsale_…_total` counters, `_seconds`
 //! histograms, base units). Recorded with the `metrics` crate into the exporter's
-//! recorder (installed once per process, without its HTTP listener) and rendered by
-//! `GET /metrics`. Per-sale gauges (stock, remaining, units sold according to the gate
-//! and to the store, so that I1 and I4 can be alerted on) are read at scrape time.
+//! recorder (installed once per process, without its HTTP listener); `crate::exporter`
+//! renders it at `GET /metrics`, with the per-sale gauges it reads at scrape time.
+//! The stages (engine, bus, worker) record here and import nothing else of `observe`'s
+//! readers: this file depends on no other module of the crate.
 //!
 //! Hot-path handles are looked up once and kept: recording is then an atomic add.
 
-use std::collections::HashMap;
-use std::pin::Pin;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::MatchedPath;
-use axum::http::{Method, Request};
-use axum::response::Response;
+use axum::http::Method;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::RwLock;
@@ -155,17 +153,26 @@ pub fn purchase_answered(outcome: &'static str, took: Duration) {
     DURATION
         .get_or_init(|| metrics::histogram!(PURCHASE_DURATION))
         .record(took);
-    static OUTCOMES: OnceLock<RwLock<HashMap<&'static str, Counter>>> = OnceLock::new();
-    let outcomes = OUTCOMES.get_or_init(Default::default);
-    if let Some(counter) = outcomes.read().get(outcome) {
+    let tally = tally();
+    let bucket = BUCKETS
+        .iter()
+        .position(|&bound| took.as_secs_f64() <= bound)
+        .unwrap_or(BUCKETS.len());
+    tally.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    if let Some((counter, count)) = tally.outcomes.read().get(outcome) {
         counter.increment(1);
+        count.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    outcomes
-        .write()
-        .entry(outcome)
-        .or_insert_with(|| metrics::counter!(PURCHASES, "outcome" => outcome))
-        .increment(1);
+    let mut outcomes = tally.outcomes.write();
+    let (counter, count) = outcomes.entry(outcome).or_insert_with(|| {
+        (
+            metrics::counter!(PURCHASES, "outcome" => outcome),
+            AtomicU64::new(0),
+        )
+    });
+    counter.increment(1);
+    count.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Counts a refusal of overload protection or of a rate limit, by its code.
@@ -202,93 +209,63 @@ impl RequestCounters {
     }
 }
 
-fn request_counters() -> &'static RequestCounters {
+/// Counts an HTTP answer by its route (the router's pattern, not the path: ids do not
+/// make new series), method and status.
+pub fn request_answered(route: &str, method: &Method, status: u16) {
     static COUNTERS: OnceLock<RequestCounters> = OnceLock::new();
-    COUNTERS.get_or_init(Default::default)
+    COUNTERS
+        .get_or_init(Default::default)
+        .count(route, method, status);
+    tally().requests.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A route layer counting every answer by its route (the router's pattern, not the
-/// path: ids do not make new series), method and status.
-#[derive(Clone, Copy, Default)]
-pub struct CountRequestsLayer;
-
-impl<S> tower::Layer<S> for CountRequestsLayer {
-    type Service = CountRequests<S>;
-    fn layer(&self, inner: S) -> CountRequests<S> {
-        CountRequests { inner }
-    }
+/// The same counts as plain numbers, for this process's own readers (the status line
+/// of `serve`): no Prometheus text to parse back.
+#[derive(Default)]
+struct Tally {
+    requests: AtomicU64,
+    /// Purchases by outcome, with the Prometheus counter of each (looked up once).
+    outcomes: RwLock<HashMap<&'static str, (Counter, AtomicU64)>>,
+    /// Purchases per latency bucket (`BUCKETS`, then one past the last bound).
+    buckets: [AtomicU64; BUCKETS.len() + 1],
 }
 
-#[derive(Clone)]
-pub struct CountRequests<S> {
-    inner: S,
+fn tally() -> &'static Tally {
+    static TALLY: OnceLock<Tally> = OnceLock::new();
+    TALLY.get_or_init(Default::default)
 }
 
-impl<S, B> tower::Service<Request<B>> for CountRequests<S>
-where
-    S: tower::Service<Request<B>, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = Counted<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let route = request.extensions().get::<MatchedPath>().cloned();
-        let method = request.method().clone();
-        // A purchase is timed from its head's arrival (queueing included).
-        let started = request
-            .extensions()
-            .get::<crate::protect::Arrival>()
-            .map_or_else(Instant::now, |a| a.at);
-        Counted {
-            inner: self.inner.call(request),
-            route,
-            method,
-            started,
-        }
-    }
+/// What this process answered since it started.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Totals {
+    pub requests: u64,
+    /// Purchases by outcome (`accepted` or the refusal code).
+    pub outcomes: BTreeMap<&'static str, u64>,
+    /// Purchases answered within each bound (seconds), cumulative; the last bound is
+    /// infinite.
+    pub buckets: Vec<(f64, u64)>,
 }
 
-pin_project_lite::pin_project! {
-    pub struct Counted<F> {
-        #[pin]
-        inner: F,
-        route: Option<MatchedPath>,
-        method: Method,
-        started: Instant,
-    }
-}
-
-/// The route whose answers are purchase outcomes.
-pub const PURCHASE_ROUTE: &str = "/api/sales/{id}/purchase";
-
-impl<F, E> std::future::Future for Counted<F>
-where
-    F: std::future::Future<Output = Result<Response, E>>,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let answer = std::task::ready!(this.inner.poll(cx));
-        if let Ok(response) = &answer {
-            let route = this.route.as_ref().map_or("unmatched", |r| r.as_str());
-            let status = response.status().as_u16();
-            request_counters().count(route, this.method, status);
-            if route == PURCHASE_ROUTE {
-                let outcome = match response.extensions().get::<crate::api::ProblemCode>() {
-                    Some(code) => code.0,
-                    None if status == 202 => "accepted",
-                    None => "other",
-                };
-                purchase_answered(outcome, this.started.elapsed());
-            }
-        }
-        Poll::Ready(answer)
+/// Reads the totals (each counter on its own: a snapshot that is near, not exact).
+pub fn totals() -> Totals {
+    let tally = tally();
+    let mut cumulative = 0;
+    let buckets = BUCKETS
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .zip(&tally.buckets)
+        .map(|(bound, n)| {
+            cumulative += n.load(Ordering::Relaxed);
+            (bound, cumulative)
+        })
+        .collect();
+    Totals {
+        requests: tally.requests.load(Ordering::Relaxed),
+        outcomes: (tally.outcomes.read().iter())
+            .map(|(outcome, (_, n))| (*outcome, n.load(Ordering::Relaxed)))
+            .collect(),
+        buckets,
     }
 }
 
@@ -310,86 +287,5 @@ impl StageTimer {
 impl Drop for StageTimer {
     fn drop(&mut self) {
         stage(self.stage).record(self.started.elapsed());
-    }
-}
-
-/// What `GET /metrics` renders: the recorder's handle, plus gauges read at scrape time.
-pub struct Exporter {
-    handle: PrometheusHandle,
-    /// How many sales get per-sale gauges (the most recent ones).
-    sales: usize,
-}
-
-impl Exporter {
-    pub fn new() -> Exporter {
-        Exporter {
-            handle: install(),
-            sales: 100,
-        }
-    }
-
-    /// Reads the gauges that are states, not events, then renders everything.
-    pub async fn render(&self, state: &crate::api::AppState) -> String {
-        metrics::gauge!(IN_FLIGHT).set(state.overload.in_flight() as f64);
-        metrics::gauge!(LIVE_WATCHERS).set(state.feeds.watched() as f64);
-        if let Some(pending) = state.engine.bus_pending() {
-            metrics::gauge!(BUS_LAG).set(pending as f64);
-            metrics::gauge!(DLQ_SIZE).set(0.0);
-        }
-        match state.engine.recent_sales(self.sales).await {
-            Ok(sales) => {
-                for sale in sales {
-                    let id = sale.sale.id.clone();
-                    let stock = sale.sale.total_stock();
-                    let remaining: u64 = sale.remaining.iter().map(|&r| r as u64).sum();
-                    metrics::gauge!(SALE_STOCK, "sale" => id.clone()).set(stock as f64);
-                    metrics::gauge!(SALE_REMAINING, "sale" => id.clone()).set(remaining as f64);
-                    metrics::gauge!(SALE_SOLD, "sale" => id.clone(), "source" => "gate")
-                        .set(stock.saturating_sub(remaining) as f64);
-                    match state.engine.sold_in_store(&id).await {
-                        Ok(sold) => metrics::gauge!(SALE_SOLD, "sale" => id, "source" => "store")
-                            .set(sold as f64),
-                        Err(e) => tracing::warn!(sale = %id, error = %e, "store counters not read"),
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "sales not read for /metrics"),
-        }
-        self.handle.render()
-    }
-}
-
-impl Default for Exporter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Reads the Kafka bus's lag and dead letters every `every` (a scrape must not wait on
-/// the broker), until `stop`.
-pub async fn watch_bus(
-    bus: crate::bus::BusSettings,
-    every: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    if bus.url == crate::bus::BusUrl::Memory {
-        return;
-    }
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match crate::bus::consumer_lag(&bus).await {
-            Ok(Some(lag)) => metrics::gauge!(BUS_LAG).set(lag as f64),
-            Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, "bus lag not read"),
-        }
-        match crate::worker::dead_letters(&bus, false).await {
-            Ok(letters) => metrics::gauge!(DLQ_SIZE).set(letters.letters.len() as f64),
-            Err(e) => tracing::debug!(error = %e, "dead letters not read"),
-        }
     }
 }

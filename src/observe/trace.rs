@@ -9,6 +9,11 @@
 /// out, and so cost nothing when no exporter is on).
 pub const TARGET: &str = "otel";
 
+/// The trace exporter could not be built (a bad endpoint).
+#[derive(Debug, thiserror::Error)]
+#[error("trace exporter: {0}")]
+pub struct TraceError(pub String);
+
 #[cfg(feature = "otel")]
 mod enabled {
     use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -32,7 +37,7 @@ mod enabled {
     pub fn layer<S>(
         endpoint: &str,
         service: &str,
-    ) -> anyhow::Result<(impl tracing_subscriber::Layer<S>, Exporter)>
+    ) -> Result<(impl tracing_subscriber::Layer<S>, Exporter), super::TraceError>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
@@ -40,7 +45,8 @@ mod enabled {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-            .build()?;
+            .build()
+            .map_err(|e| super::TraceError(e.to_string()))?;
         let resource = opentelemetry_sdk::Resource::builder()
             .with_service_name(service.to_string())
             .build();

@@ -158,9 +158,9 @@ impl Server {
                 std::time::Duration::from_millis(config.live_update_ms),
                 stop_http.clone(),
             ),
-            metrics: Arc::new(crate::observe::metrics::Exporter::new()),
+            metrics: Arc::new(crate::exporter::MetricsPage::new()),
         });
-        tokio::spawn(crate::observe::metrics::watch_bus(
+        tokio::spawn(crate::exporter::watch_bus(
             config.bus_settings(),
             std::time::Duration::from_secs(5),
             stop_sweeper.clone(),
@@ -176,9 +176,8 @@ impl Server {
 
         if config.status_interval_s > 0 {
             // Ends with the sweeper's token.
-            tokio::spawn(crate::observe::status::print_status(
+            tokio::spawn(crate::exporter::print_status(
                 engine.clone(),
-                crate::observe::metrics::install(),
                 std::time::Duration::from_secs(config.status_interval_s),
                 stop_sweeper.clone(),
             ));
