@@ -122,16 +122,3 @@ impl FromRequestParts<AppState> for ClientIp {
         )))
     }
 }
-
-/// A place among the purchases in flight (`crate::protect::Overload`), held for the
-/// request; none left is 503 `overloaded` at once. An extractor, taken first, so the
-/// refusal costs no other work.
-pub struct InFlight(#[allow(dead_code)] crate::protect::overload::InFlightPlace);
-
-impl FromRequestParts<AppState> for InFlight {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.overload.enter().map(InFlight).map_err(ApiError::from)
-    }
-}

@@ -201,3 +201,19 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+impl From<crate::engine::AdmissionError> for ApiError {
+    fn from(e: crate::engine::AdmissionError) -> Self {
+        use crate::engine::AdmissionError;
+        match e {
+            AdmissionError::Shed(shed) => shed.into(),
+            AdmissionError::RateLimited(limited) => limited.into(),
+            AdmissionError::AdminMayNotBuy => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the admin token does not buy: buyers use their own token",
+            ),
+            AdmissionError::Engine(e) => e.into(),
+        }
+    }
+}

@@ -15,7 +15,7 @@ use crate::test_support::FaultyStore;
 /// An engine on a SQLite store with faults on demand, its group-commit writer
 /// running, and one sale.
 pub(crate) struct Fixture {
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
     pub store: Arc<FaultyStore>,
     pub sale: String,
     pub stop: CancellationToken,
@@ -61,6 +61,7 @@ impl Fixture {
         ));
         let engine = Engine::start(setup.gate, (setup.bus)(bus), store.clone(), setup.settings)
             .await
+            .map(Arc::new)
             .unwrap();
         let sale = engine
             .create_sale(NewSale {
@@ -98,9 +99,21 @@ impl Fixture {
             quantity: Some(1),
             items: None,
         };
-        self.engine
-            .purchase(&self.sale, request, key.map(String::from))
+        let head = super::PurchaseHead {
+            sale_id: self.sale.clone(),
+            buyer: super::Buyer::Anonymous,
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            key: key.map(String::from),
+            arrived: None,
+        };
+        match super::Admission::unlimited(self.engine.clone())
+            .purchase(head, request)
             .await
+        {
+            Ok(order) => Ok(order),
+            Err(super::AdmissionError::Engine(e)) => Err(e),
+            Err(other) => panic!("no limits here: {other}"),
+        }
     }
 
     pub async fn remaining(&self) -> Vec<u32> {

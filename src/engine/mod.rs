@@ -2,13 +2,15 @@
 //! only once the order is durable; a failure after the gate releases the reservation
 //! before the buyer hears of it. One concern per file:
 //!
-//! - `purchase.rs`: decide → publish → confirm or release; replays of a key.
+//! - `admission.rs`: the purchase's ordered checks, up to an admitted purchase.
+//! - `purchase.rs`: placing it: decide → publish → confirm or release; replays of a key.
 //! - `orders.rs`: the order lifecycle: pay, cancel, expire, and giving units back.
 //! - `recovery.rs`: the one place that rebuilds a sale the gate lost.
 //! - `sweeper.rs`: the periodic pass that expires unpaid orders and finishes releases.
 //! - `sales.rs`: creating sales and reading them (a cache; a read never rebuilds).
 //! - `controls.rs`: an operator ends, pauses, resumes a sale or adds stock.
 
+mod admission;
 mod controls;
 #[cfg(test)]
 mod fixture;
@@ -21,6 +23,7 @@ mod sweeper;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use admission::{Admission, AdmissionError, Admitted, Buyer, Opened, PurchaseHead, Slot};
 pub use recovery::snapshot;
 pub use sales::SaleState;
 pub use sweeper::{Sweep, run as run_sweeper};

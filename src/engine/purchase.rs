@@ -10,11 +10,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::admission::Admitted;
 use super::{Engine, EngineError};
 use crate::bus::{BusError, OrderBus};
-use crate::domain::{
-    Order, PurchaseRequest, Refusal, Sale, ValidPurchase, now_millis, validate_purchase,
-};
+use crate::domain::{Order, Sale, now_millis};
 use crate::gate::{Decision, GateError, KeyAnswer, StockGate};
 use crate::observe::metrics::{Stage, StageTimer};
 use crate::observe::trace;
@@ -78,53 +77,15 @@ impl Drop for Watching<'_> {
 }
 
 impl Engine {
-    /// Places an order, or says why not.
-    pub async fn purchase(
-        &self,
-        sale_id: &str,
-        request: PurchaseRequest,
-        key: Option<String>,
-    ) -> Result<Arc<Order>, EngineError> {
-        let sale = self.sale(sale_id).await?;
-        self.purchase_in(sale, request, key).await
-    }
-
-    /// The same, for a sale the caller already looked up.
-    pub async fn purchase_in(
-        &self,
-        sale: Arc<Sale>,
-        request: PurchaseRequest,
-        key: Option<String>,
-    ) -> Result<Arc<Order>, EngineError> {
-        let purchase = self.validate(&sale, request)?;
-        self.place_purchase(sale, purchase, key).await
-    }
-
-    /// Checks a purchase against its sale (quantities, items, buyer id): 400 material.
-    pub fn validate(
-        &self,
-        sale: &Sale,
-        request: PurchaseRequest,
-    ) -> Result<ValidPurchase, EngineError> {
-        validate_purchase(sale, request).map_err(|e| EngineError::Invalid(e.to_string()))
-    }
-
-    /// The refusal a keyless purchase would surely get, if the gate can tell at once
-    /// (see `StockGate::quick_refusal`).
-    pub fn quick_refusal(&self, sale: &Sale, key: Option<&str>) -> Option<Refusal> {
-        match key {
-            None => self.gate.quick_refusal(sale, now_millis()),
-            Some(_) => None,
-        }
-    }
-
-    /// Decides a checked purchase and, when reserved, makes it durable.
-    pub async fn place_purchase(
-        &self,
-        sale: Arc<Sale>,
-        purchase: ValidPurchase,
-        key: Option<String>,
-    ) -> Result<Arc<Order>, EngineError> {
+    /// Decides an admitted purchase and, when reserved, makes it durable: the one way
+    /// into a purchase (`Admission` lets it in).
+    pub async fn place(&self, admitted: Admitted) -> Result<Arc<Order>, EngineError> {
+        let Admitted {
+            sale,
+            purchase,
+            key,
+            _slot,
+        } = admitted;
         let order_id = uuid::Uuid::now_v7().simple().to_string();
         let now = now_millis();
         let reserve = self
@@ -172,7 +133,7 @@ impl Engine {
                 // behind; a retry with the same key then gets its answer.
                 // In the request's trace (the Kafka message carries it to the worker).
                 let placing = tokio::spawn(
-                    place(
+                    publish_then_settle(
                         self.gate.clone(),
                         self.bus.clone(),
                         bus_permit,
@@ -314,7 +275,7 @@ async fn delay_here_if_asked(point: &str) {
 
 /// Publishes a reserved order, then confirms the reservation, or releases it when the
 /// bus surely did not take the order. Replays of its key are woken either way.
-async fn place(
+async fn publish_then_settle(
     gate: Arc<dyn StockGate>,
     bus: Arc<dyn OrderBus>,
     bus_permit: Permit,
@@ -367,6 +328,7 @@ async fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{PurchaseRequest, validate_purchase};
     use crate::engine::fixture::{Fixture, Setup};
     use crate::gate::LocalGate;
 

@@ -488,15 +488,10 @@ impl LocalGate {
         let state = sales
             .get(&sale.id)
             .ok_or_else(|| GateError::UnknownSale(sale.id.clone()))?;
-        let window = sale.window_refusal(now);
-        if key.is_none() {
-            if let Some(refusal) = window {
-                return Ok(Decision::Refused(refusal));
-            }
-            if state.sold_out.load(Ordering::SeqCst) {
-                return Ok(Decision::Refused(Refusal::SoldOut));
-            }
+        if let Some(refusal) = self.quick_refusal(sale, key, now) {
+            return Ok(Decision::Refused(refusal));
         }
+        let window = sale.window_refusal(now);
         let user = purchase.user_id.as_str();
         let mut shard = self.shard(state, user).lock();
         let mut live_keys = 0;
@@ -709,16 +704,12 @@ impl StockGate for LocalGate {
         Ok(())
     }
 
-    fn quick_refusal(&self, sale: &Sale, now: Millis) -> Option<Refusal> {
-        // The same answers `decide` gives a keyless purchase first.
-        let sales = self.sales.load();
-        let state = sales.get(&sale.id)?;
-        sale.window_refusal(now).or_else(|| {
-            state
-                .sold_out
-                .load(Ordering::SeqCst)
-                .then_some(Refusal::SoldOut)
-        })
+    fn judges_window_here(&self) -> bool {
+        true
+    }
+
+    fn known_sold_out(&self, sale: &Sale) -> bool {
+        (self.sales.load().get(&sale.id)).is_some_and(|state| state.sold_out.load(Ordering::SeqCst))
     }
 
     async fn confirm(&self, sale: &Sale, order: &Order) -> Result<(), GateError> {

@@ -314,11 +314,32 @@ pub trait StockGate: Send + Sync + 'static {
         Ok(0)
     }
 
-    /// The refusal a purchase without an `Idempotency-Key` would surely get, when the
-    /// gate can tell without a round trip (the local gate: the window, or every item
-    /// sold out); `None` when it cannot. Lets a sold-out sale answer before the rate
-    /// limits are counted. Never used for keyed purchases: a key may replay its order.
-    fn quick_refusal(&self, _sale: &Sale, _now: Millis) -> Option<Refusal> {
-        None
+    /// Whether this process judges the sale window on its own clock (the local gate);
+    /// Redis judges it on its own, in the script.
+    fn judges_window_here(&self) -> bool {
+        false
+    }
+
+    /// Whether this process knows, without a round trip, that every item of the sale is
+    /// sold out (the local gate's flag; the Redis gate's recent sight of a sold-out).
+    fn known_sold_out(&self, _sale: &Sale) -> bool {
+        false
+    }
+
+    /// The refusal a purchase would surely get, decided without a round trip from the
+    /// two primitives above: only for a purchase without an `Idempotency-Key` (a key
+    /// may replay an order that got its units), the window when this process judges it,
+    /// then a known sold-out. The admission asks it before a purchase's body is read or
+    /// its rate limits counted; the backends ask it first in `reserve`.
+    fn quick_refusal(&self, sale: &Sale, key: Option<&str>, now: Millis) -> Option<Refusal> {
+        if key.is_some() {
+            return None;
+        }
+        if self.judges_window_here()
+            && let Some(refusal) = sale.window_refusal(now)
+        {
+            return Some(refusal);
+        }
+        self.known_sold_out(sale).then_some(Refusal::SoldOut)
     }
 }

@@ -362,9 +362,8 @@ impl StockGate for RedisGate {
     ) -> Result<Decision, GateError> {
         // The sale window is decided in the script, on Redis's clock: a gateway whose
         // clock runs ahead opens no sale early. (`now` is this gateway's clock.)
-        let _ = now;
-        if key.is_none() && self.locally_sold_out(&sale.id) {
-            return Ok(Decision::Refused(Refusal::SoldOut));
+        if let Some(refusal) = self.quick_refusal(sale, key, now) {
+            return Ok(Decision::Refused(refusal));
         }
         let keys = SaleKeys::new(&sale.id);
         let (idem, index) = match key {
@@ -573,10 +572,10 @@ impl StockGate for RedisGate {
             .collect())
     }
 
-    /// The answer `reserve` gives a keyless purchase without asking Redis: the sale this
-    /// gateway saw sold out within `SOLD_OUT_TTL`. The window is Redis's to judge.
-    fn quick_refusal(&self, sale: &Sale, _now: Millis) -> Option<Refusal> {
-        self.locally_sold_out(&sale.id).then_some(Refusal::SoldOut)
+    /// The sale this gateway saw sold out within `SOLD_OUT_TTL`. The window is Redis's
+    /// to judge.
+    fn known_sold_out(&self, sale: &Sale) -> bool {
+        self.locally_sold_out(&sale.id)
     }
 }
 

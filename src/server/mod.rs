@@ -143,16 +143,20 @@ impl Server {
             .map(|l| l.local_addr())
             .transpose()
             .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
-        let limits = Arc::new(RateLimiters::new(config.rate_defaults()));
+        let admission = Arc::new(engine::Admission::new(
+            engine.clone(),
+            Arc::new(RateLimiters::new(config.rate_defaults())),
+            Arc::new(Overload::new(config.overload_limits())),
+            auth.buyers_need_tokens(),
+        ));
         let trusted_proxies = Arc::new(config.trusted_proxies().map_err(StartError::Config)?);
         let stop_sweeper = CancellationToken::new();
         let stop_http = CancellationToken::new();
         let state = AppState::new(AppParts {
             engine: engine.clone(),
             auth,
-            limits: limits.clone(),
+            admission: admission.clone(),
             trusted_proxies: trusted_proxies.clone(),
-            overload: Arc::new(Overload::new(config.overload_limits())),
             feeds: crate::live::SaleFeeds::new(
                 engine.clone(),
                 std::time::Duration::from_millis(config.live_update_ms),
@@ -187,7 +191,7 @@ impl Server {
             std::time::Duration::from_millis(config.sweep_interval_ms),
             stop_sweeper.clone(),
         ));
-        let forgetter = tokio::spawn(forget_idle_rate_keys(limits, stop_sweeper.clone()));
+        let forgetter = tokio::spawn(forget_idle_rate_keys(admission, stop_sweeper.clone()));
         let public_limits = config.connection_limits();
         // The internal listener's slots are its own; its clients (probes, the payment
         // service, a scraper) are few and known, so no per-address share.
@@ -280,16 +284,16 @@ async fn create_sample_sales(engine: &Engine) -> Result<(), EngineError> {
 }
 
 /// Forgets the rate-limit keys that went quiet, every second, until `stop`.
-async fn forget_idle_rate_keys(limits: Arc<RateLimiters>, stop: CancellationToken) {
+async fn forget_idle_rate_keys(admission: Arc<engine::Admission>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
-                let limits = limits.clone();
+                let admission = admission.clone();
                 // Sweeping a few hundred thousand keys takes milliseconds: off the
                 // request threads.
-                let held = tokio::task::spawn_blocking(move || limits.forget_idle()).await;
+                let held = tokio::task::spawn_blocking(move || admission.forget_idle()).await;
                 tracing::trace!(?held, "rate-limit keys held");
             }
         }

@@ -723,7 +723,9 @@ async fn added_stock_is_added_once_and_clears_the_sold_out_flag() {
             .unwrap(),
         Decision::Reserved { .. }
     ));
-    assert_eq!(gate.quick_refusal(&s, now), Some(Refusal::SoldOut));
+    assert_eq!(gate.quick_refusal(&s, None, now), Some(Refusal::SoldOut));
+    // A keyed purchase may replay the order that took the last unit: never refused early.
+    assert_eq!(gate.quick_refusal(&s, Some("k"), now), None);
     let (mut three, mut six) = (s.clone(), s.clone());
     three.items[0].stock = 3;
     six.items[0].stock = 6;
@@ -731,7 +733,7 @@ async fn added_stock_is_added_once_and_clears_the_sold_out_flag() {
         gate.update_sale(update).await.unwrap();
     }
     assert_eq!(gate.remaining(&s).await.unwrap(), vec![5]);
-    assert_eq!(gate.quick_refusal(&six, now), None);
+    assert_eq!(gate.quick_refusal(&six, None, now), None);
 }
 
 /// One entry per buyer holds their units and keys (bench 7): it outlives its units while

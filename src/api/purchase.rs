@@ -1,0 +1,84 @@
+//! `POST /api/sales/{id}/purchase`: extract → `Admission::before_body` → read the body →
+//! `Admission::admit` → `Engine::place`. The order of the checks, and so which refusal
+//! a purchase gets when several apply, is `crate::engine::admission`'s.
+
+use axum::extract::{Extension, FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, extract::FromRequestParts, http::request::Parts};
+
+use super::caller::{Caller, ClientIp};
+use super::extract::{IdempotencyKey, JsonBody};
+use super::openapi::Problem;
+use super::{ApiError, AppState, OrderView};
+use crate::domain::PurchaseRequest;
+use crate::engine::{Buyer, PurchaseHead, Slot};
+use crate::protect::Arrival;
+
+/// Buys: 202 once the order is durable, or a refusal with its code.
+///
+/// Precedence: on a sale this gateway knows to be sold out, ended or not started, a
+/// purchase without an `Idempotency-Key` is refused with that code (409) before its body
+/// is read, so a malformed body gets `sold_out` there, not 400. A purchase with a key
+/// goes the whole way (it may be the retry of one that got a unit).
+#[utoipa::path(post, path = "/api/sales/{id}/purchase", tag = "purchases",
+    request_body = PurchaseRequest,
+    params(
+        ("id" = String, Path, description = "The sale's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key gets the same order")
+    ),
+    security((), ("buyer_token" = [])),
+    responses(
+        (status = 202, description = "The order, durable", body = OrderView),
+        (status = 400, description = "`invalid_request`: malformed body, bad quantity or items, bad `Idempotency-Key`, `user_id` given with buyer tokens on", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`: buyer tokens are on and the token is missing, expired or forged", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: the admin token does not buy", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sold_out`, `limit_reached`, `not_started`, `ended`, `paused`, `request_in_progress`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`idempotency_key_reused`: the key was used for another purchase", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited` (`Retry-After`, `RateLimit-Policy`, `RateLimit`) or `too_many_keys`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` (too many in flight), `timeout` (waited too long), `unavailable` (a backend failing); `Retry-After`", body = Problem, content_type = "application/problem+json")
+    ))]
+pub(super) async fn purchase(
+    // First: past `max_in_flight_purchases`, 503 `overloaded` before any other work.
+    InFlight(slot): InFlight,
+    State(state): State<AppState>,
+    arrival: Option<Extension<Arrival>>,
+    Path(sale_id): Path<String>,
+    caller: Caller,
+    ClientIp(ip): ClientIp,
+    IdempotencyKey(key): IdempotencyKey,
+    // Read only once the checks before it passed.
+    body: Request,
+) -> Result<Response, ApiError> {
+    let head = PurchaseHead {
+        sale_id,
+        buyer: match caller {
+            Caller::Anyone => Buyer::Anonymous,
+            Caller::Buyer(sub) => Buyer::Token(sub),
+            Caller::Admin => Buyer::Admin,
+        },
+        ip,
+        key,
+        arrived: arrival.map(|Extension(a)| a.at),
+    };
+    let opened = state.admission.before_body(slot, head).await?;
+    let JsonBody(request) = JsonBody::<PurchaseRequest>::from_request(body, &state).await?;
+    let admitted = state.admission.admit(opened, request)?;
+    let order = state.engine.place(admitted).await?;
+    Ok((StatusCode::ACCEPTED, Json(OrderView::from(&*order))).into_response())
+}
+
+/// A place among the purchases in flight, taken before every other extractor, so that
+/// the refusal costs no other work.
+pub(super) struct InFlight(Slot);
+
+impl FromRequestParts<AppState> for InFlight {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Ok(InFlight(state.admission.enter()?))
+    }
+}

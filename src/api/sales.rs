@@ -1,0 +1,70 @@
+//! Sales: creating one (admin) and reading them. The operator's controls of a running
+//! sale are in `controls.rs`; its live events in `events.rs`.
+
+use axum::Json;
+use axum::extract::Path;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::caller::Admin;
+use super::extract::JsonBody;
+use super::openapi::Problem;
+use super::{ApiError, AppState, SaleView};
+use crate::domain::NewSale;
+
+/// Creates a sale (admin).
+#[utoipa::path(post, path = "/api/sales", tag = "sales", request_body = NewSale,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "The sale, with its `id` (also in `Location`)", body = SaleView),
+        (status = 400, description = "`invalid_request`: malformed JSON, wrong or unknown fields, bad stock, items, limit, window or rate limits", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`: no or a wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`: not JSON", body = Problem, content_type = "application/problem+json")
+    ))]
+pub(super) async fn create_sale(
+    State(state): State<AppState>,
+    _: Admin,
+    JsonBody(new): JsonBody<NewSale>,
+) -> Result<Response, ApiError> {
+    let sale = state.engine.create_sale(new).await?;
+    let view = SaleView::from(sale);
+    let location = format!("/api/sales/{}", view.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response())
+}
+
+/// The sales, newest first (at most 100), with their remaining stock.
+#[utoipa::path(get, path = "/api/sales", tag = "sales",
+    responses(
+        (status = 200, description = "The sales", body = Vec<SaleView>),
+        (status = 429, description = "`rate_limited`: this address is over `rate_per_ip`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: the gate or the store is failing", body = Problem, content_type = "application/problem+json")
+    ))]
+pub(super) async fn list_sales(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<SaleView>>, ApiError> {
+    let sales = state.engine.recent_sales(100).await?;
+    Ok(Json(sales.into_iter().map(SaleView::from).collect()))
+}
+
+/// A sale and its remaining stock.
+#[utoipa::path(get, path = "/api/sales/{id}", tag = "sales",
+    params(("id" = String, Path, description = "The sale's id")),
+    responses(
+        (status = 200, description = "The sale", body = SaleView),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: this address is over `rate_per_ip` (`Retry-After`, `RateLimit-Policy`, `RateLimit`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: the gate or the store is failing", body = Problem, content_type = "application/problem+json")
+    ))]
+pub(super) async fn get_sale(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SaleView>, ApiError> {
+    Ok(Json(state.engine.sale_state(&id).await?.into()))
+}
