@@ -168,7 +168,7 @@ fn refusal_body(code: &'static str, detail: &'static str) -> &'static [u8] {
     }
     let body: &'static [u8] =
         Box::leak(problem_bytes(StatusCode::CONFLICT, code, detail).into_boxed_slice());
-    *bodies.write().entry(key).or_insert(body)
+    bodies.write().entry(key).or_insert(body)
 }
 
 impl IntoResponse for ApiError {

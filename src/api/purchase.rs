@@ -21,6 +21,7 @@ use crate::protect::Arrival;
 /// purchase without an `Idempotency-Key` is refused with that code (409) before its body
 /// is read, so a malformed body gets `sold_out` there, not 400. A purchase with a key
 /// goes the whole way (it may be the retry of one that got a unit).
+#[allow(clippy::too_many_arguments)] // the extractors, in the order they run
 #[utoipa::path(post, path = "/api/sales/{id}/purchase", tag = "purchases",
     request_body = PurchaseRequest,
     params(

@@ -152,10 +152,10 @@ impl NewSale {
         }
         let starts_at = self.starts_at.map(|t| t.timestamp_millis()).unwrap_or(now);
         let ends_at = self.ends_at.map(|t| t.timestamp_millis());
-        if let Some(end) = ends_at {
-            if end <= starts_at {
-                return Err(invalid("ends_at must be after starts_at"));
-            }
+        if let Some(end) = ends_at
+            && end <= starts_at
+        {
+            return Err(invalid("ends_at must be after starts_at"));
         }
         Ok(Sale {
             id,

@@ -190,7 +190,7 @@ fn latency_chart(report: &LoadReport) -> String {
             x = x_of(nines)
         );
     }
-    if hist.len() > 0 {
+    if !hist.is_empty() {
         let points: Vec<String> = (0..=200)
             .map(|step| {
                 let nines = step as f64 / 200.0 * NINES;

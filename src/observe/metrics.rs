@@ -188,7 +188,10 @@ pub fn refused(code: &str) {
 
 /// `HTTP_REQUESTS` by (route, method, status): counters looked up once.
 #[derive(Default)]
-struct RequestCounters(RwLock<HashMap<String, Vec<(Method, u16, Counter)>>>);
+struct RequestCounters(RwLock<HashMap<String, Vec<CounterOf>>>);
+
+/// A counter of `HTTP_REQUESTS` and the method and status it counts (of one route).
+type CounterOf = (Method, u16, Counter);
 
 impl RequestCounters {
     fn count(&self, route: &str, method: &Method, status: u16) {

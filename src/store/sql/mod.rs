@@ -56,8 +56,7 @@ impl SqlStore {
             // a connection whose cache another one had made stale) and holds the guard.
             Dialect::Sqlite => {
                 sqlite_layout::relayout(&pool).await?;
-                let writer = Self::pool(dialect, &url, 1, Role::Writer).await?;
-                writer
+                Self::pool(dialect, &url, 1, Role::Writer).await?
             }
             Dialect::Postgres => pool.clone(),
         };
