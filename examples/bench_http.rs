@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     let server_rt = runtime(pinned.then_some(0))?;
     let client_rt = runtime(pinned.then_some(1))?;
     let dir = tempfile::tempdir()?;
-    let config = Config {
+    let mut config = Config {
         status_interval_s: 0,
         sample_sales: false,
         listen: "127.0.0.1:0".into(),
@@ -95,16 +95,16 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()))
             .parse()
             .map_err(anyhow::Error::msg)?,
-        // The rate limits at their defaults: each request from a new buyer, and from one
-        // of 65,536 client addresses (a random X-Forwarded-For from both clients, trusted
-        // from loopback), so that both limiters count without refusing any.
-        trusted_proxies: vec!["127.0.0.1".into()],
-        // Kafka: topics and a worker group of this run's own (a group shared across runs
-        // stalled on tansu).
-        topic_prefix: format!("bench-{}.", std::process::id()),
-        worker_group: format!("bench-{}", std::process::id()),
         ..Config::default()
     };
+    // The rate limits at their defaults: each request from a new buyer, and from one of
+    // 65,536 client addresses (a random X-Forwarded-For from both clients, trusted from
+    // loopback), so that both limiters count without refusing any.
+    config.protection.trusted_proxies = vec!["127.0.0.1".into()];
+    // Kafka: topics and a worker group of this run's own (a group shared across runs
+    // stalled on tansu).
+    config.kafka.topic_prefix = format!("bench-{}.", std::process::id());
+    config.kafka.worker_group = format!("bench-{}", std::process::id());
     // `block_on` polls on this thread, and the store's SQLite threads start from the
     // thread that opens them: this one is on the server's CPU while the server starts
     // (before, they were left free to run on the client's CPU), and on the client's after.
@@ -694,10 +694,7 @@ async fn start_worker(config: &Config) -> anyhow::Result<Option<tokio::task::Joi
     }
     let store = flashsale::store::connect(&config.store).await?;
     let bus = config.bus_settings();
-    let (max_batch, linger) = (
-        config.batch_max,
-        Duration::from_millis(config.worker_linger_ms),
-    );
+    let (max_batch, linger) = (config.orders.batch_max, config.kafka.worker_linger());
     Ok(Some(tokio::spawn(async move {
         let stop = std::future::pending();
         if let Err(e) = flashsale::worker::consume_bus(&bus, max_batch, linger, store, stop).await {

@@ -189,20 +189,20 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let dir = tempfile::tempdir()?;
-    let config = Config {
+    let mut config = Config {
         status_interval_s: 0,
         sample_sales: false,
         listen: "127.0.0.1:0".into(),
         store: format!("sqlite://{}", dir.path().join("fuzz.db").display())
             .parse()
             .map_err(anyhow::Error::msg)?,
-        admin_token: Some(ADMIN.into()),
-        auth_secret: Some(SECRET.into()),
-        payment_secret: Some("payment-secret-for-the-fuzzer".into()),
-        rate_per_buyer: RateLimit::Off,
-        rate_per_ip: RateLimit::Off,
         ..Config::default()
     };
+    config.auth.admin_token = Some(ADMIN.into());
+    config.auth.auth_secret = Some(SECRET.into());
+    config.auth.payment_secret = Some("payment-secret-for-the-fuzzer".into());
+    config.protection.rate_per_buyer = RateLimit::Off;
+    config.protection.rate_per_ip = RateLimit::Off;
     let server = rt.block_on(Server::start(&config))?;
     let base = format!("http://{}", server.addr);
     let sale = rt.block_on(async {

@@ -111,15 +111,15 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     let store_url: store::StoreUrl = format!("sqlite://{}", dir.path().join("demo.db").display())
         .parse()
         .expect("a sqlite url");
-    let config = Config {
+    let mut config = Config {
         status_interval_s: 0,
         sample_sales: false,
         listen: "127.0.0.1:0".into(),
         store: store_url.clone(),
-        // The simulated buyers all come from this machine: one address.
-        rate_per_ip: RateLimit::Off,
         ..Config::default()
     };
+    // The simulated buyers all come from this machine: one address.
+    config.protection.rate_per_ip = RateLimit::Off;
     let server = Server::start(&config).await?;
     let base_url = format!("http://{}", server.addr);
     let client = Client::new(&base_url);

@@ -21,7 +21,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     args_override_self = true
 )]
 struct Cli {
-    /// Settings file (defaults < file < FLASHSALE_* env < flags).
+    /// Settings file (defaults < file < FLASHSALE_* env < flags). The defaults, each
+    /// commented, are config/default.toml in the sources.
     #[arg(long, global = true, default_value = "flashsale.toml")]
     config: PathBuf,
     /// Log lines for people (`human`) or as JSON objects (`json`), on stderr.
@@ -36,6 +37,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Serve the HTTP API (with the in-process bus it also runs the order writer).
     Serve(commands::serve::ServeArgs),
@@ -86,4 +88,73 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Token(args) => commands::token::run(config, args),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings_layer(args: &[&str]) -> serde_json::Value {
+        let cli = Cli::try_parse_from(args).unwrap();
+        match cli.command {
+            Command::Serve(args) => serde_json::to_value(args),
+            Command::Worker(args) | Command::Migrate(args) => serde_json::to_value(args),
+            Command::Token(args) => serde_json::to_value(args),
+            _ => unreachable!(),
+        }
+        .unwrap()
+    }
+
+    /// The defaults are config/default.toml's: a flag not given puts nothing in the
+    /// settings' last layer (a default of its own would hide the file and the
+    /// environment, and drift from the file).
+    #[test]
+    fn flags_not_given_set_no_setting() {
+        for args in [
+            &["flashsale", "serve"][..],
+            &["flashsale", "worker"],
+            &["flashsale", "migrate"],
+            &["flashsale", "token", "--user", "alice"],
+        ] {
+            assert_eq!(settings_layer(args), serde_json::json!({}), "{args:?}");
+        }
+    }
+
+    /// Every flag that is a setting is named as the setting is.
+    #[test]
+    fn flags_name_settings_that_exist() {
+        let settings = serde_json::to_value(flashsale::config::Config::default()).unwrap();
+        let layer = settings_layer(&[
+            "flashsale",
+            "serve",
+            "--listen=127.0.0.1:1",
+            "--admin-token=x",
+            "--admin-token-file=x",
+            "--auth-secret=x",
+            "--auth-secret-file=x",
+            "--auth-public-key=x",
+            "--auth-issuer=x",
+            "--auth-audience=x",
+            "--payment-secret=x",
+            "--payment-secret-file=x",
+            "--rate-per-buyer=off",
+            "--rate-per-ip=off",
+            "--trusted-proxy=10.0.0.0/8",
+            "--max-in-flight-purchases=1",
+            "--max-queue-time-ms=1",
+            "--breaker-failures=1",
+            "--breaker-cool-down-ms=1",
+            "--insecure",
+            "--buyers-authenticated-upstream",
+            "--status-every=1",
+            "--gate=local",
+            "--bus=memory",
+            "--store=sqlite://x",
+        ]);
+        let layer = layer.as_object().unwrap();
+        assert_eq!(layer.len(), 23, "{layer:?}");
+        for key in layer.keys() {
+            assert!(settings.get(key).is_some(), "--{key} is not a setting");
+        }
+    }
 }

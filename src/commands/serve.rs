@@ -52,12 +52,12 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     payment_secret_file: Option<PathBuf>,
-    /// Purchases per buyer and sale: `5/s burst 10` (the default), `600/min`, `off`.
+    /// Purchases per buyer and sale: `10/s`, `600/min burst 50`, `off`.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_per_buyer: Option<String>,
     /// Purchases per client address and sale, and apart other API requests per address:
-    /// `100/s burst 200` (the default), `off`.
+    /// `100/s burst 200`, `off`.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_per_ip: Option<String>,
@@ -65,20 +65,20 @@ pub struct ServeArgs {
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     #[serde(rename = "trusted_proxies", skip_serializing_if = "Vec::is_empty")]
     trusted_proxy: Vec<String>,
-    /// Purchases served at once; beyond it 503 `overloaded` at once (default 1024).
+    /// Purchases served at once; beyond it 503 `overloaded` at once.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_in_flight_purchases: Option<usize>,
     /// Longest a purchase may wait in the server before its decision, in ms (else 503
-    /// `timeout`; default 500).
+    /// `timeout`).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_queue_time_ms: Option<u64>,
-    /// Failures in a row of a backend after which requests fail fast (default 5).
+    /// Failures in a row of a backend after which requests fail fast.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     breaker_failures: Option<u32>,
-    /// How long a tripped breaker fails fast before a probe, in ms (default 2000).
+    /// How long a tripped breaker fails fast before a probe, in ms.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     breaker_cool_down_ms: Option<u64>,
@@ -91,7 +91,7 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     buyers_authenticated_upstream: bool,
-    /// Every how many seconds to print the status line (default 5).
+    /// Every how many seconds to print the status line.
     #[arg(long = "status-every", value_name = "SECONDS")]
     #[serde(rename = "status_interval_s", skip_serializing_if = "Option::is_none")]
     status_every: Option<u64>,

@@ -32,7 +32,7 @@ pub struct TokenArgs {
 
 pub fn run(config_file: &Path, args: TokenArgs) -> anyhow::Result<ExitCode> {
     let config = settings(config_file, &args)?;
-    let Some(secret) = config.auth_secret else {
+    let Some(secret) = config.auth.auth_secret else {
         bail!("no auth_secret: give --auth-secret, --auth-secret-file or FLASHSALE_AUTH_SECRET");
     };
     if !flashsale::domain::valid_user_id(&args.user) {

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 
@@ -18,9 +17,15 @@ pub async fn run(config_file: &Path, args: BackendArgs) -> anyhow::Result<ExitCo
         "flashsale worker consuming {} into {}",
         bus.url, config.store
     );
-    let linger = Duration::from_millis(config.worker_linger_ms);
-    flashsale::worker::consume_bus(&bus, config.batch_max, linger, store, shutdown_signal())
-        .await?;
+    let linger = config.kafka.worker_linger();
+    flashsale::worker::consume_bus(
+        &bus,
+        config.orders.batch_max,
+        linger,
+        store,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 

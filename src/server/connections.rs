@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 
 use axum::Router;
 
+use crate::config::HttpLimits;
 use crate::protect::{Arrival, TrustedProxies};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -41,6 +42,22 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// How long requests in flight may take to finish after a stop.
     pub shutdown_grace: Duration,
+}
+
+impl ConnectionLimits {
+    /// The public listener's limits, from the settings.
+    pub fn from_config(http: &HttpLimits) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: http.max_connections,
+            max_connections_per_ip: match http.max_connections_per_ip {
+                0 => (http.max_connections / 4).max(1),
+                n => n,
+            },
+            max_buffer: http.max_header_buffer,
+            header_read_timeout: Duration::from_millis(http.header_read_timeout_ms),
+            shutdown_grace: Duration::from_millis(http.shutdown_grace_ms),
+        }
+    }
 }
 
 /// Accepts connections until `stop`, then shuts down gracefully (see the module).

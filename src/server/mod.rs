@@ -77,7 +77,7 @@ pub struct Server {
 impl Server {
     pub async fn start(config: &Config) -> Result<Server, StartError> {
         let auth = Arc::new(config.auth()?);
-        if !config.is_open() && config.admin_token.is_none() {
+        if !config.is_open() && config.auth.admin_token.is_none() {
             return Err(StartError::Auth(crate::auth::AuthError::Setting(
                 "admin_token is needed once buyer tokens or payment signatures are on: \
                  without it nobody could create a sale"
@@ -90,9 +90,9 @@ impl Server {
         // buy as anyone).
         let anonymous_buyers = !auth.buyers_need_tokens();
         let refusal = if config.is_open() {
-            (!config.insecure).then_some(StartError::Insecure as fn(SocketAddr) -> StartError)
+            (!config.auth.insecure).then_some(StartError::Insecure as fn(SocketAddr) -> StartError)
         } else {
-            (anonymous_buyers && !config.buyers_authenticated_upstream)
+            (anonymous_buyers && !config.auth.buyers_authenticated_upstream)
                 .then_some(StartError::AnonymousBuyers as fn(SocketAddr) -> StartError)
         };
         if let Some(refusal) = refusal {
@@ -112,7 +112,7 @@ impl Server {
             tokio::spawn(worker::run_group_commit(
                 inbox,
                 store.clone(),
-                config.batch_max,
+                config.orders.batch_max,
                 stop_writer.clone(),
             ))
         });
@@ -172,8 +172,8 @@ impl Server {
         let app = api::router(
             state,
             api::BodyLimits {
-                default: config.body_limit,
-                create_sale: config.sale_body_limit,
+                default: config.http.body_limit,
+                create_sale: config.http.sale_body_limit,
             },
             config.body_read_timeout(),
         );
@@ -188,17 +188,17 @@ impl Server {
         }
         let sweeper = tokio::spawn(engine::run_sweeper(
             engine,
-            std::time::Duration::from_millis(config.sweep_interval_ms),
+            std::time::Duration::from_millis(config.orders.sweep_interval_ms),
             stop_sweeper.clone(),
         ));
         let forgetter = tokio::spawn(forget_idle_rate_keys(admission, stop_sweeper.clone()));
-        let public_limits = config.connection_limits();
+        let public_limits = ConnectionLimits::from_config(&config.http);
         // The internal listener's slots are its own; its clients (probes, the payment
         // service, a scraper) are few and known, so no per-address share.
         let internal = internal.map(|listener| {
             let limits = ConnectionLimits {
-                max_connections: config.internal_max_connections,
-                max_connections_per_ip: config.internal_max_connections,
+                max_connections: config.http.internal_max_connections,
+                max_connections_per_ip: config.http.internal_max_connections,
                 ..public_limits
             };
             tokio::spawn(connections::serve(

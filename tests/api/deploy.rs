@@ -100,6 +100,11 @@ fn the_dockerfile_builds_from_files_that_exist() {
             );
         }
     }
+    // The default settings are built into the binary (include_str!).
+    assert!(
+        text.contains("COPY config ./config"),
+        "the build needs config/"
+    );
     // Every feature it builds exists; the binary's default command is a real one.
     let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
     assert!(text.contains("--features kafka") && manifest.contains("\nkafka = "));

@@ -28,7 +28,7 @@ pub enum Answer {
     /// Try again: 503 (or another 5xx, or 429) with its code.
     Retry(u16, String),
     /// No HTTP answer (connection refused or reset, timeout).
-    NoAnswer(String),
+    Unanswered(String),
 }
 
 impl Answer {
@@ -200,12 +200,12 @@ impl Market {
             .await;
         let response = match sent {
             Ok(response) => response,
-            Err(e) => return Answer::NoAnswer(e.to_string()),
+            Err(e) => return Answer::Unanswered(e.to_string()),
         };
         let status = response.status().as_u16();
         let body: Value = match response.bytes().await {
             // A body cut off is no answer: the key is retried.
-            Err(e) => return Answer::NoAnswer(e.to_string()),
+            Err(e) => return Answer::Unanswered(e.to_string()),
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         };
         let code = body["code"].as_str().unwrap_or("").to_string();
