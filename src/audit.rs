@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md §2, checked one way for everyone: `demo` (answers and the
+//! The invariants of docs/architecture.md §2, checked one way for everyone: `demo` (answers and the
 //! store), `load` (answers alone) and `check` (store, gate and bus). Each check takes
 //! what its caller can see and adds the violations it finds, named I1–I6 as in the
 //! README, with the orders involved. Stock is always checked per item.

@@ -1,4 +1,4 @@
-//! Who is calling (DESIGN.md §3, "Who is the buyer"): buyers by a signed token (JWT),
+//! Who is calling (docs/architecture.md §3, "Who is the buyer"): buyers by a signed token (JWT),
 //! the payment service by an HMAC signature of what it sends, operators by the admin
 //! token. The API's extractors (`api::caller`) ask `Auth`; nothing here knows HTTP
 //! beyond header values.

@@ -173,7 +173,7 @@ impl OrderStatus {
     }
 }
 
-/// A status change of an order (DESIGN.md: every status change is an event).
+/// A status change of an order (docs/architecture.md §1.2: every status change is an event).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderEvent {
     pub v: u32,

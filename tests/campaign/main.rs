@@ -1,4 +1,4 @@
-//! The fault campaign (DESIGN.md §7, issue #10 item 9): the distributed deployments
+//! The fault campaign (docs/testing.md, "The fault campaign"): the distributed deployments
 //! under faults injected in the middle of a sale, judged against the invariants I1–I6.
 //!
 //! ```text

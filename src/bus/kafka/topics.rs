@@ -1,4 +1,4 @@
-//! The Kafka topics of DESIGN.md §4, behind an optional prefix (one cluster can then
+//! The Kafka topics of docs/architecture.md §4, behind an optional prefix (one cluster can then
 //! hold several independent deployments, or tests), and their creation.
 
 use std::time::Duration;
@@ -36,7 +36,7 @@ impl Topics {
     }
 }
 
-/// Creates the topics of DESIGN.md §4 when they are missing, with the replication the
+/// Creates the topics of docs/architecture.md §4 when they are missing, with the replication the
 /// settings ask for (`kafka_replication_factor`; by default 3, or the number of brokers
 /// when fewer) and `min.insync.replicas`, so that `acks=all` means that many copies.
 /// Topics that exist are left as they are.
