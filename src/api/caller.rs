@@ -5,10 +5,11 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 
 use super::AppState;
 use super::error::ApiError;
+use super::problems;
 use crate::auth::AuthError;
 use crate::protect::{Arrival, client_ip};
 
@@ -20,11 +21,11 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 pub fn unauthorized(error: AuthError) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string())
+    ApiError::new(problems::UNAUTHORIZED, error.to_string())
 }
 
 pub fn forbidden(detail: &'static str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    ApiError::new(problems::FORBIDDEN, detail)
 }
 
 /// The operator: admin routes take this first.

@@ -7,7 +7,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::domain::Refusal;
+use super::problems::{self, Problem};
+use crate::domain::{OrderStatus, Refusal};
 use crate::engine::EngineError;
 use crate::protect::{RateLimited, RateScope, Shed};
 
@@ -29,14 +30,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        code: &'static str,
-        detail: impl Into<Cow<'static, str>>,
-    ) -> Self {
+    pub fn new(problem: Problem, detail: impl Into<Cow<'static, str>>) -> Self {
         ApiError {
-            status,
-            code,
+            status: problem.status,
+            code: problem.code,
             detail: detail.into(),
             headers: None,
         }
@@ -50,7 +47,7 @@ impl ApiError {
     }
 
     pub fn invalid(detail: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
+        Self::new(problems::INVALID_REQUEST, detail)
     }
 }
 
@@ -62,7 +59,7 @@ impl From<RateLimited> for ApiError {
             RateScope::Buyer => "too many purchases by this buyer: retry after the time given",
             RateScope::Ip => "too many requests from this address: retry after the time given",
         };
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
+        ApiError::new(problems::RATE_LIMITED, detail)
             .with_header(
                 header::RETRY_AFTER,
                 value(limited.retry_after_secs().to_string()),
@@ -82,13 +79,11 @@ impl From<Shed> for ApiError {
     fn from(shed: Shed) -> Self {
         match shed {
             Shed::Overloaded => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
+                problems::OVERLOADED,
                 "too many purchases in flight: retry in a moment",
             ),
             Shed::TooLate(waited) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
+                problems::TIMEOUT,
                 format!(
                     "the request waited {} ms in the server before its turn, too long to \
                      be decided: retry",
@@ -101,7 +96,7 @@ impl From<Shed> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let (status, code) = match &e {
+        let problem = match &e {
             EngineError::Refused(refusal) => {
                 let detail = match refusal {
                     Refusal::SoldOut => "no stock left for this purchase",
@@ -110,25 +105,38 @@ impl From<EngineError> for ApiError {
                     Refusal::Ended => "the sale has ended",
                     Refusal::Paused => "the sale is paused; try again when it resumes",
                 };
-                return Self::new(StatusCode::CONFLICT, refusal.code(), detail);
+                let problem = match refusal {
+                    Refusal::SoldOut => problems::SOLD_OUT,
+                    Refusal::LimitReached => problems::LIMIT_REACHED,
+                    Refusal::NotStarted => problems::NOT_STARTED,
+                    Refusal::Ended => problems::ENDED,
+                    Refusal::Paused => problems::PAUSED,
+                };
+                return Self::new(problem, detail);
             }
-            EngineError::SaleNotFound(_) => (StatusCode::NOT_FOUND, "sale_not_found"),
-            EngineError::OrderNotFound(_) => (StatusCode::NOT_FOUND, "order_not_found"),
-            EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            EngineError::KeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
-            EngineError::InProgress => (StatusCode::CONFLICT, "request_in_progress"),
-            EngineError::TooManyKeys => (StatusCode::TOO_MANY_REQUESTS, "too_many_keys"),
-            EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            EngineError::SaleNotFound(_) => problems::SALE_NOT_FOUND,
+            EngineError::OrderNotFound(_) => problems::ORDER_NOT_FOUND,
+            EngineError::Invalid(_) => problems::INVALID_REQUEST,
+            EngineError::KeyReused => problems::IDEMPOTENCY_KEY_REUSED,
+            EngineError::InProgress => problems::REQUEST_IN_PROGRESS,
+            EngineError::TooManyKeys => problems::TOO_MANY_KEYS,
+            EngineError::Unavailable(_) => problems::UNAVAILABLE,
             // The code is the status that stands in the way: `expired`, `cancelled`, `paid`.
-            EngineError::OrderIs(status) => (StatusCode::CONFLICT, status.as_str()),
+            EngineError::OrderIs(status) => match status {
+                OrderStatus::Pending => problems::PENDING,
+                OrderStatus::Paid => problems::PAID,
+                OrderStatus::Expired => problems::EXPIRED,
+                OrderStatus::Cancelled => problems::CANCELLED,
+                OrderStatus::Failed => problems::FAILED,
+            },
         };
-        Self::new(status, code, e.to_string())
+        Self::new(problem, e.to_string())
     }
 }
 
 /// The problem document, written straight from borrowed fields.
 #[derive(Serialize)]
-struct Problem<'a> {
+struct ProblemDocument<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     title: &'static str,
@@ -138,7 +146,7 @@ struct Problem<'a> {
 }
 
 fn problem_bytes(status: StatusCode, code: &'static str, detail: &str) -> Vec<u8> {
-    serde_json::to_vec(&Problem {
+    serde_json::to_vec(&ProblemDocument {
         kind: "about:blank",
         title: status.canonical_reason().unwrap_or("error"),
         status: status.as_u16(),
@@ -209,8 +217,7 @@ impl From<crate::engine::AdmissionError> for ApiError {
             AdmissionError::Shed(shed) => shed.into(),
             AdmissionError::RateLimited(limited) => limited.into(),
             AdmissionError::AdminMayNotBuy => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
+                problems::FORBIDDEN,
                 "the admin token does not buy: buyers use their own token",
             ),
             AdmissionError::Engine(e) => e.into(),

@@ -17,7 +17,6 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use super::caller::{bearer, unauthorized};
-use super::openapi::Problem;
 use super::views::rfc3339;
 use super::{ApiError, AppState, SaleView};
 use crate::domain::OrderEvent;
@@ -43,12 +42,7 @@ pub(super) struct Watcher {
     ),
     security((), ("buyer_token" = [])),
     responses(
-        (status = 200, description = "`text/event-stream`: `sale` (the whole sale, a SaleView), `stock` (`{status, stock, remaining, ends_at, items: [changed items]}`), `order` (`{order_id, sale_id, user_id, status, at}`)", content_type = "text/event-stream", body = String),
-        (status = 400, description = "`invalid_request`: `user_id` given while buyer tokens are on", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`: a token that is expired or forged", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`: this address is over `rate_per_ip`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "`text/event-stream`: `sale` (the whole sale, a SaleView), `stock` (`{status, stock, remaining, ends_at, items: [changed items]}`), `order` (`{order_id, sale_id, user_id, status, at}`)", content_type = "text/event-stream", body = String)
     ))]
 pub(super) async fn sale_events(
     State(state): State<AppState>,

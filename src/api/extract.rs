@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use super::problems;
 
 /// A JSON body: 415 if it is not JSON, 413 if too large, 400 if malformed.
 pub struct JsonBody<T>(pub T);
@@ -23,8 +24,7 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                problems::UNSUPPORTED_MEDIA_TYPE,
                 "the body must be JSON with `Content-Type: application/json`",
             ));
         }
@@ -54,15 +54,13 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
     if timed_out(&rejection) {
         return ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            problems::REQUEST_TIMEOUT,
             "the request body did not arrive in time",
         );
     }
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            problems::PAYLOAD_TOO_LARGE,
             "the request body is larger than the server accepts",
         )
     } else {

@@ -15,6 +15,7 @@ pub mod openapi;
 mod operations;
 mod orders;
 mod pages;
+pub mod problems;
 mod purchase;
 mod sales;
 mod views;
@@ -24,7 +25,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -127,12 +127,7 @@ pub fn router(state: AppState, body_limits: BodyLimits, body_read_timeout: Durat
         // A body that trickles in is cut off (its read fails: 408, see `extract`).
         .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-            .into_response()
+            ApiError::new(problems::INTERNAL, "internal error").into_response()
         }))
         // Outermost: every answer (404s, refusals of the layers above, panics) has an id.
         .layer(crate::observe::logs::RequestIdLayer)
@@ -153,13 +148,9 @@ async fn limit_by_address(
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::new(problems::NOT_FOUND, "no such route")
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed here",
-    )
+    ApiError::new(problems::METHOD_NOT_ALLOWED, "method not allowed here")
 }

@@ -58,7 +58,7 @@ pub struct Problem {
         NewSale, NewItem, AddStock, SaleRateLimits, PurchaseRequest, SaleView, ItemView, SaleStatus,
         OrderView, OrderDetail, HistoryEntry, OrderStatus, Problem
     )),
-    modifiers(&Credentials),
+    modifiers(&Credentials, &ProblemResponses, &AnyRoute),
     tags(
         (name = "sales", description = "Creating and reading sales"),
         (name = "controls", description = "An operator's controls of a running sale (admin)"),
@@ -97,6 +97,64 @@ impl Modify for Credentials {
                     .build(),
             ),
         );
+    }
+}
+
+/// Each route's problem answers, from `problems::ROUTES`, one response per status whose
+/// description names its codes (the annotations leave them out).
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use std::collections::BTreeMap;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        for (method, path, groups) in super::problems::ROUTES {
+            let Some(item) = openapi.paths.paths.get_mut(*path) else {
+                continue;
+            };
+            let operation = match *method {
+                "get" => item.get.as_mut(),
+                "post" => item.post.as_mut(),
+                _ => None,
+            };
+            let Some(operation) = operation else { continue };
+            let mut by_status: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+            for problem in groups.iter().flat_map(|g| g.iter()) {
+                by_status
+                    .entry(problem.status.as_u16())
+                    .or_default()
+                    .push(format!("`{}`: {}", problem.code, problem.meaning));
+            }
+            for (status, codes) in by_status {
+                let response = ResponseBuilder::new()
+                    .description(codes.join("; "))
+                    .content(
+                        "application/problem+json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("Problem")))
+                            .build(),
+                    )
+                    .build();
+                operation
+                    .responses
+                    .responses
+                    .insert(status.to_string(), response.into());
+            }
+        }
+    }
+}
+
+/// The problems any route may answer, in the document's description.
+struct AnyRoute;
+
+impl Modify for AnyRoute {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let any: Vec<String> = super::problems::ANY_ROUTE
+            .iter()
+            .map(|p| format!("`{}` ({}): {}", p.code, p.status.as_u16(), p.meaning))
+            .collect();
+        let description = openapi.info.description.get_or_insert_with(String::new);
+        description.push_str(&format!(" Any route may also answer {}.", any.join("; ")));
     }
 }
 

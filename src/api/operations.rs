@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::openapi::{self, Problem};
+use super::openapi;
 use super::{ApiError, AppState};
 
 /// The API's OpenAPI document (see `openapi`).
@@ -78,8 +78,7 @@ pub(super) async fn healthz() -> &'static str {
 /// Whether the store answers.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "`ready`", body = String, content_type = "text/plain"),
-        (status = 503, description = "`unavailable`: the store does not answer", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "`ready`", body = String, content_type = "text/plain")
     ))]
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state.engine.ping().await?;

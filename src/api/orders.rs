@@ -3,11 +3,11 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 
 use super::caller::{Caller, bearer, forbidden, unauthorized};
 use super::extract::RawBody;
-use super::openapi::Problem;
+use super::problems;
 use super::{ApiError, AppState, OrderDetail};
 use crate::auth::{Auth, AuthError, SIGNATURE_HEADER};
 use crate::domain::Order;
@@ -23,8 +23,7 @@ pub(super) async fn visible_order(
     // admin token (issue #21).
     if *caller == Caller::Anyone && !state.auth.is_open() {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            problems::UNAUTHORIZED,
             "order routes need a buyer token or the admin token",
         ));
     }
@@ -41,11 +40,7 @@ pub(super) async fn visible_order(
     params(("id" = String, Path, description = "The order's id")),
     security((), ("buyer_token" = []), ("admin_token" = [])),
     responses(
-        (status = 200, description = "The order", body = OrderDetail),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`order_not_found` (also another buyer's order)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "The order", body = OrderDetail)
     ))]
 pub(super) async fn get_order(
     State(state): State<AppState>,
@@ -66,12 +61,7 @@ pub(super) async fn get_order(
     ),
     security((), ("admin_token" = [])),
     responses(
-        (status = 200, description = "The order, paid", body = OrderDetail),
-        (status = 401, description = "`unauthorized`: no, a forged or a stale signature", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`: a buyer cannot confirm a payment", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`order_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`expired`, `cancelled`, `failed`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "The order, paid", body = OrderDetail)
     ))]
 pub(super) async fn pay_order(
     State(state): State<AppState>,
@@ -120,12 +110,7 @@ fn check_payment_caller(
     params(("id" = String, Path, description = "The order's id")),
     security((), ("buyer_token" = []), ("admin_token" = [])),
     responses(
-        (status = 200, description = "The order, cancelled", body = OrderDetail),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`order_not_found` (also another buyer's order)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`expired`, `paid`, `failed`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "The order, cancelled", body = OrderDetail)
     ))]
 pub(super) async fn cancel_order(
     State(state): State<AppState>,

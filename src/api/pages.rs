@@ -2,11 +2,11 @@
 //! page at `/` and the operator dashboard at `/admin`, from `web/`, built in.
 
 use axum::extract::Path;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 
 use super::ApiError;
-use super::openapi::Problem;
+use super::problems;
 
 const INDEX: &str = include_str!("../../web/index.html");
 const ADMIN: &str = include_str!("../../web/admin.html");
@@ -48,8 +48,7 @@ pub(super) async fn admin() -> Html<&'static str> {
 #[utoipa::path(get, path = "/assets/{file}", tag = "pages",
     params(("file" = String, Path, description = "`app.js`, `admin.js` or `style.css`")),
     responses(
-        (status = 200, description = "The file", body = String),
-        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "The file", body = String)
     ))]
 pub(super) async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
@@ -61,6 +60,6 @@ pub(super) async fn asset(Path(file): Path<String>) -> Response {
             *body,
         )
             .into_response(),
-        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such file").into_response(),
+        None => ApiError::new(problems::NOT_FOUND, "no such file").into_response(),
     }
 }

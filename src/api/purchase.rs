@@ -9,7 +9,6 @@ use axum::{Json, extract::FromRequestParts, http::request::Parts};
 
 use super::caller::{Caller, ClientIp};
 use super::extract::{IdempotencyKey, JsonBody};
-use super::openapi::Problem;
 use super::{ApiError, AppState, OrderView};
 use crate::domain::PurchaseRequest;
 use crate::engine::{Buyer, PurchaseHead, Slot};
@@ -30,17 +29,7 @@ use crate::protect::Arrival;
     ),
     security((), ("buyer_token" = [])),
     responses(
-        (status = 202, description = "The order, durable", body = OrderView),
-        (status = 400, description = "`invalid_request`: malformed body, bad quantity or items, bad `Idempotency-Key`, `user_id` given with buyer tokens on", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`: buyer tokens are on and the token is missing, expired or forged", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`: the admin token does not buy", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`sold_out`, `limit_reached`, `not_started`, `ended`, `paused`, `request_in_progress`", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`idempotency_key_reused`: the key was used for another purchase", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited` (`Retry-After`, `RateLimit-Policy`, `RateLimit`) or `too_many_keys`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`overloaded` (too many in flight), `timeout` (waited too long), `unavailable` (a backend failing); `Retry-After`", body = Problem, content_type = "application/problem+json")
+        (status = 202, description = "The order, durable", body = OrderView)
     ))]
 pub(super) async fn purchase(
     // First: past `max_in_flight_purchases`, 503 `overloaded` before any other work.

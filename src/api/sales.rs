@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 
 use super::caller::Admin;
 use super::extract::JsonBody;
-use super::openapi::Problem;
 use super::{ApiError, AppState, SaleView};
 use crate::domain::NewSale;
 
@@ -17,11 +16,7 @@ use crate::domain::NewSale;
 #[utoipa::path(post, path = "/api/sales", tag = "sales", request_body = NewSale,
     security(("admin_token" = [])),
     responses(
-        (status = 201, description = "The sale, with its `id` (also in `Location`)", body = SaleView),
-        (status = 400, description = "`invalid_request`: malformed JSON, wrong or unknown fields, bad stock, items, limit, window or rate limits", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`: no or a wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`: not JSON", body = Problem, content_type = "application/problem+json")
+        (status = 201, description = "The sale, with its `id` (also in `Location`)", body = SaleView)
     ))]
 pub(super) async fn create_sale(
     State(state): State<AppState>,
@@ -42,9 +37,7 @@ pub(super) async fn create_sale(
 /// The sales, newest first (at most 100), with their remaining stock.
 #[utoipa::path(get, path = "/api/sales", tag = "sales",
     responses(
-        (status = 200, description = "The sales", body = Vec<SaleView>),
-        (status = 429, description = "`rate_limited`: this address is over `rate_per_ip`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`: the gate or the store is failing", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "The sales", body = Vec<SaleView>)
     ))]
 pub(super) async fn list_sales(
     State(state): State<AppState>,
@@ -57,10 +50,7 @@ pub(super) async fn list_sales(
 #[utoipa::path(get, path = "/api/sales/{id}", tag = "sales",
     params(("id" = String, Path, description = "The sale's id")),
     responses(
-        (status = 200, description = "The sale", body = SaleView),
-        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`: this address is over `rate_per_ip` (`Retry-After`, `RateLimit-Policy`, `RateLimit`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`: the gate or the store is failing", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "The sale", body = SaleView)
     ))]
 pub(super) async fn get_sale(
     State(state): State<AppState>,
