@@ -1,8 +1,11 @@
-//! Settings, layered: defaults < `flashsale.toml` < `FLASHSALE_*` environment < flags.
-//! Each setting is declared once here; the command line's flags (clap structs in
-//! `main.rs`) are merged in as one more layer. Backend URLs are parsed into typed values
-//! while the layers are read, and `validate` checks the rest before anything starts, so
-//! a bad setting is named at start, not discovered at its first use.
+//! Settings, layered: `config/default.toml` (built in) < `flashsale.toml` < `FLASHSALE_*`
+//! environment < flags. Each setting is declared once here (in `Config` or one of its
+//! flattened groups; the Kafka group is `crate::bus::KafkaSettings`) and given its
+//! default and its comment once, in `config/default.toml`; the command line's flags
+//! (clap structs in `src/commands/`, with no defaults of their own) are merged in as one
+//! more layer. Backend URLs are parsed into typed values while the layers are read, and
+//! `validate` checks the rest before anything starts, so a bad setting is named at
+//! start, not discovered at its first use.
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
