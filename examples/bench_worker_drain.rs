@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use flashsale::bus::{self, BusSettings};
+use flashsale::bus::{self, BusSettings, KafkaSettings};
 use flashsale::domain::{Item, Order, OrderStatus, Sale};
 use flashsale::store;
 use sqlx::{Connection, Executor};
@@ -64,13 +64,16 @@ async fn main() -> anyhow::Result<()> {
             .parse()
             .map_err(anyhow::Error::msg)?,
         capacity: 8192,
-        topic_prefix: format!("bench-{run}."),
-        worker_group: format!("bench-{run}"),
-        partitions: 4,
         timeout: Duration::from_secs(10),
-        replication_factor: None,
-        min_insync_replicas: None,
-        delivery_timeout: Duration::from_secs(10),
+        kafka: KafkaSettings {
+            topic_prefix: format!("bench-{run}."),
+            worker_group: format!("bench-{run}"),
+            kafka_partitions: 4,
+            kafka_replication_factor: None,
+            kafka_min_insync_replicas: None,
+            kafka_delivery_timeout_ms: 10_000,
+            worker_linger_ms: 5,
+        },
     };
     let (bus, _) = bus::connect(&settings).await?;
     let mut publishing = tokio::task::JoinSet::new();
@@ -90,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
     let worker = tokio::spawn({
         let store = store.clone();
         async move {
-            let linger = Duration::from_millis(5);
+            let linger = settings.kafka.worker_linger();
             flashsale::worker::consume_bus(&settings, 1024, linger, store, async {
                 let _ = stopped.await;
             })

@@ -1,8 +1,11 @@
-//! Settings, layered: defaults < `flashsale.toml` < `FLASHSALE_*` environment < flags.
-//! Each setting is declared once here; the command line's flags (clap structs in
-//! `main.rs`) are merged in as one more layer. Backend URLs are parsed into typed values
-//! while the layers are read, and `validate` checks the rest before anything starts, so
-//! a bad setting is named at start, not discovered at its first use.
+//! Settings, layered: `config/default.toml` (built in) < `flashsale.toml` < `FLASHSALE_*`
+//! environment < flags. Each setting is declared once here (in `Config` or one of its
+//! flattened groups; the Kafka group is `crate::bus::KafkaSettings`) and given its
+//! default and its comment once, in `config/default.toml`; the command line's flags
+//! (clap structs in `src/commands/`, with no defaults of their own) are merged in as one
+//! more layer. Backend URLs are parsed into typed values while the layers are read, and
+//! `validate` checks the rest before anything starts, so a bad setting is named at
+//! start, not discovered at its first use.
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -15,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{
     Auth, AuthError, BuyerKey, MIN_ADMIN_TOKEN, MIN_AUTH_SECRET, MIN_PAYMENT_SECRET,
 };
+/// The Kafka settings are the bus's own, flattened here like the other groups.
+pub use crate::bus::KafkaSettings;
 use crate::bus::{BusSettings, BusUrl};
 use crate::domain::RateLimit;
 use crate::engine::EngineSettings;
@@ -157,34 +162,6 @@ pub struct OrderSettings {
     pub idempotency_ttl_s: u64,
     /// Live idempotency keys a buyer may hold in one sale.
     pub max_keys_per_buyer: u32,
-}
-
-/// The Kafka bus's topics, consumer group and producer: the gateways', the workers' and
-/// `check` / `dlq`'s (unused on the in-process bus).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KafkaSettings {
-    /// Prefix of the Kafka topic names (`<prefix>flashsale.orders`, …).
-    pub topic_prefix: String,
-    /// Partitions of the Kafka topics when flashsale creates them.
-    pub kafka_partitions: i32,
-    /// Copies per message of the topics flashsale creates (`None`: 3, or the number of
-    /// brokers when fewer).
-    pub kafka_replication_factor: Option<i32>,
-    /// `min.insync.replicas` of those topics (`None`: replication factor − 1, ≥ 1).
-    pub kafka_min_insync_replicas: Option<i32>,
-    /// How long the producer keeps trying to deliver an order, in ms.
-    pub kafka_delivery_timeout_ms: u64,
-    /// Consumer group of the workers.
-    pub worker_group: String,
-    /// How long a worker's batch waits for more messages, in ms.
-    pub worker_linger_ms: u64,
-}
-
-impl KafkaSettings {
-    /// How long a worker's batch waits for more messages.
-    pub fn worker_linger(&self) -> Duration {
-        Duration::from_millis(self.worker_linger_ms)
-    }
 }
 
 /// `config/default.toml`'s settings.
@@ -533,13 +510,8 @@ impl Config {
         BusSettings {
             url: self.bus.clone(),
             capacity: self.orders.bus_capacity,
-            topic_prefix: self.kafka.topic_prefix.clone(),
-            worker_group: self.kafka.worker_group.clone(),
-            partitions: self.kafka.kafka_partitions,
             timeout: self.backend_timeout(),
-            replication_factor: self.kafka.kafka_replication_factor,
-            min_insync_replicas: self.kafka.kafka_min_insync_replicas,
-            delivery_timeout: Duration::from_millis(self.kafka.kafka_delivery_timeout_ms),
+            kafka: self.kafka.clone(),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 pub use memory::{Envelope, MemoryBus, OrderInbox};
 
@@ -127,20 +128,44 @@ pub struct BusSettings {
     pub url: BusUrl,
     /// Orders that may wait for the in-process writer; past it, purchases are shed.
     pub capacity: usize,
-    /// Prefix of the Kafka topic names (`<prefix>flashsale.orders`, …).
-    pub topic_prefix: String,
-    /// The Kafka workers' consumer group.
-    pub worker_group: String,
-    /// Partitions of the Kafka topics when flashsale creates them.
-    pub partitions: i32,
     /// The longest wait for the broker within a request.
     pub timeout: Duration,
-    /// Kafka: copies per message and `min.insync.replicas` of the topics flashsale
-    /// creates (`None`: 3 or the number of brokers when fewer; replication − 1).
-    pub replication_factor: Option<i32>,
-    pub min_insync_replicas: Option<i32>,
-    /// Kafka: how long the producer keeps trying to deliver an order.
-    pub delivery_timeout: Duration,
+    /// Topics, consumer group and producer of the Kafka bus.
+    pub kafka: KafkaSettings,
+}
+
+/// The Kafka bus's topics, consumer group and producer: the gateways', the workers' and
+/// `check` / `dlq`'s (unused on the in-process bus). Settings of their own, flattened into
+/// `crate::config::Config` under these names (defaults: `config/default.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KafkaSettings {
+    /// Prefix of the Kafka topic names (`<prefix>flashsale.orders`, …).
+    pub topic_prefix: String,
+    /// Partitions of the Kafka topics when flashsale creates them.
+    pub kafka_partitions: i32,
+    /// Copies per message of the topics flashsale creates (`None`: 3, or the number of
+    /// brokers when fewer).
+    pub kafka_replication_factor: Option<i32>,
+    /// `min.insync.replicas` of those topics (`None`: replication factor − 1, ≥ 1).
+    pub kafka_min_insync_replicas: Option<i32>,
+    /// How long the producer keeps trying to deliver an order, in ms.
+    pub kafka_delivery_timeout_ms: u64,
+    /// Consumer group of the workers.
+    pub worker_group: String,
+    /// How long a worker's batch waits for more messages, in ms.
+    pub worker_linger_ms: u64,
+}
+
+impl KafkaSettings {
+    /// How long the producer keeps trying to deliver an order.
+    pub fn delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.kafka_delivery_timeout_ms)
+    }
+
+    /// How long a worker's batch waits for more messages.
+    pub fn worker_linger(&self) -> Duration {
+        Duration::from_millis(self.worker_linger_ms)
+    }
 }
 
 impl BusSettings {
@@ -154,7 +179,8 @@ impl BusSettings {
         match self.url {
             BusUrl::Memory => self.timeout,
             BusUrl::Kafka { .. } => {
-                self.delivery_timeout + self.delivery_timeout / 3 + Duration::from_secs(1)
+                let delivery_timeout = self.kafka.delivery_timeout();
+                delivery_timeout + delivery_timeout / 3 + Duration::from_secs(1)
             }
         }
     }
@@ -169,13 +195,13 @@ impl BusSettings {
         };
         Some(kafka::KafkaSettings {
             brokers: brokers.clone(),
-            topics: kafka::Topics::with_prefix(&self.topic_prefix),
-            worker_group: self.worker_group.clone(),
-            partitions: self.partitions,
-            replication_factor: self.replication_factor,
-            min_insync_replicas: self.min_insync_replicas,
+            topics: kafka::Topics::with_prefix(&self.kafka.topic_prefix),
+            worker_group: self.kafka.worker_group.clone(),
+            partitions: self.kafka.kafka_partitions,
+            replication_factor: self.kafka.kafka_replication_factor,
+            min_insync_replicas: self.kafka.kafka_min_insync_replicas,
             timeout: self.timeout,
-            delivery_timeout: self.delivery_timeout,
+            delivery_timeout: self.kafka.delivery_timeout(),
         })
     }
 }
