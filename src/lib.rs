@@ -18,7 +18,6 @@ pub mod observe;
 pub mod protect;
 pub mod server;
 pub mod store;
+#[doc(hidden)]
+pub mod testkit;
 pub mod worker;
-
-#[cfg(test)]
-mod test_support;

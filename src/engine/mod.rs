@@ -10,13 +10,13 @@
 //! - `controls.rs`: an operator ends, pauses, resumes a sale or adds stock.
 
 mod controls;
-#[cfg(test)]
-mod fixture;
 mod orders;
 mod purchase;
 mod recovery;
 mod sales;
 mod sweeper;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,7 +10,7 @@ async fn store(dialect: Dialect) -> (SqlStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = match dialect {
         Dialect::Sqlite => format!("sqlite://{}", dir.path().join("t.db").display()),
-        Dialect::Postgres => crate::test_support::fresh_postgres_database().await,
+        Dialect::Postgres => crate::testkit::fresh_postgres_database().await,
     };
     (SqlStore::connect(&url.parse().unwrap()).await.unwrap(), dir)
 }
