@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use flashsale::bus::{self, BusSettings, KafkaSettings};
 use flashsale::domain::{Item, Order, OrderStatus, Sale};
 use flashsale::store;
+use flashsale::testkit::fresh_postgres_database;
 use sqlx::{Connection, Executor};
 
 const BROKERS: &str = "127.0.0.1:9092";
@@ -55,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
 
     // 1. The worker: orders are put on the bus first, then one worker drains them.
-    let worker_db = fresh_postgres_database().await?;
+    let worker_db = fresh_postgres_database().await;
     let store = store::connect(&worker_db.parse().map_err(anyhow::Error::msg)?).await?;
     store.create_sale(&sale).await?;
     let run = uuid::Uuid::new_v4().simple();
@@ -115,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     worker.await??;
 
     // 2. The ceiling: the same rows, straight in, 1,000 per INSERT, one transaction each.
-    let bare_db = fresh_postgres_database().await?;
+    let bare_db = fresh_postgres_database().await;
     store::connect(&bare_db.parse().map_err(anyhow::Error::msg)?)
         .await?
         .create_sale(&sale)
@@ -149,16 +150,4 @@ async fn main() -> anyhow::Result<()> {
     println!("bare multi-row insert: {bare_rate:.0} rows/s (1,000 rows per INSERT)");
     println!("ratio (target >= 0.5): {:.2}", worker_rate / bare_rate);
     Ok(())
-}
-
-/// An empty database of its own on the local PostgreSQL (`FLASHSALE_TEST_POSTGRES`).
-async fn fresh_postgres_database() -> anyhow::Result<String> {
-    let server = std::env::var("FLASHSALE_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("flashsale_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await?;
-    Ok(format!("{server}/{name}"))
 }

@@ -33,5 +33,7 @@ pub mod check;
 pub mod demo;
 pub mod load;
 
-#[cfg(test)]
-mod test_support;
+// The test kit: fixtures, faulty backends, an engine and a server in-process, shared by
+// unit tests, integration tests, benches and examples.
+#[doc(hidden)]
+pub mod testkit;

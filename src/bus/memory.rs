@@ -150,20 +150,13 @@ impl OrderBus for MemoryBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::OrderStatus;
+    use crate::testkit;
 
+    /// One unit of sale `s`, paid, for `u`.
     fn order(id: &str) -> Order {
-        Order {
-            id: id.into(),
-            sale_id: "s".into(),
-            user_id: "u".into(),
-            items: [("default".to_string(), 1)].into_iter().collect(),
-            status: OrderStatus::Paid,
-            created_at: 0,
-            expires_at: None,
-            idempotency_key: None,
-            fingerprint: "default:1".into(),
-        }
+        testkit::order(&testkit::sale().id("s").build())
+            .id(id)
+            .build()
     }
 
     #[tokio::test]

@@ -269,27 +269,14 @@ impl Order {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Item, Sale};
+    use crate::domain::Sale;
 
     fn sale(items: &[(&str, u32)], limit: u32) -> Sale {
-        Sale {
-            id: "s".into(),
-            name: "n".into(),
-            items: items
-                .iter()
-                .map(|(id, s)| Item {
-                    id: id.to_string(),
-                    stock: *s,
-                })
-                .collect(),
-            per_user_limit: limit,
-            starts_at: 0,
-            ends_at: None,
-            payment_window: 0,
-            rate_limits: Default::default(),
-            paused: false,
-            created_at: 0,
-        }
+        crate::testkit::sale()
+            .id("s")
+            .items(items)
+            .limit(limit)
+            .build()
     }
 
     fn req(user: &str, quantity: Option<u32>, items: &[(&str, u32)]) -> PurchaseRequest {

@@ -117,82 +117,24 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use async_trait::async_trait;
+    use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::domain::{Millis, Order, ValidPurchase};
-    use crate::engine::fixture::{Fixture, Setup};
-    use crate::gate::{
-        Decision, GateError, KeyAnswer, LocalGate, RebuildLease, SaleSnapshot, StockGate,
-    };
-
-    /// A local gate whose clock is an hour ahead of this process's.
-    struct AnHourAhead(LocalGate);
+    use crate::domain::Millis;
+    use crate::gate::LocalGate;
+    use crate::testkit::{FaultyGate, Setup, TestEngine};
 
     const HOUR: Millis = 3_600_000;
-
-    #[async_trait]
-    impl StockGate for AnHourAhead {
-        async fn now(&self) -> Result<Millis, GateError> {
-            Ok(now_millis() + HOUR)
-        }
-        async fn open_sale(&self, sale: &Sale) -> Result<(), GateError> {
-            self.0.open_sale(sale).await
-        }
-        async fn has_sale(&self, sale: &Sale) -> Result<bool, GateError> {
-            self.0.has_sale(sale).await
-        }
-        async fn restore(
-            &self,
-            sale: &Sale,
-            snapshot: &SaleSnapshot,
-            lease: &RebuildLease,
-        ) -> Result<(), GateError> {
-            self.0.restore(sale, snapshot, lease).await
-        }
-        async fn reserve(
-            &self,
-            sale: &Sale,
-            purchase: &ValidPurchase,
-            key: Option<&str>,
-            order_id: &str,
-            now: Millis,
-        ) -> Result<Decision, GateError> {
-            self.0.reserve(sale, purchase, key, order_id, now).await
-        }
-        async fn confirm(&self, sale: &Sale, order: &Order) -> Result<(), GateError> {
-            self.0.confirm(sale, order).await
-        }
-        async fn release(
-            &self,
-            sale: &Sale,
-            order: &Order,
-            forget_key: bool,
-        ) -> Result<(), GateError> {
-            self.0.release(sale, order, forget_key).await
-        }
-        async fn key_answer(
-            &self,
-            sale: &Sale,
-            user_id: &str,
-            key: &str,
-        ) -> Result<Option<KeyAnswer>, GateError> {
-            self.0.key_answer(sale, user_id, key).await
-        }
-        async fn update_sale(&self, sale: &Sale) -> Result<(), GateError> {
-            self.0.update_sale(sale).await
-        }
-        async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError> {
-            self.0.remaining(sale).await
-        }
-    }
 
     /// Issue #21: "end now" is stamped with the gate's clock, on which the gate judges
     /// the window (Redis's), not this gateway's.
     #[tokio::test]
     async fn end_now_is_the_gates_now() {
-        let fixture = Fixture::start(Setup {
-            gate: Arc::new(AnHourAhead(LocalGate::new())),
+        // A local gate whose clock is an hour ahead of this process's.
+        let gate = FaultyGate::new(LocalGate::new());
+        gate.clock_ahead.store(HOUR, Ordering::SeqCst);
+        let fixture = TestEngine::with(Setup {
+            gate: Arc::new(gate),
             ..Default::default()
         })
         .await;

@@ -12,13 +12,13 @@
 
 mod admission;
 mod controls;
-#[cfg(test)]
-mod fixture;
 mod orders;
 mod purchase;
 mod recovery;
 mod sales;
 mod sweeper;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

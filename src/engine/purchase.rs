@@ -329,15 +329,15 @@ async fn publish_then_settle(
 mod tests {
     use super::*;
     use crate::domain::{PurchaseRequest, validate_purchase};
-    use crate::engine::fixture::{Fixture, Setup};
     use crate::gate::LocalGate;
+    use crate::testkit::{Setup, TestEngine};
 
     /// Issue #21: a replay whose request is dropped while it waits for the first
     /// request (its client hung up) leaves no entry in the waiters' table.
     #[tokio::test]
     async fn an_abandoned_replay_leaves_no_waiter_behind() {
         let gate = Arc::new(LocalGate::new());
-        let fixture = Fixture::start(Setup {
+        let fixture = TestEngine::with(Setup {
             gate: gate.clone(),
             ..Default::default()
         })

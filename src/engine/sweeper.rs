@@ -201,15 +201,15 @@ mod tests {
 
     use super::*;
     use crate::bus::{MemoryBus, OrderBus};
-    use crate::engine::fixture::{Fixture, Setup};
     use crate::gate::{KeyPolicy, LocalGate};
     use crate::store::OrderStore;
+    use crate::testkit::{Setup, TestEngine};
 
     /// One order that cannot be expired does not keep the others behind it waiting.
     #[tokio::test]
     async fn a_failing_row_is_skipped_not_a_stop() {
-        let fixture = Fixture::start(Setup {
-            payment_window: Some(1),
+        let fixture = TestEngine::with(Setup {
+            payment_window: 1,
             ..Default::default()
         })
         .await;
@@ -237,7 +237,7 @@ mod tests {
     /// does a shared gate's holds: stored, its key replays it.
     #[tokio::test]
     async fn an_order_of_unknown_fate_is_resolved_by_the_sweeper() {
-        let fixture = Fixture::start(Setup {
+        let fixture = TestEngine::with(Setup {
             settings: crate::engine::EngineSettings {
                 hold_grace: Duration::from_millis(100),
                 ..Default::default()
@@ -296,10 +296,10 @@ mod tests {
     /// event to be delivered (each waited the broker's delivery timeout in an outage).
     #[tokio::test]
     async fn an_expiry_does_not_wait_for_its_status_event() {
-        let fixture = Fixture::start(Setup {
+        let fixture = TestEngine::with(Setup {
             bus: |bus| Arc::new(EventsHang(bus)),
             stock: 2,
-            payment_window: Some(1),
+            payment_window: 1,
             ..Default::default()
         })
         .await;
@@ -321,7 +321,7 @@ mod tests {
     /// the key); it gets the original order now.
     #[tokio::test]
     async fn a_retry_after_its_key_expired_gets_the_original_order() {
-        let fixture = Fixture::start(Setup {
+        let fixture = TestEngine::with(Setup {
             gate: Arc::new(LocalGate::with_key_policy(KeyPolicy {
                 ttl: Duration::from_millis(50),
                 max_per_buyer: 16,

@@ -136,7 +136,7 @@ mod tests {
     use super::*;
     use crate::bus::{BusError, MemoryBus, OrderBus};
     use crate::domain::{NewSale, Order, PurchaseRequest, now_millis, validate_purchase};
-    use crate::test_support::FaultyStore;
+    use crate::testkit::FaultyStore;
 
     fn orders(n: usize) -> (crate::domain::Sale, Vec<Order>) {
         let sale = NewSale {

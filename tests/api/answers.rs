@@ -5,7 +5,7 @@ use chrono::{Duration, Utc};
 use serde_json::json;
 
 async fn sale_is_created_shown_and_sold(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let sale = app
         .create_sale(json!({"name": "sneakers", "stock": 3}))
         .await;
@@ -47,7 +47,7 @@ async fn sale_is_created_shown_and_sold(backends: Backends) {
 }
 
 async fn refusals_have_their_codes(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let id = app.live_sale(1, 1).await;
     assert_eq!(
         app.purchase(&id, json!({"user_id": "a"}), None)
@@ -108,7 +108,7 @@ async fn refusals_have_their_codes(backends: Backends) {
 }
 
 async fn unknown_things_are_404(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     app.purchase("no-such-sale", json!({"user_id": "a"}), None)
         .await
         .assert_problem(404, "sale_not_found");
@@ -127,7 +127,7 @@ async fn unknown_things_are_404(backends: Backends) {
 }
 
 async fn malformed_input_is_400_and_reserves_nothing(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let id = app.live_sale(5, 2).await;
     let path = app.url(&format!("/api/sales/{id}/purchase"));
     let raw = |body: &'static str| {
@@ -178,7 +178,7 @@ async fn malformed_input_is_400_and_reserves_nothing(backends: Backends) {
 }
 
 async fn oversized_and_non_json_bodies(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let id = app.live_sale(5, 1).await;
     let path = app.url(&format!("/api/sales/{id}/purchase"));
     let huge = format!(r#"{{"user_id": "{}"}}"#, "a".repeat(20 * 1024));
@@ -204,7 +204,7 @@ async fn oversized_and_non_json_bodies(backends: Backends) {
 }
 
 async fn idempotency_key_replays_the_original_answer(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let id = app.live_sale(2, 1).await;
     let first = app
         .purchase(&id, json!({"user_id": "a"}), Some("click-1"))
@@ -277,7 +277,7 @@ async fn idempotency_key_replays_the_original_answer(backends: Backends) {
 /// start (key K1, `not_started`) and retries with K1 (as a client should) buys after
 /// it; before, K1 answered `not_started` for its whole life.
 async fn a_click_before_the_start_can_buy_after_it(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let starts_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
     let sale = app
         .create_sale(json!({"name": "at noon", "stock": 1, "starts_at": starts_at}))
@@ -373,7 +373,7 @@ async fn a_buyer_cannot_hold_more_than_max_keys(backends: Backends) {
 }
 
 async fn multi_item_purchase_is_all_or_nothing(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let sale = app
         .create_sale(json!({
             "name": "venue", "per_user_limit": 3,
@@ -417,7 +417,8 @@ async fn multi_item_purchase_is_all_or_nothing(backends: Backends) {
 }
 
 async fn admin_token_guards_sale_creation(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &["--admin-token", "admin-token-for-tests"]).await;
+    let app =
+        TestServer::start_with(backends, json!({"admin_token": "admin-token-for-tests"})).await;
     let body = json!({"name": "guarded", "stock": 1});
     app.post("/api/sales", &body)
         .await
@@ -439,7 +440,7 @@ async fn admin_token_guards_sale_creation(backends: Backends) {
 /// taken); a purchase with a key may be a retry of one that got a unit, so its body is
 /// read and checked as usual.
 async fn a_sold_out_sale_answers_before_reading_the_body(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let id = app.live_sale(1, 1).await;
     let path = app.url(&format!("/api/sales/{id}/purchase"));
     let malformed = || {
@@ -476,7 +477,7 @@ async fn a_sold_out_sale_answers_before_reading_the_body(backends: Backends) {
 }
 
 async fn health_and_readiness(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let health = app.get("/healthz").await;
     assert_eq!((health.status.as_u16(), health.text.as_str()), (200, "ok"));
     assert_eq!(app.get("/readyz").await.status, 200);

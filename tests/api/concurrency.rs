@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 async fn two_thousand_purchases_from_500_users_sell_exactly_the_stock(backends: Backends) {
-    let app = Arc::new(TestServer::spawn_on(backends, &[]).await);
+    let app = Arc::new(TestServer::start_on(backends).await);
     let sale = app.live_sale(50, 1).await;
 
     // Each of 500 users sends 4 requests: key A twice and key B twice, all at once.
@@ -99,7 +99,7 @@ async fn two_thousand_purchases_from_500_users_sell_exactly_the_stock(backends: 
 }
 
 async fn multi_unit_limit_is_held_across_concurrent_purchases(backends: Backends) {
-    let app = Arc::new(TestServer::spawn_on(backends, &[]).await);
+    let app = Arc::new(TestServer::start_on(backends).await);
     let sale = app.live_sale(1000, 3).await;
     // 40 users each fire 6 single-unit purchases at once: each may get at most 3.
     let mut tasks = tokio::task::JoinSet::new();

@@ -15,7 +15,7 @@ async fn buy(app: &TestServer, sale: &str, user: &str) -> crate::helpers::Reply 
 }
 
 async fn ending_a_sale_refuses_purchases_from_then_on(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let sale = app.live_sale(10, 1).await;
     assert_eq!(buy(&app, &sale, "early").await.status, 202);
 
@@ -45,7 +45,7 @@ async fn ending_a_sale_refuses_purchases_from_then_on(backends: Backends) {
 }
 
 async fn a_paused_sale_refuses_paused_until_resumed(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let sale = app.live_sale(10, 1).await;
     let paused = control(&app, &sale, "pause").await;
     assert_eq!(paused.status, 200, "{}", paused.text);
@@ -76,7 +76,7 @@ async fn a_paused_sale_refuses_paused_until_resumed(backends: Backends) {
 }
 
 async fn added_stock_is_sold_and_never_oversold(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let sale = app.live_sale(2, 1).await;
     for user in ["a", "b"] {
         assert_eq!(buy(&app, &sale, user).await.status, 202);
@@ -110,7 +110,7 @@ async fn added_stock_is_sold_and_never_oversold(backends: Backends) {
 }
 
 async fn bad_control_requests_are_refused_with_a_code(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let seats = app
         .create_sale(json!({"name": "seats", "items": [{"id": "A-1", "stock": 1}, {"id": "A-2", "stock": 1}], "per_user_limit": 2}))
         .await;
@@ -187,7 +187,7 @@ async fn controls_need_the_admin_token() {
 /// larger body limit; the purchase route keeps the small one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_of_thousands_of_seats_can_be_created() {
-    let app = TestServer::spawn().await;
+    let app = TestServer::start().await;
     let items: Vec<_> = (0..60)
         .flat_map(|row| {
             (1..=100).map(move |seat| json!({"id": format!("R{row}-{seat}"), "stock": 1}))

@@ -94,7 +94,7 @@ impl EventStream {
 /// Stock changes are coalesced: 300 purchases give a few updates, not 300, and the
 /// last one is right; the whole sale comes first.
 async fn the_stream_starts_whole_then_sends_coalesced_changes(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let sale = app.live_sale(300, 1).await;
     let mut stream = EventStream::open(&app, &format!("/api/sales/{sale}/events"), None).await;
     let first = stream.next(Duration::from_secs(5)).await.unwrap();
@@ -142,7 +142,7 @@ async fn the_stream_starts_whole_then_sends_coalesced_changes(backends: Backends
 /// The caller's own orders: a buyer watching with their name sees their order change
 /// status; another watcher does not.
 async fn the_caller_sees_their_own_order_updates(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let sale = app
         .create_sale(json!({"name": "pay later", "stock": 5, "payment_window": 600}))
         .await;
@@ -181,7 +181,7 @@ async fn the_caller_sees_their_own_order_updates(backends: Backends) {
 /// A client reconnecting with the id of the frame it has gets no second copy of it; a
 /// client with an unknown id gets the current sale at once.
 async fn a_reconnecting_client_resumes_or_gets_the_current_state(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let sale = app.live_sale(10, 1).await;
     let path = format!("/api/sales/{sale}/events");
     let mut first = EventStream::open(&app, &path, None).await;

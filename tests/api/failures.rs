@@ -15,7 +15,7 @@ const SQLITE_CURE: &str = "DROP TRIGGER poison;";
 const POSTGRES_CURE: &str = "DROP TRIGGER poison ON orders;";
 
 async fn failed_write_releases_the_reservation(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let sale = app.live_sale(1, 1).await;
     app.execute_sql(SQLITE_POISON, POSTGRES_POISON).await;
 
@@ -53,9 +53,9 @@ backend_tests!(memory_bus: failed_write_releases_the_reservation);
 /// calling it, even once it works again, until the cool-down is over; then one probe
 /// goes through and, answered, closes the breaker by itself.
 async fn a_failing_store_trips_its_breaker_and_it_closes_by_itself(backends: Backends) {
-    let app = TestServer::spawn_on(
+    let app = TestServer::start_with(
         backends,
-        &["--breaker-failures", "3", "--breaker-cool-down-ms", "1500"],
+        json!({"breaker_failures": 3, "breaker_cool_down_ms": 1500}),
     )
     .await;
     let sale = app.live_sale(10, 1).await;

@@ -26,7 +26,7 @@ async fn remaining(app: &TestServer, sale: &str) -> u64 {
 }
 
 async fn unpaid_units_go_back_on_sale_when_the_window_passes(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     // Three seconds: on the Kafka bus the worker's first batch waits for its group.
     let sale = sale_with_window(&app, 2, 3).await;
     let late = buy(&app, &sale, "late-payer").await;
@@ -81,7 +81,7 @@ async fn unpaid_units_go_back_on_sale_when_the_window_passes(backends: Backends)
 }
 
 async fn expired_buyer_may_buy_again(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let sale = sale_with_window(&app, 5, 1).await;
     let first = buy(&app, &sale, "again").await;
     app.purchase(&sale, json!({"user_id": "again"}), None)
@@ -94,7 +94,7 @@ async fn expired_buyer_may_buy_again(backends: Backends) {
 }
 
 async fn cancel_is_idempotent_and_releases_once(backends: Backends) {
-    let app = TestServer::spawn_on(backends, &[]).await;
+    let app = TestServer::start_on(backends).await;
     let sale = sale_with_window(&app, 1, 60).await;
     let order = buy(&app, &sale, "a").await;
     // Sold out: a refusal now comes from the sold-out flag of the gateway.
@@ -122,7 +122,7 @@ async fn cancel_is_idempotent_and_releases_once(backends: Backends) {
 }
 
 async fn pay_and_cancel_race_releases_exactly_the_cancelled(backends: Backends) {
-    let app = Arc::new(TestServer::spawn_on(backends, &[]).await);
+    let app = Arc::new(TestServer::start_on(backends).await);
     let sale = sale_with_window(&app, 20, 60).await;
     let mut orders = Vec::new();
     for n in 0..20 {
@@ -152,7 +152,7 @@ async fn pay_and_cancel_race_releases_exactly_the_cancelled(backends: Backends) 
 }
 
 async fn late_payments_and_the_sweeper_race(backends: Backends) {
-    let app = Arc::new(TestServer::spawn_on(backends, &[]).await);
+    let app = Arc::new(TestServer::start_on(backends).await);
     let sale = sale_with_window(&app, 10, 1).await;
     let mut orders = Vec::new();
     for n in 0..10 {

@@ -412,22 +412,19 @@ async fn survives(app: TestServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_malformed_requests_get_no_5xx_open_mode() {
-    let app = TestServer::spawn_on(Backends::Embedded, &[]).await;
+    let app = TestServer::start().await;
     survives(app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_malformed_requests_get_no_5xx_with_credentials() {
-    let app = TestServer::spawn_on(
+    let app = TestServer::start_with(
         Backends::Embedded,
-        &[
-            "--admin-token",
-            ADMIN,
-            "--auth-secret",
-            SECRET,
-            "--payment-secret",
-            "payment-secret-for-tests",
-        ],
+        json!({
+            "admin_token": ADMIN,
+            "auth_secret": SECRET,
+            "payment_secret": "payment-secret-for-tests",
+        }),
     )
     .await;
     survives(app).await;

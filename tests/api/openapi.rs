@@ -32,7 +32,7 @@ fn routes_in_the_router() -> BTreeSet<(String, String)> {
 
 #[tokio::test]
 async fn every_route_of_the_router_is_described_and_every_described_route_exists() {
-    let app = TestServer::spawn().await;
+    let app = TestServer::start().await;
     let doc = app.get("/openapi.json").await;
     assert_eq!(doc.status, 200, "{}", doc.text);
     assert!(
@@ -97,7 +97,7 @@ async fn every_route_of_the_router_is_described_and_every_described_route_exists
 
 #[tokio::test]
 async fn the_explorer_is_served_from_the_binary() {
-    let app = TestServer::spawn().await;
+    let app = TestServer::start().await;
     let page = app.get("/docs/").await;
     assert_eq!(page.status, 200, "{}", page.text);
     assert!(page.text.contains("swagger"), "{}", page.text);

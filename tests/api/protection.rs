@@ -24,16 +24,9 @@ fn now() -> i64 {
 }
 
 async fn guarded() -> TestServer {
-    TestServer::spawn_on(
+    TestServer::start_with(
         Backends::Embedded,
-        &[
-            "--admin-token",
-            ADMIN,
-            "--auth-secret",
-            SECRET,
-            "--payment-secret",
-            PAYMENT,
-        ],
+        json!({"admin_token": ADMIN, "auth_secret": SECRET, "payment_secret": PAYMENT}),
     )
     .await
 }
@@ -268,9 +261,9 @@ async fn an_identity_providers_public_key_verifies_its_tokens() {
         (Algorithm::ES256, "es256-private.pem", "es256-public.pem"),
     ] {
         let public = fixture(public);
-        let app = TestServer::spawn_on(
+        let app = TestServer::start_with(
             Backends::Embedded,
-            &["--admin-token", ADMIN, "--auth-public-key", &public],
+            json!({"admin_token": ADMIN, "auth_public_key": public}),
         )
         .await;
         let sale = app.live_sale(5, 1).await;

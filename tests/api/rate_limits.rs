@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{Backends, Reply, TestServer};
+use crate::helpers::{Backends, Reply, TestServer, args_as_settings};
 
+/// A server in this process with these flags' settings.
 async fn server(args: &[&str]) -> TestServer {
-    TestServer::spawn_on(Backends::Embedded, args).await
+    TestServer::start_with(Backends::Embedded, args_as_settings(args)).await
 }
 
 /// A live sale with room for many purchases per buyer.
@@ -180,7 +181,12 @@ async fn a_sale_sets_its_own_limits_over_the_defaults() {
 /// A sale's limits are stored with it: a restarted server (or another gateway) applies them.
 #[tokio::test]
 async fn a_sales_limits_survive_a_restart() {
-    let app = server(&["--rate-per-buyer", "100/s", "--rate-per-ip", "off"]).await;
+    // A process: it is killed and started again.
+    let app = TestServer::spawn_on(
+        Backends::Embedded,
+        &["--rate-per-buyer", "100/s", "--rate-per-ip", "off"],
+    )
+    .await;
     let sale = roomy_sale(&app, json!({"rate_limits": {"per_buyer": "1/min"}})).await;
     let app = app.crash_and_restart().await;
     assert_eq!(app.buy_from(&sale, "a", None).await.status, 202);

@@ -170,7 +170,8 @@ impl Deployment {
                 .build()
                 .unwrap(),
             deployment: self.clone(),
-            child,
+            child: Some(child),
+            in_process: None,
             workers: Vec::new(),
         }
     }

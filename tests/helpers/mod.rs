@@ -23,4 +23,4 @@ pub mod services;
 
 pub use backends::Backends;
 pub use deployment::Deployment;
-pub use server::{Reply, TestServer};
+pub use server::{Reply, TestServer, args_as_settings};

@@ -1,11 +1,18 @@
 //! A gateway under test and the HTTP calls the suites make to it: the typed client for
 //! what the API types, raw requests (`Reply`) where a suite checks the answer's bytes.
+//!
+//! Two modes: `TestServer::start*` runs the server in the test's own process
+//! (`flashsale::testkit::InProcessServer`), for the suites that neither kill, restart,
+//! signal nor read the gateway's process; `TestServer::spawn*` launches the real binary,
+//! for those that do (and on the Kafka bus, whose workers are processes anyway).
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::Child;
+
+use flashsale::testkit::InProcessServer;
 
 use super::{Backends, Deployment};
 
@@ -15,7 +22,9 @@ pub struct TestServer {
     /// The typed client of the API, for what the suites do not check byte by byte.
     pub api: flashsale::client::Client,
     pub deployment: Deployment,
-    pub(super) child: Child,
+    /// The gateway's process (`spawn*`), or none when it runs in this one (`start*`).
+    pub(super) child: Option<Child>,
+    pub(super) in_process: Option<InProcessServer>,
     /// Workers started with this gateway (Kafka bus only).
     pub workers: Vec<Child>,
 }
@@ -44,12 +53,134 @@ impl Reply {
     }
 }
 
+/// The settings every test gateway runs with, in process or not (`deployment.rs` gives a
+/// spawned one the same through its environment).
+#[allow(dead_code)] // not every test binary uses it
+pub fn test_settings(deployment: &Deployment) -> Value {
+    json!({
+        "store": deployment.store_url,
+        "gate": match deployment.backends {
+            Backends::Embedded => "local".to_string(),
+            _ => deployment.redis_url.clone(),
+        },
+        "bus": match deployment.backends {
+            Backends::RedisKafkaPostgres => deployment.kafka_url.as_str(),
+            _ => "memory",
+        },
+        "sweep_interval_ms": 100,
+        "sample_sales": false,
+        "status_interval_s": 0,
+        // Every test client is 127.0.0.1 and many tests hammer one buyer on purpose.
+        "rate_per_buyer": "off",
+        "rate_per_ip": "off",
+        "max_queue_time_ms": 30000,
+        "max_in_flight_purchases": 100000,
+        "backend_timeout_ms": 2000,
+        "hold_grace_ms": 4000,
+        "kafka_delivery_timeout_ms": 2000,
+        "topic_prefix": deployment.topic_prefix,
+        "worker_group": format!("{}workers", deployment.topic_prefix),
+    })
+}
+
+/// A map of settings as the command line's flags (`admin_token` → `--admin-token`).
+#[allow(dead_code)] // not every test binary uses it
+pub fn settings_as_args(settings: &Value) -> Vec<String> {
+    let mut args = Vec::new();
+    for (name, value) in settings.as_object().expect("settings are an object") {
+        args.push(format!("--{}", name.replace('_', "-")));
+        args.push(match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+    }
+    args
+}
+
+/// The command line's flags as a map of settings (`--admin-token X` → `admin_token`),
+/// the other way round; numbers become numbers, `--trusted-proxy` adds to a list.
+#[allow(dead_code)] // not every test binary uses it
+pub fn args_as_settings(args: &[&str]) -> Value {
+    let mut settings = serde_json::Map::new();
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let name = flag.strip_prefix("--").expect("a --flag").replace('-', "_");
+        let value = args.next().expect("a flag's value");
+        let value = value
+            .parse::<u64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::from(*value));
+        if name == "trusted_proxy" {
+            let list = settings
+                .entry("trusted_proxies")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            list.as_array_mut().expect("a list").push(value);
+        } else {
+            settings.insert(name, value);
+        }
+    }
+    Value::Object(settings)
+}
+
 impl TestServer {
+    /// The embedded engine, in this process.
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn start() -> TestServer {
+        Self::start_with(Backends::Embedded, json!({})).await
+    }
+
+    /// A gateway with its own store, in this process.
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn start_on(backends: Backends) -> TestServer {
+        Self::start_with(backends, json!({})).await
+    }
+
+    /// The same with `settings` (setting names, as in `flashsale.toml`). On the Kafka
+    /// bus the gateway and its worker are processes (the same settings as flags).
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn start_with(backends: Backends, settings: Value) -> TestServer {
+        if backends == Backends::RedisKafkaPostgres {
+            let args = settings_as_args(&settings);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            return Self::spawn_on(backends, &args).await;
+        }
+        let deployment = Deployment::new(backends, &[]).await;
+        let mut all = test_settings(&deployment);
+        all.as_object_mut().unwrap().extend(
+            settings
+                .as_object()
+                .expect("settings are an object")
+                .clone(),
+        );
+        let server = InProcessServer::start(&all).await;
+        TestServer {
+            base: server.base.clone(),
+            api: server.api.clone(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(512)
+                .build()
+                .unwrap(),
+            deployment,
+            child: None,
+            in_process: Some(server),
+            workers: Vec::new(),
+        }
+    }
+
+    /// Stops an in-process gateway as SIGTERM would (a spawned one is killed on drop).
+    #[allow(dead_code)]
+    pub async fn stop(mut self) {
+        if let Some(server) = self.in_process.take() {
+            server.stop().await;
+        }
+    }
+
+    /// The real binary's process, for the suites that kill, restart, signal or read it.
     pub async fn spawn() -> TestServer {
         Self::spawn_on(Backends::Embedded, &[]).await
     }
 
-    /// A gateway (plus one worker on the Kafka bus) with its own store.
+    /// A gateway process (plus one worker on the Kafka bus) with its own store.
     pub async fn spawn_on(backends: Backends, extra_args: &[&str]) -> TestServer {
         let deployment = Deployment::new(backends, extra_args).await;
         let mut server = deployment.gateway().await;
@@ -77,11 +208,11 @@ impl TestServer {
 
     /// SIGTERM, then waits for the process to exit: its status and how long it took.
     pub async fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
-        let pid = self.child.id().expect("still running") as i32;
+        let pid = self.process().id().expect("still running") as i32;
         let started = std::time::Instant::now();
         // SAFETY: a plain kill(2) of our own child.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM sent");
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(60), self.process().wait())
             .await
             .expect("exited within 60 s of SIGTERM")
             .expect("exit status");
@@ -91,17 +222,25 @@ impl TestServer {
     /// Whether the gateway's process has exited (a failpoint fired).
     #[allow(dead_code)] // the campaign's
     pub fn exited(&mut self) -> bool {
-        self.child.try_wait().ok().flatten().is_some()
+        self.process().try_wait().ok().flatten().is_some()
     }
 
     /// The gateway's process id.
     pub fn child_id(&self) -> u32 {
-        self.child.id().expect("still running")
+        self.child
+            .as_ref()
+            .expect("a process (TestServer::spawn)")
+            .id()
+            .expect("still running")
+    }
+
+    fn process(&mut self) -> &mut Child {
+        self.child.as_mut().expect("a process (TestServer::spawn)")
     }
 
     pub async fn kill9(&mut self) {
         // tokio's Child::kill sends SIGKILL: no shutdown code runs.
-        self.child.kill().await.expect("kill -9");
+        self.process().kill().await.expect("kill -9");
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -3,28 +3,14 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::domain::{Item, OrderStatus};
+use crate::domain::OrderStatus;
 
 fn sale(stocks: &[u32], limit: u32) -> Sale {
-    Sale {
-        id: "sale".into(),
-        name: "test".into(),
-        items: stocks
-            .iter()
-            .enumerate()
-            .map(|(i, &stock)| Item {
-                id: format!("I{i}"),
-                stock,
-            })
-            .collect(),
-        per_user_limit: limit,
-        starts_at: 1_000,
-        ends_at: Some(2_000),
-        payment_window: 0,
-        rate_limits: Default::default(),
-        paused: false,
-        created_at: 0,
-    }
+    crate::testkit::sale()
+        .stocks(stocks)
+        .limit(limit)
+        .window(1_000, Some(2_000))
+        .build()
 }
 
 fn purchase(sale: &Sale, user: &str, units: &[(usize, u32)]) -> ValidPurchase {
@@ -52,7 +38,7 @@ fn gate_with(sale: &Sale) -> LocalGate {
         || {
             Arc::new(SaleState::new(
                 sale.items.iter().map(|i| i.stock),
-                totals(&sale),
+                totals(sale),
             ))
         },
         true,

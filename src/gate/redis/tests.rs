@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::domain::{NewSale, Order, PurchaseRequest, now_millis, validate_purchase};
+use crate::domain::{Order, PurchaseRequest, now_millis, validate_purchase};
 
 async fn gate() -> RedisGate {
     let url =
@@ -14,19 +14,17 @@ async fn gate() -> RedisGate {
         .unwrap()
 }
 
+/// A sale of its own (a random id), created now and starting now unless told.
 fn sale(stock: u32, limit: u32, starts_at: Option<i64>, ends_at: Option<i64>, window: u32) -> Sale {
-    NewSale {
-        name: "s".into(),
-        stock: Some(stock),
-        items: None,
-        per_user_limit: Some(limit),
-        starts_at: starts_at.and_then(chrono::DateTime::from_timestamp_millis),
-        ends_at: ends_at.and_then(chrono::DateTime::from_timestamp_millis),
-        payment_window: Some(window),
-        rate_limits: None,
-    }
-    .into_sale(uuid::Uuid::new_v4().simple().to_string(), now_millis())
-    .unwrap()
+    let now = now_millis();
+    crate::testkit::sale()
+        .random_id()
+        .stock(stock)
+        .limit(limit)
+        .window(starts_at.unwrap_or(now), ends_at)
+        .payment_window(window)
+        .created_at(now)
+        .build()
 }
 
 /// Reserves one unit for `user` (with `key` if given); returns the order when reserved.

@@ -1,8 +1,8 @@
 //! The SQL store against SQLite always and PostgreSQL when it runs (ignored otherwise).
 
 use super::*;
-use crate::domain::{NewSale, PurchaseRequest, validate_purchase};
 use crate::store::InsertOutcome;
+use crate::testkit;
 use std::time::Duration;
 
 /// A fresh SQLite file, or a fresh PostgreSQL database for each test.
@@ -10,34 +10,27 @@ async fn store(dialect: Dialect) -> (SqlStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = match dialect {
         Dialect::Sqlite => format!("sqlite://{}", dir.path().join("t.db").display()),
-        Dialect::Postgres => crate::test_support::fresh_postgres_database().await,
+        Dialect::Postgres => crate::testkit::fresh_postgres_database().await,
     };
     (SqlStore::connect(&url.parse().unwrap()).await.unwrap(), dir)
 }
 
 fn sale(stock: u32, limit: u32) -> Sale {
-    NewSale {
-        name: "s".into(),
-        stock: Some(stock),
-        items: None,
-        per_user_limit: Some(limit),
-        starts_at: None,
-        ends_at: None,
-        payment_window: None,
-        rate_limits: None,
-    }
-    .into_sale("sale1".into(), 0)
-    .unwrap()
+    testkit::sale()
+        .id("sale1")
+        .stock(stock)
+        .limit(limit)
+        .build()
 }
 
 fn order(sale: &Sale, id: &str, user: &str, quantity: u32) -> Order {
-    let req = PurchaseRequest {
-        user_id: user.into(),
-        quantity: Some(quantity),
-        items: None,
-    };
-    let p = validate_purchase(sale, req).unwrap();
-    Order::new(id.into(), sale, &p, Some(format!("key-{id}")), 5)
+    testkit::order(sale)
+        .id(id)
+        .user(user)
+        .quantity(quantity)
+        .key(format!("key-{id}"))
+        .at(5)
+        .build()
 }
 
 async fn sale_round_trips(dialect: Dialect) {

@@ -1,0 +1,27 @@
+//! The test kit: what the unit tests, the integration tests, the benches and the
+//! examples share, in one place. Not part of the engine's API (hidden from the docs);
+//! compiled always so that `tests/`, `benches/` and `examples/` can use it.
+//!
+//! - `fixtures.rs`: builders of sales and orders (`sale()`, `order(&sale)`), made with the
+//!   domain types' own constructors.
+//! - `postgres.rs`: a fresh PostgreSQL database per test.
+//! - `faulty_store.rs`: a real store with faults on demand.
+//! - `faulty_gate.rs`: the local gate with faults on demand.
+//! - `engine.rs`: `TestEngine`, an engine on a local gate, the in-process bus with its
+//!   group-commit writer, and SQLite in a temp dir; the one `purchase` helper.
+//! - `server.rs`: `InProcessServer`, the HTTP server in this process on port 0, and its
+//!   typed client.
+
+pub mod engine;
+pub mod faulty_gate;
+pub mod faulty_store;
+pub mod fixtures;
+pub mod postgres;
+pub mod server;
+
+pub use engine::{Setup, TestEngine};
+pub use faulty_gate::FaultyGate;
+pub use faulty_store::FaultyStore;
+pub use fixtures::{OrderBuilder, SaleBuilder, order, sale};
+pub use postgres::{fresh_postgres_database, postgres_server_url};
+pub use server::InProcessServer;
