@@ -52,7 +52,7 @@ fn gate_with(sale: &Sale) -> LocalGate {
         || {
             Arc::new(SaleState::new(
                 sale.items.iter().map(|i| i.stock),
-                totals(&sale),
+                totals(sale),
             ))
         },
         true,
