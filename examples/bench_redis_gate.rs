@@ -134,7 +134,7 @@ fn parse_rps(text: &str) -> Option<f64> {
     // "EVALSHA ...: 51234.56 requests per second, p50=0.5 msec"
     let before = text.split("requests per second").next()?;
     before
-        .rsplit(|c: char| c == ' ' || c == ':')
+        .rsplit([' ', ':'])
         .find_map(|w| w.trim().parse().ok())
 }
 

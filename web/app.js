@@ -71,8 +71,10 @@ function watch(id) {
   const query = state.token ? "access_token=" + encodeURIComponent(state.token)
     : state.user ? "user_id=" + encodeURIComponent(state.user) : "";
   const stream = new EventSource(`/api/sales/${encodeURIComponent(id)}/events${query ? "?" + query : ""}`);
-  stream.addEventListener("sale", (e) => { state.sales.set(id, JSON.parse(e.data)); renderSale(id); });
-  stream.addEventListener("stock", (e) => applyChange(id, JSON.parse(e.data)));
+  // The server closes an ended sale's stream: stop here, or EventSource would reconnect.
+  const closeIfEnded = (status) => { if (status === "ended") stream.close(); };
+  stream.addEventListener("sale", (e) => { const sale = JSON.parse(e.data); state.sales.set(id, sale); renderSale(id); closeIfEnded(sale.status); });
+  stream.addEventListener("stock", (e) => { const change = JSON.parse(e.data); applyChange(id, change); closeIfEnded(change.status); });
   stream.addEventListener("order", async (e) => { await refreshOrder(JSON.parse(e.data).order_id); renderOrders(); });
   stream.addEventListener("resync", async () => { await Promise.all([...state.orders.keys()].map(refreshOrder)); renderOrders(); });
   state.streams.set(id, stream);

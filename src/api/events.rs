@@ -3,7 +3,8 @@
 //! has: `Last-Event-ID`), then a `stock` event per change (coalesced by `crate::live`:
 //! at most one per `live_update_ms`), carrying what changed; and, for a caller who says
 //! who they are, an `order` event each time one of their orders in this sale changes
-//! status (paid, cancelled, expired) through this gateway.
+//! status (paid, cancelled, expired) through this gateway. The stream ends once the
+//! watcher has the frame where the sale ended, or at shutdown.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,13 +14,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
 
 use super::caller::{bearer, unauthorized};
+use super::views::ItemView;
 use super::views::rfc3339;
 use super::{ApiError, AppState, SaleView};
-use crate::domain::OrderEvent;
+use crate::domain::{OrderEvent, SaleStatus};
 use crate::engine::SaleState;
 use crate::live::{FrameReceiver, SaleFrame};
 
@@ -42,7 +46,7 @@ pub(super) struct Watcher {
     ),
     security((), ("buyer_token" = [])),
     responses(
-        (status = 200, description = "`text/event-stream`: `sale` (the whole sale, a SaleView), `stock` (`{status, stock, remaining, ends_at, items: [changed items]}`), `order` (`{order_id, sale_id, user_id, status, at}`)", content_type = "text/event-stream", body = String)
+        (status = 200, description = "Server-Sent Events, each one of `SaleEvent` (`itemSchema`): `sale` (the whole sale, a `SaleView`), `stock` (a `StockChange`), `order` (an `OrderEvent`, the caller's own), `resync` (`{}`: order events were missed)", content_type = "text/event-stream", item_schema = SaleEvent)
     ))]
 pub(super) async fn sale_events(
     State(state): State<AppState>,
@@ -65,6 +69,7 @@ pub(super) async fn sale_events(
             last_event_id,
             sale_id: id,
             stopping: state.feeds.stopping(),
+            ended: false,
         },
         |mut watch| async move {
             let event = watch.next().await?;
@@ -72,6 +77,65 @@ pub(super) async fn sale_events(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The data of a `stock` event: the sale's counters, and only the items whose stock or
+/// remaining units changed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StockChange {
+    pub status: SaleStatus,
+    pub stock: u64,
+    pub remaining: u64,
+    pub ends_at: Option<String>,
+    /// The items that changed.
+    pub items: Vec<ItemView>,
+}
+
+/// The data of a `resync` event (`{}`): this watcher missed order events; read its orders
+/// again.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Resync {}
+
+/// One event of the stream, as OpenAPI 3.2 describes a `text/event-stream` item: its
+/// `event` name, its `id` and its `data`, a JSON document (`contentSchema`) whose schema
+/// the name decides.
+pub struct SaleEvent;
+
+impl utoipa::PartialSchema for SaleEvent {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .description(Some(
+                "An event of the stream: `event` names it, `data` is JSON of its schema",
+            ))
+            .item(event_schema("sale", "SaleView", true))
+            .item(event_schema("stock", "StockChange", true))
+            .item(event_schema("order", "OrderEvent", false))
+            .item(event_schema("resync", "Resync", false))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SaleEvent {}
+
+/// The event named `name`, whose data is JSON of the schema `data` (a component); `sale`
+/// and `stock` events carry the frame's id (others may repeat the last one, per SSE).
+fn event_schema(name: &str, data: &str, with_id: bool) -> Schema {
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let event = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("event", text().enum_values(Some([name])))
+        .property(
+            "data",
+            text()
+                .content_media_type("application/json")
+                .content_schema(Some(Ref::from_schema_name(data))),
+        )
+        .property("id", text())
+        .property("retry", ObjectBuilder::new().schema_type(Type::Integer))
+        .required("event")
+        .required("data");
+    let event = if with_id { event.required("id") } else { event };
+    event.into()
 }
 
 /// Who the watcher is, if they say: a valid buyer token, or (tokens off) a `user_id`.
@@ -102,18 +166,29 @@ struct Watch {
     last_event_id: Option<String>,
     sale_id: String,
     stopping: tokio_util::sync::CancellationToken,
+    /// The last frame sent showed the sale ended: nothing changes any more, the stream
+    /// ends.
+    ended: bool,
 }
 
 impl Watch {
-    /// The next event for this watcher; `None` ends the stream (the feed stopped).
+    /// The next event for this watcher; `None` ends the stream (the feed stopped, or the
+    /// sale has ended and the watcher has the frame that says so).
     async fn next(&mut self) -> Option<Event> {
+        if self.ended {
+            return None;
+        }
         loop {
             if self.sent.is_none() {
                 let current = self.frames.borrow_and_update().clone();
                 let resumed = self.last_event_id.take().is_some_and(|id| id == current.id);
                 self.sent = Some(current.clone());
+                self.ended = current.status == SaleStatus::Ended;
                 if !resumed {
                     return Some(whole(&current));
+                }
+                if self.ended {
+                    return None;
                 }
             }
             let orders = async {
@@ -128,6 +203,7 @@ impl Watch {
                     changed.ok()?;
                     let current = self.frames.borrow_and_update().clone();
                     let before = self.sent.replace(current.clone()).expect("sent above");
+                    self.ended = current.status == SaleStatus::Ended;
                     return Some(change(&before, &current));
                 }
                 event = orders => match event {
@@ -139,7 +215,8 @@ impl Watch {
                     }
                     // Missed events: the page reads its orders again on `resync`.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Some(Event::default().event("resync").data("{}"));
+                        let data = serde_json::to_string(&Resync {}).expect("serializes");
+                        return Some(Event::default().event("resync").data(data));
                     }
                     Err(broadcast::error::RecvError::Closed) => self.orders = None,
                 },
@@ -184,18 +261,20 @@ fn change_data(before: &SaleFrame, now: &SaleFrame) -> String {
             before.remaining.get(*i) != now.remaining.get(*i)
                 || before.sale.items.get(*i).map(|b| b.stock) != Some(item.stock)
         })
-        .map(|(i, item)| {
-            serde_json::json!({"id": item.id, "stock": item.stock, "remaining": now.remaining[i]})
+        .map(|(i, item)| ItemView {
+            id: item.id.clone(),
+            stock: item.stock,
+            remaining: now.remaining[i],
         })
         .collect();
-    serde_json::json!({
-        "status": now.status,
-        "stock": now.sale.total_stock(),
-        "remaining": now.total_remaining(),
-        "ends_at": now.sale.ends_at.map(rfc3339),
-        "items": items,
-    })
-    .to_string()
+    let change = StockChange {
+        status: now.status,
+        stock: now.sale.total_stock(),
+        remaining: now.total_remaining(),
+        ends_at: now.sale.ends_at.map(rfc3339),
+        items,
+    };
+    serde_json::to_string(&change).expect("changes serialize")
 }
 
 fn order(event: &OrderEvent) -> Event {

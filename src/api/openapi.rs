@@ -5,9 +5,11 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use super::events::{Resync, SaleEvent, StockChange};
 use super::views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
 use crate::domain::{
-    AddStock, NewItem, NewSale, OrderStatus, PurchaseRequest, SaleRateLimits, SaleStatus,
+    AddStock, NewItem, NewSale, OrderEvent, OrderStatus, PurchaseRequest, SaleRateLimits,
+    SaleStatus,
 };
 
 /// Every refusal: `application/problem+json` (RFC 9457) with a stable `code`.
@@ -56,7 +58,8 @@ pub struct Problem {
     ),
     components(schemas(
         NewSale, NewItem, AddStock, SaleRateLimits, PurchaseRequest, SaleView, ItemView, SaleStatus,
-        OrderView, OrderDetail, HistoryEntry, OrderStatus, Problem
+        OrderView, OrderDetail, HistoryEntry, OrderStatus, Problem, SaleEvent, StockChange,
+        OrderEvent, Resync
     )),
     modifiers(&Credentials, &ProblemResponses, &AnyRoute),
     tags(

@@ -174,13 +174,16 @@ impl OrderStatus {
 }
 
 /// A status change of an order (docs/architecture.md §1.2: every status change is an event).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Also the data of the live stream's `order` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderEvent {
+    /// The event format's version (1).
     pub v: u32,
     pub order_id: String,
     pub sale_id: String,
     pub user_id: String,
     pub status: OrderStatus,
+    /// When, in milliseconds since the Unix epoch.
     pub at: Millis,
 }
 

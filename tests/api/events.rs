@@ -73,6 +73,20 @@ impl EventStream {
         }
     }
 
+    /// Whether the server ends the stream within `within` (events before the end are
+    /// skipped).
+    async fn closes_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Err(_) => return false,
+                Ok(Ok(None)) => return true,
+                Ok(Ok(Some(_))) => {}
+                Ok(Err(e)) => panic!("stream failed: {e}"),
+            }
+        }
+    }
+
     /// Events until one satisfies `done`, within `within`.
     async fn until(&mut self, within: Duration, done: impl Fn(&Sent) -> bool) -> Vec<Sent> {
         let deadline = Instant::now() + within;
@@ -218,6 +232,11 @@ async fn a_reconnecting_client_resumes_or_gets_the_current_state(backends: Backe
         .until(Duration::from_secs(5), |e| e.data["status"] == "ended")
         .await;
     assert_eq!(seen.last().unwrap().event, "stock");
+    // Nothing more will happen to an ended sale: its stream ends.
+    assert!(
+        stale.closes_within(Duration::from_secs(5)).await,
+        "the stream of an ended sale closes"
+    );
     // An unknown sale: 404 before any stream.
     app.get("/api/sales/nope/events")
         .await

@@ -107,3 +107,52 @@ async fn the_explorer_is_served_from_the_binary() {
     assert_eq!(script.status, 200);
     assert!(script.text.len() > 100_000, "the bundle is vendored");
 }
+
+/// The event stream is described event by event (issue #22 item 8): its 200 is
+/// `text/event-stream` with an `itemSchema` whose alternatives name each event and give
+/// its `data` (JSON) a schema, not a plain string.
+#[tokio::test]
+async fn the_event_stream_is_described_event_by_event() {
+    let app = TestServer::spawn().await;
+    let doc = app.get("/openapi.json").await;
+    assert_eq!(doc.status, 200, "{}", doc.text);
+    let ok = &doc.body["paths"]["/api/sales/{id}/events"]["get"]["responses"]["200"];
+    let content = ok["content"].as_object().expect("content");
+    assert_eq!(
+        content.keys().collect::<Vec<_>>(),
+        ["text/event-stream"],
+        "{ok}"
+    );
+    let stream = &content["text/event-stream"];
+    // `schema` would describe the whole stream (and a string is what was wrong).
+    assert!(stream.get("schema").is_none(), "{stream}");
+    assert_eq!(
+        stream["itemSchema"]["$ref"], "#/components/schemas/SaleEvent",
+        "{stream}"
+    );
+    let schemas = &doc.body["components"]["schemas"];
+    let events = schemas["SaleEvent"]["oneOf"].as_array().expect("oneOf");
+    let mut described = Vec::new();
+    for event in events {
+        let name = event["properties"]["event"]["enum"][0].as_str().unwrap();
+        let data = &event["properties"]["data"];
+        assert_eq!(data["type"], "string", "{event}");
+        assert_eq!(data["contentMediaType"], "application/json", "{event}");
+        let schema = data["contentSchema"]["$ref"].as_str().unwrap();
+        let component = schema.strip_prefix("#/components/schemas/").unwrap();
+        assert!(
+            schemas[component].is_object(),
+            "{schema} is not a component"
+        );
+        described.push((name, component));
+    }
+    assert_eq!(
+        described,
+        [
+            ("sale", "SaleView"),
+            ("stock", "StockChange"),
+            ("order", "OrderEvent"),
+            ("resync", "Resync")
+        ]
+    );
+}

@@ -234,7 +234,7 @@ async fn a_dead_gateways_key_is_resolved_to_its_order() {
         .stale_holds(&s, Duration::from_millis(10))
         .await
         .unwrap();
-    assert_eq!(stale, [order.id.clone()]);
+    assert_eq!(stale, std::slice::from_ref(&order.id));
     gate.drop_hold(&s, &order.id, HoldEnd::Confirm(&order))
         .await
         .unwrap();
