@@ -2,8 +2,12 @@
 # Local services for the distributed mode, on loopback: PostgreSQL, Redis and a
 # Kafka-protocol broker (tansu). `up` starts whatever is not running (installing what is
 # missing), `down` stops the broker it started, `status` tells what answers.
+# `sentinel` starts a Redis primary (6391), a replica (6392) and three Sentinels
+# (26391-26393) watching it as `flashsale`: `--gate
+# redis-sentinel://127.0.0.1:26391,127.0.0.1:26392,127.0.0.1:26393/flashsale`;
+# `sentinel-down` stops them. (The tests start deployments of their own, on free ports.)
 #
-#   scripts/services.sh up|down|status
+#   scripts/services.sh up|down|status|sentinel|sentinel-down
 #
 # Environment: TANSU_STORAGE (default sqlite://tansu.db: durable, and its offsets are
 # right; memory://tansu/ is faster but answers wrong "latest offsets"), SERVICES_DIR
@@ -88,6 +92,52 @@ kafka_down() {
     fi
 }
 
+SENTINEL_PRIMARY=6391
+SENTINEL_REPLICA=6392
+SENTINEL_PORTS="26391 26392 26393"
+
+sentinel_up() {
+    redis_up >/dev/null
+    local dir="$SERVICES_DIR/sentinel"
+    mkdir -p "$dir"
+    for port in $SENTINEL_PRIMARY $SENTINEL_REPLICA; do
+        listening "$port" && continue
+        local extra=()
+        [ "$port" = "$SENTINEL_REPLICA" ] && extra=(--replicaof 127.0.0.1 "$SENTINEL_PRIMARY")
+        redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" \
+            --appendonly no --dir "$dir" --dbfilename "dump-$port.rdb" \
+            --pidfile "$dir/redis-$port.pid" --logfile "$dir/redis-$port.log" "${extra[@]}"
+        wait_for "$port" "Redis $port"
+    done
+    for port in $SENTINEL_PORTS; do
+        listening "$port" && continue
+        # Sentinels rewrite their file: one each, written afresh.
+        cat > "$dir/sentinel-$port.conf" <<CONF
+port $port
+bind 127.0.0.1
+dir $dir
+pidfile $dir/sentinel-$port.pid
+logfile $dir/sentinel-$port.log
+daemonize yes
+sentinel monitor flashsale 127.0.0.1 $SENTINEL_PRIMARY 2
+sentinel down-after-milliseconds flashsale 1000
+sentinel failover-timeout flashsale 4000
+CONF
+        redis-server "$dir/sentinel-$port.conf" --sentinel
+        wait_for "$port" "Sentinel $port"
+    done
+    echo "gate: redis-sentinel://127.0.0.1:26391,127.0.0.1:26392,127.0.0.1:26393/flashsale"
+}
+
+sentinel_down() {
+    local dir="$SERVICES_DIR/sentinel"
+    for pidfile in "$dir"/*.pid; do
+        [ -f "$pidfile" ] || continue
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+        rm -f "$pidfile"
+    done
+}
+
 status() {
     for entry in "PostgreSQL 5432" "Redis 6379" "Kafka(tansu) $KAFKA_PORT"; do
         set -- $entry
@@ -104,5 +154,7 @@ case "${1:-}" in
         ;;
     down) kafka_down; status ;;
     status) status ;;
-    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+    sentinel) sentinel_up ;;
+    sentinel-down) sentinel_down ;;
+    *) echo "usage: $0 up|down|status|sentinel|sentinel-down" >&2; exit 2 ;;
 esac

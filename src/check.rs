@@ -116,6 +116,7 @@ pub async fn run(config: &Config, options: &CheckOptions) -> Result<Report, Chec
                 &config.gate,
                 std::time::Duration::from_secs(5),
                 config.key_policy(),
+                gate::ReplicaAcks::NONE, // it only reads
             )
             .await?,
         ),

@@ -23,7 +23,7 @@ pub use crate::bus::KafkaSettings;
 use crate::bus::{BusSettings, BusUrl};
 use crate::domain::RateLimit;
 use crate::engine::EngineSettings;
-use crate::gate::{GateUrl, KeyPolicy};
+use crate::gate::{GateUrl, KeyPolicy, ReplicaAcks};
 use crate::protect::rate::RateDefaults;
 use crate::protect::{BreakerSettings, OverloadLimits, TrustedProxies};
 use crate::store::StoreUrl;
@@ -43,8 +43,14 @@ pub struct Config {
     pub listen: String,
     /// A second address to listen on, for probes, the payment service and `/metrics`.
     pub internal_listen: Option<String>,
-    /// Stock gate: `local` or `redis://host:port[/db]`.
+    /// Stock gate: `local`, `redis://host:port[/db]` or
+    /// `redis-sentinel://host:port[,host:port…]/MASTER`.
     pub gate: GateUrl,
+    /// Replicas that must have each of the Redis gate's writes before it counts (`WAIT`);
+    /// unset: 1 behind Sentinel, 0 on one Redis.
+    pub gate_replica_acks: Option<u32>,
+    /// How long a write waits for them, in ms; past it a reservation is given back (503).
+    pub gate_replica_timeout_ms: u64,
     /// Order bus: `memory` or `kafka://host:port[,host:port]` (build with `--features kafka`).
     pub bus: BusUrl,
     /// Order store: `sqlite://PATH` or `postgres://…`.
@@ -390,6 +396,14 @@ impl Config {
         if self.orders.backend_timeout_ms < 10 {
             return Err(invalid("backend_timeout_ms", "must be at least 10 ms"));
         }
+        if self.gate_replica_timeout_ms < 1
+            || self.gate_replica_timeout_ms >= self.orders.backend_timeout_ms
+        {
+            return Err(invalid(
+                "gate_replica_timeout_ms",
+                "must be at least 1 ms and shorter than backend_timeout_ms (the buyer's wait)",
+            ));
+        }
         if self.orders.sweep_interval_ms < 10 {
             return Err(invalid("sweep_interval_ms", "must be at least 10 ms"));
         }
@@ -485,6 +499,18 @@ impl Config {
         RateDefaults {
             per_buyer: self.protection.rate_per_buyer,
             per_ip: self.protection.rate_per_ip,
+        }
+    }
+
+    /// The replicas each write of a Redis gate waits for (`gate_replica_acks`).
+    pub fn replica_acks(&self) -> ReplicaAcks {
+        let sentinel =
+            matches!(&self.gate, GateUrl::Redis(url) if url.starts_with("redis-sentinel://"));
+        ReplicaAcks {
+            replicas: self
+                .gate_replica_acks
+                .unwrap_or(if sentinel { 1 } else { 0 }),
+            timeout: Duration::from_millis(self.gate_replica_timeout_ms),
         }
     }
 

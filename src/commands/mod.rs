@@ -20,7 +20,8 @@ use serde::Serialize;
 /// The backends, for every command that opens them.
 #[derive(Args, Serialize)]
 pub struct BackendArgs {
-    /// Stock gate: local, or redis://host:port[/db].
+    /// Stock gate: local, redis://host:port[/db], or
+    /// redis-sentinel://host:port[,host:port]/MASTER.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     gate: Option<String>,

@@ -54,6 +54,33 @@ mod layers {
         });
     }
 
+    /// Issue #23: behind Sentinel a write waits for a replica unless told otherwise; on
+    /// one Redis it cannot; the wait must end before the buyer's.
+    #[test]
+    fn the_gate_waits_for_a_replica_behind_sentinel_and_within_the_buyers_wait() {
+        figment::Jail::expect_with(|jail| {
+            let load = || Config::load(Path::new("none.toml"), &Flags::default());
+            jail.set_env("FLASHSALE_GATE", "redis://127.0.0.1:6379");
+            assert_eq!(load().unwrap().replica_acks().replicas, 0);
+            jail.set_env("FLASHSALE_GATE", "redis-sentinel://127.0.0.1:26379/shop");
+            let acks = load().unwrap().replica_acks();
+            assert_eq!((acks.replicas, acks.timeout.as_millis()), (1, 250));
+            jail.set_env("FLASHSALE_GATE_REPLICA_ACKS", "0");
+            assert_eq!(load().unwrap().replica_acks().replicas, 0);
+            jail.set_env("FLASHSALE_GATE", "redis-sentinel://127.0.0.1:26379");
+            let error = load().unwrap_err();
+            assert!(error.to_string().contains("MASTER_NAME"), "{error}");
+            jail.set_env("FLASHSALE_GATE", "redis-sentinel://127.0.0.1:26379/shop");
+            jail.set_env("FLASHSALE_GATE_REPLICA_TIMEOUT_MS", "1000");
+            let error = load().unwrap_err();
+            assert!(
+                error.to_string().contains("`gate_replica_timeout_ms`"),
+                "{error}"
+            );
+            Ok(())
+        });
+    }
+
     /// Issue #21: on Kafka an order may land up to a request timeout and librdkafka's
     /// one-second scan after its delivery timeout; a hold younger than that is not its
     /// gateway's death, and a rebuild waits that long.
@@ -134,7 +161,7 @@ mod default_file {
         }
         assert_eq!(
             settings().len(),
-            51,
+            53,
             "a setting added: add it to config/default.toml"
         );
     }

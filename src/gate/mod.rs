@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use local::LocalGate;
-pub use redis::RedisGate;
+pub use redis::{RedisGate, RedisTarget, ReplicaAcks};
 
 use crate::domain::{Millis, Order, Refusal, Sale, ValidPurchase};
 
@@ -152,11 +152,13 @@ impl std::str::FromStr for GateUrl {
     fn from_str(url: &str) -> Result<Self, String> {
         if url == "local" {
             Ok(GateUrl::Local)
-        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        } else if url.starts_with("redis") {
+            RedisTarget::parse(url)?;
             Ok(GateUrl::Redis(url.to_string()))
         } else {
             Err(format!(
-                "unsupported gate {url:?} (expected local or redis://host:port)"
+                "unsupported gate {url:?} (expected local, redis://host:port or \
+                 redis-sentinel://host:port[,host:port]/MASTER)"
             ))
         }
     }
@@ -189,14 +191,18 @@ pub async fn connect(
     url: &GateUrl,
     deadline: std::time::Duration,
     keys: KeyPolicy,
+    acks: ReplicaAcks,
 ) -> Result<Arc<dyn StockGate>, GateError> {
     Ok(match url {
         GateUrl::Local => Arc::new(LocalGate::with_key_policy(keys)),
-        GateUrl::Redis(url) => Arc::new(
-            RedisGate::connect(url, deadline)
-                .await?
-                .with_key_policy(keys),
-        ),
+        GateUrl::Redis(url) => {
+            let target = RedisTarget::parse(url).map_err(GateError::Unavailable)?;
+            Arc::new(
+                RedisGate::connect_to(target, deadline, acks)
+                    .await?
+                    .with_key_policy(keys),
+            )
+        }
     })
 }
 

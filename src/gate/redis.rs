@@ -2,6 +2,12 @@
 //! a key's answer. Scripts are sent by SHA (EVALSHA; loaded again on NOSCRIPT). Every key
 //! of a sale shares the hash tag `{sale:<id>}`, so one Redis Cluster slot holds a sale.
 //!
+//! With replicas (`gate_replica_acks` ≥ 1, the default behind Sentinel), every script
+//! that writes is followed on its connection by `WAIT n timeout`: a decision counts only
+//! once `n` replicas have it, so a failover to the most up-to-date replica cannot lose a
+//! decision a buyer was told about. A reservation no replica took in time is given back
+//! at once and the buyer gets 503 (see docs/redis.md).
+//!
 //! Each gateway keeps a local sold-out flag per sale, so that refusals after the sell-out
 //! cost no round trip. Stock coming back (release) publishes on `flashsale:restock`,
 //! which drops the flag on every gateway; the flag also lapses after `SOLD_OUT_TTL` in
@@ -14,8 +20,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::RwLock;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::{FromRedisValue, Script, ToRedisArgs, Value};
 
 use super::{
     AbortOnDrop, Decision, GateError, HoldEnd, KeyAnswer, KeyPolicy, RebuildLease, SaleSnapshot,
@@ -23,21 +28,42 @@ use super::{
 };
 use crate::domain::{Millis, Order, Refusal, Sale, ValidPurchase};
 
+mod connection;
+
+use connection::Connection;
+pub use connection::RedisTarget;
+
 const RESTOCK_CHANNEL: &str = "flashsale:restock";
 const SOLD_OUT_TTL: Duration = Duration::from_secs(1);
 /// How long a rebuild lease lasts unless renewed (it is renewed every third of it).
 const LEASE_MS: u64 = 10_000;
+/// How many replicas must have a write before it counts, and how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaAcks {
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
+impl ReplicaAcks {
+    /// No replica waited for: one Redis, or replicas trusted to keep up.
+    pub const NONE: ReplicaAcks = ReplicaAcks {
+        replicas: 0,
+        timeout: Duration::ZERO,
+    };
+}
+
 pub struct RedisGate {
-    conn: ConnectionManager,
+    redis: Arc<Connection>,
     deadline: Duration,
-    reserve: Script,
-    release: Script,
-    confirm: Script,
-    open: Script,
-    drop_hold: Script,
-    restore: Script,
-    lease: Script,
-    update: Script,
+    acks: ReplicaAcks,
+    reserve: Lua,
+    release: Lua,
+    confirm: Lua,
+    open: Lua,
+    drop_hold: Lua,
+    restore: Lua,
+    lease: Lua,
+    update: Lua,
     keys: KeyPolicy,
     /// sale id → when this gateway saw it sold out.
     sold_out: Arc<RwLock<HashMap<String, Instant>>>,
@@ -87,34 +113,85 @@ fn unavailable(e: impl std::fmt::Display) -> GateError {
     GateError::Unavailable(e.to_string())
 }
 
+/// A Lua script of the gate, sent by its SHA.
+struct Lua(Script);
+
+impl Lua {
+    fn new(source: &str) -> Lua {
+        Lua(Script::new(source))
+    }
+
+    /// A call of the script, starting with its first key.
+    fn key(&self, key: impl ToRedisArgs) -> Call<'_> {
+        let mut call = Call {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        };
+        call.key(key);
+        call
+    }
+}
+
+/// One call of a script: its keys and arguments, as `redis::ScriptInvocation` has them,
+/// but sendable in a pipeline (with `WAIT` after it).
+struct Call<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call<'_> {
+    fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    fn evalsha(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.lua.0.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+}
+
 impl RedisGate {
-    /// Connects to `redis://host:port[/db]`; `deadline` bounds every call.
+    /// Connects to `redis://host:port[/db]` (no replica waited for); `deadline` bounds
+    /// every call.
     pub async fn connect(url: &str, deadline: Duration) -> Result<RedisGate, GateError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(deadline))
-            .set_response_timeout(Some(deadline))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            deadline,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| unavailable("timed out connecting to Redis"))?
-        .map_err(unavailable)?;
+        let target = RedisTarget::parse(url).map_err(unavailable)?;
+        RedisGate::connect_to(target, deadline, ReplicaAcks::NONE).await
+    }
+
+    /// Connects to a Redis or to the master Sentinels name; every write waits for
+    /// `acks` (which must be shorter than `deadline`).
+    pub async fn connect_to(
+        target: RedisTarget,
+        deadline: Duration,
+        acks: ReplicaAcks,
+    ) -> Result<RedisGate, GateError> {
+        let redis = Arc::new(Connection::open(target, deadline).await?);
         let sold_out = Arc::new(RwLock::new(HashMap::new()));
-        let listener = tokio::spawn(listen_for_restock(client, sold_out.clone()));
+        let listener = tokio::spawn(listen_for_restock(redis.clone(), sold_out.clone()));
         Ok(RedisGate {
-            conn,
+            redis,
             deadline,
-            reserve: Script::new(include_str!("lua/reserve.lua")),
-            release: Script::new(include_str!("lua/release.lua")),
-            confirm: Script::new(include_str!("lua/confirm.lua")),
-            open: Script::new(include_str!("lua/open.lua")),
-            drop_hold: Script::new(include_str!("lua/drop_hold.lua")),
-            restore: Script::new(include_str!("lua/restore.lua")),
-            lease: Script::new(include_str!("lua/lease.lua")),
-            update: Script::new(include_str!("lua/update.lua")),
+            acks,
+            reserve: Lua::new(include_str!("lua/reserve.lua")),
+            release: Lua::new(include_str!("lua/release.lua")),
+            confirm: Lua::new(include_str!("lua/confirm.lua")),
+            open: Lua::new(include_str!("lua/open.lua")),
+            drop_hold: Lua::new(include_str!("lua/drop_hold.lua")),
+            restore: Lua::new(include_str!("lua/restore.lua")),
+            lease: Lua::new(include_str!("lua/lease.lua")),
+            update: Lua::new(include_str!("lua/update.lua")),
             keys: KeyPolicy::default(),
             sold_out,
             _restock_listener: AbortOnDrop(listener),
@@ -130,10 +207,61 @@ impl RedisGate {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, GateError> {
-        tokio::time::timeout(self.deadline, call)
+        let result = tokio::time::timeout(self.deadline, call)
             .await
-            .map_err(|_| unavailable("Redis did not answer in time"))?
-            .map_err(unavailable)
+            .map_err(|_| unavailable("Redis did not answer in time"))
+            .and_then(|r| r.map_err(unavailable));
+        if let Err(e) = &result {
+            self.redis.failed(e).await;
+        }
+        result
+    }
+
+    /// Runs a script; with replicas to wait for, `WAIT` follows it on the same
+    /// connection (a pipeline: a reconnection in between cannot answer for another
+    /// connection's writes). Returns the reply and whether enough replicas have it.
+    async fn eval<T: FromRedisValue>(&self, call: &Call<'_>) -> Result<(T, bool), GateError> {
+        let mut conn = self.redis.get();
+        let acks = self.acks;
+        self.bounded(async move {
+            for attempt in 0..2 {
+                let sent = if acks.replicas == 0 {
+                    call.evalsha()
+                        .query_async::<T>(&mut conn)
+                        .await
+                        .map(|reply| (reply, true))
+                } else {
+                    redis::pipe()
+                        .add_command(call.evalsha())
+                        .cmd("WAIT")
+                        .arg(acks.replicas)
+                        .arg(acks.timeout.as_millis() as u64)
+                        .query_async::<(T, u32)>(&mut conn)
+                        .await
+                        .map(|(reply, acked)| (reply, acked >= acks.replicas))
+                };
+                match sent {
+                    Err(e)
+                        if attempt == 0
+                            && e.kind()
+                                == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        call.lua.0.load_async(&mut conn).await?;
+                    }
+                    other => return other,
+                }
+            }
+            unreachable!("the second attempt returns")
+        })
+        .await
+    }
+
+    /// Runs a script that writes; an error unless enough replicas have the write.
+    async fn write<T: FromRedisValue>(&self, call: &Call<'_>) -> Result<T, GateError> {
+        match self.eval(call).await? {
+            (reply, true) => Ok(reply),
+            (_, false) => Err(not_replicated(self.acks)),
+        }
     }
 
     fn locally_sold_out(&self, sale_id: &str) -> bool {
@@ -144,13 +272,22 @@ impl RedisGate {
     }
 }
 
-/// Drops local sold-out flags when any gateway releases stock; reconnects on failure.
+fn not_replicated(acks: ReplicaAcks) -> GateError {
+    unavailable(format!(
+        "not acknowledged by {} replica(s) within {} ms",
+        acks.replicas,
+        acks.timeout.as_millis()
+    ))
+}
+
+/// Drops local sold-out flags when any gateway releases stock; reconnects on failure
+/// (to the current master, behind Sentinels).
 async fn listen_for_restock(
-    client: redis::Client,
+    redis: Arc<Connection>,
     sold_out: Arc<RwLock<HashMap<String, Instant>>>,
 ) {
     loop {
-        match client.get_async_pubsub().await {
+        match redis.client().get_async_pubsub().await {
             Ok(mut pubsub) => {
                 if pubsub.subscribe(RESTOCK_CHANNEL).await.is_ok() {
                     let mut messages = pubsub.into_on_message();
@@ -203,13 +340,12 @@ impl StockGate for RedisGate {
         for item in &sale.items {
             call.arg(item.stock);
         }
-        let mut conn = self.conn.clone();
-        self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
+        self.write::<i64>(&call).await?;
         Ok(())
     }
 
     async fn has_sale(&self, sale: &Sale) -> Result<bool, GateError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.get();
         let meta = SaleKeys::new(&sale.id).meta;
         self.bounded(
             redis::cmd("EXISTS")
@@ -226,7 +362,7 @@ impl StockGate for RedisGate {
     async fn lease_rebuild(&self, sale: &Sale) -> Result<Option<RebuildLease>, GateError> {
         let key = SaleKeys::new(&sale.id).lease;
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.get();
         let taken: Option<String> = self
             .bounded(
                 redis::cmd("SET")
@@ -243,10 +379,11 @@ impl StockGate for RedisGate {
         }
         // Renewed every third of its life while the rebuild runs; if this gateway dies,
         // it lapses and another one may rebuild.
-        let (script, owner) = (self.lease.clone(), token.clone());
+        let (script, owner, redis) = (self.lease.0.clone(), token.clone(), self.redis.clone());
         let renewal = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(LEASE_MS / 3)).await;
+                let mut conn = redis.get();
                 let renewed = script
                     .key(&key)
                     .arg(&owner)
@@ -270,8 +407,7 @@ impl StockGate for RedisGate {
         let mut call = self.lease.key(key);
         call.arg(&lease.token).arg(0);
         drop(lease); // stops the renewal first
-        let mut conn = self.conn.clone();
-        self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
+        self.write::<i64>(&call).await?;
         Ok(())
     }
 
@@ -317,8 +453,7 @@ impl StockGate for RedisGate {
             call.key(SaleKeys::idempotency(&sale.id, &order.user_id, key))
                 .arg(format!("{}\naccepted\n{json}", order.fingerprint));
         }
-        let mut conn = self.conn.clone();
-        let outcome: String = self.bounded(call.invoke_async(&mut conn)).await?;
+        let outcome: String = self.write(&call).await?;
         match outcome.as_str() {
             "restored" => {
                 self.sold_out.write().remove(&sale.id);
@@ -343,8 +478,7 @@ impl StockGate for RedisGate {
         for item in &sale.items {
             call.arg(item.stock);
         }
-        let mut conn = self.conn.clone();
-        let outcome: String = self.bounded(call.invoke_async(&mut conn)).await?;
+        let outcome: String = self.write(&call).await?;
         self.sold_out.write().remove(&sale.id);
         match outcome.as_str() {
             "updated" => Ok(()),
@@ -390,10 +524,18 @@ impl StockGate for RedisGate {
         for &(item, units) in &purchase.units {
             call.arg(item).arg(units);
         }
-        let mut conn = self.conn.clone();
-        let reply: Vec<Value> = self.bounded(call.invoke_async(&mut conn)).await?;
+        let (reply, replicated): (Vec<Value>, bool) = self.eval(&call).await?;
         let kind = reply.first().map(text).unwrap_or_default();
         match kind.as_str() {
+            "reserved" if !replicated => {
+                // A failover now could lose this reservation: the buyer must not hear of
+                // it. Given back at once (or, if that fails too, by the sweeper once the
+                // hold is stale: it never reaches the bus).
+                if let Err(e) = self.drop_hold(sale, order_id, HoldEnd::Release).await {
+                    tracing::warn!(sale = %sale.id, order = %order_id, error = %e, "unreplicated reservation not given back yet (the sweeper will)");
+                }
+                Err(not_replicated(self.acks))
+            }
             "reserved" => {
                 let at = reply.get(1).map(text).and_then(|t| t.parse().ok());
                 let at = at.ok_or_else(|| unavailable("reservation without a time"))?;
@@ -437,8 +579,7 @@ impl StockGate for RedisGate {
             .arg(&order.id)
             .arg(json)
             .arg(order.idempotency_key.is_some() as u8);
-        let mut conn = self.conn.clone();
-        self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
+        self.write::<i64>(&call).await?;
         Ok(())
     }
 
@@ -469,8 +610,7 @@ impl StockGate for RedisGate {
         for (item, units) in order.units(sale) {
             call.arg(item).arg(units);
         }
-        let mut conn = self.conn.clone();
-        let released = self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
+        let released = self.write::<i64>(&call).await?;
         if released < 0 {
             return Err(GateError::UnknownSale(sale.id.clone()));
         }
@@ -484,7 +624,7 @@ impl StockGate for RedisGate {
         user_id: &str,
         key: &str,
     ) -> Result<Option<KeyAnswer>, GateError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.get();
         let idem = SaleKeys::idempotency(&sale.id, user_id, key);
         let value: Option<String> = self
             .bounded(redis::cmd("GET").arg(idem).query_async(&mut conn))
@@ -498,7 +638,7 @@ impl StockGate for RedisGate {
     }
 
     async fn now(&self) -> Result<Millis, GateError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.get();
         let (seconds, micros): (i64, i64) = self
             .bounded(redis::cmd("TIME").query_async(&mut conn))
             .await?;
@@ -506,7 +646,7 @@ impl StockGate for RedisGate {
     }
 
     async fn stale_holds(&self, sale: &Sale, grace: Duration) -> Result<Vec<String>, GateError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.get();
         // Reservations are stamped with Redis's clock: compare with it, not ours.
         let older_than = self.now().await? - grace.as_millis() as i64;
         let holds = SaleKeys::new(&sale.id).holds;
@@ -547,8 +687,7 @@ impl StockGate for RedisGate {
             .arg(release as u8)
             .arg(&sale.id)
             .arg(json);
-        let mut conn = self.conn.clone();
-        self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
+        self.write::<i64>(&call).await?;
         if release {
             self.sold_out.write().remove(&sale.id);
         }
@@ -556,7 +695,7 @@ impl StockGate for RedisGate {
     }
 
     async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.get();
         let stock: HashMap<usize, i64> = self
             .bounded(
                 redis::cmd("HGETALL")
@@ -579,5 +718,7 @@ impl StockGate for RedisGate {
     }
 }
 
+#[cfg(test)]
+mod failover_tests;
 #[cfg(test)]
 mod tests;

@@ -103,8 +103,13 @@ impl Server {
                 return Err(refusal(exposed));
             }
         }
-        let gate =
-            gate::connect(&config.gate, config.backend_timeout(), config.key_policy()).await?;
+        let gate = gate::connect(
+            &config.gate,
+            config.backend_timeout(),
+            config.key_policy(),
+            config.replica_acks(),
+        )
+        .await?;
         let store = store::connect(&config.store).await?;
         let (bus, inbox) = bus::connect(&config.bus_settings()).await?;
         let stop_writer = CancellationToken::new();

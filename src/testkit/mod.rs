@@ -9,6 +9,7 @@
 //! - `faulty_gate.rs`: the local gate with faults on demand.
 //! - `engine.rs`: `TestEngine`, an engine on a local gate, the in-process bus with its
 //!   group-commit writer, and SQLite in a temp dir; the one `purchase` helper.
+//! - `sentinel.rs`: a Redis primary, a replica and three Sentinels on ports of their own.
 //! - `server.rs`: `InProcessServer`, the HTTP server in this process on port 0, and its
 //!   typed client.
 
@@ -17,6 +18,7 @@ pub mod faulty_gate;
 pub mod faulty_store;
 pub mod fixtures;
 pub mod postgres;
+pub mod sentinel;
 pub mod server;
 
 pub use engine::{Setup, TestEngine};
@@ -24,4 +26,5 @@ pub use faulty_gate::FaultyGate;
 pub use faulty_store::FaultyStore;
 pub use fixtures::{OrderBuilder, SaleBuilder, order, sale};
 pub use postgres::{fresh_postgres_database, postgres_server_url};
+pub use sentinel::SentinelDeployment;
 pub use server::InProcessServer;

@@ -50,7 +50,7 @@ async fn buy(
 
 /// What a data loss does to one sale: every key of it gone.
 async fn lose(gate: &RedisGate, sale: &Sale) {
-    let mut conn = gate.conn.clone();
+    let mut conn = gate.redis.get();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{{sale:{}}}:*", sale.id))
         .query_async(&mut conn)
@@ -207,7 +207,7 @@ async fn a_key_outlives_the_sale_and_its_payment_window() {
     let s = sale(3, 1, None, Some(now_millis() + ten_days), 600);
     gate.open_sale(&s).await.unwrap();
     buy(&gate, &s, "a", Some("k"), now_millis()).await.unwrap();
-    let mut conn = gate.conn.clone();
+    let mut conn = gate.redis.get();
     let ttl: i64 = redis::cmd("PTTL")
         .arg(SaleKeys::idempotency(&s.id, "a", "k"))
         .query_async(&mut conn)
@@ -267,7 +267,7 @@ async fn an_ended_orders_release_settles_its_key() {
 }
 
 async fn pttl(gate: &RedisGate, key: &str) -> i64 {
-    let mut conn = gate.conn.clone();
+    let mut conn = gate.redis.get();
     redis::cmd("PTTL")
         .arg(key)
         .query_async(&mut conn)
