@@ -140,12 +140,7 @@ async fn failover_with_a_lagging_replica(acks: ReplicaAcks, patience: Duration) 
     let lagging: Vec<Option<Arc<Order>>> = futures_util::stream::iter(0..40)
         .map(|n| {
             let engine = &engine;
-            async move {
-                match engine.buy(&format!("lagging-{n}"), Some("k")).await {
-                    Ok(order) => Some(order),
-                    Err(_) => None,
-                }
-            }
+            async move { engine.buy(&format!("lagging-{n}"), Some("k")).await.ok() }
         })
         .buffer_unordered(16)
         .collect()
