@@ -177,7 +177,12 @@ impl RedisGate {
         deadline: Duration,
         acks: ReplicaAcks,
     ) -> Result<RedisGate, GateError> {
-        let redis = Arc::new(Connection::open(target, deadline).await?);
+        let pool = if acks.replicas == 0 {
+            1
+        } else {
+            connection::WAITING_POOL
+        };
+        let redis = Arc::new(Connection::open(target, deadline, pool).await?);
         let sold_out = Arc::new(RwLock::new(HashMap::new()));
         let listener = tokio::spawn(listen_for_restock(redis.clone(), sold_out.clone()));
         Ok(RedisGate {

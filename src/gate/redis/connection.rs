@@ -1,9 +1,10 @@
 //! Where the Redis gate's commands go: one Redis (`redis://`), or the master a set of
 //! Sentinels name (`redis-sentinel://`), followed across a failover.
 //!
-//! Commands go over a few multiplexed connections taken in turn: a decision that waits
-//! for a replica's acknowledgement (`WAIT`) blocks its connection on the server until
-//! then, and must not hold up every other decision of the gateway behind it.
+//! Commands go over one multiplexed connection, or, when writes wait for replicas, over
+//! a few taken in turn: a decision that waits for a replica's acknowledgement (`WAIT`)
+//! blocks its connection on the server until then, and must not hold up every other
+//! decision of the gateway behind it.
 //!
 //! In Sentinel mode a failure that says the master is gone or is no longer one (the
 //! connection refused or cut, a timeout, `READONLY` from a demoted master) makes the gate
@@ -20,8 +21,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::unavailable;
 use crate::gate::GateError;
 
-/// Connections to the master, taken in turn.
-const POOL: usize = 8;
+/// Connections to the master, taken in turn, when writes wait for replicas.
+pub(super) const WAITING_POOL: usize = 8;
 /// Shortest time between two questions to the Sentinels from one gateway.
 const RESOLVE_EVERY: Duration = Duration::from_millis(200);
 
@@ -95,6 +96,7 @@ struct Master {
 pub(super) struct Connection {
     target: RedisTarget,
     deadline: Duration,
+    pool_size: usize,
     master: RwLock<Arc<Master>>,
     next: AtomicUsize,
     /// One resolution at a time, and not more often than `RESOLVE_EVERY`.
@@ -102,11 +104,16 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    pub(super) async fn open(target: RedisTarget, deadline: Duration) -> Result<Self, GateError> {
-        let master = connect_master(&target, deadline).await?;
+    pub(super) async fn open(
+        target: RedisTarget,
+        deadline: Duration,
+        pool_size: usize,
+    ) -> Result<Self, GateError> {
+        let master = connect_master(&target, deadline, pool_size).await?;
         Ok(Connection {
             target,
             deadline,
+            pool_size,
             master: RwLock::new(Arc::new(master)),
             next: AtomicUsize::new(0),
             resolving: tokio::sync::Mutex::new(Instant::now()),
@@ -147,7 +154,7 @@ impl Connection {
             return;
         }
         *last = Instant::now();
-        match connect_master(&self.target, self.deadline).await {
+        match connect_master(&self.target, self.deadline, self.pool_size).await {
             Ok(master) => {
                 let previous = self.master.read().address.clone();
                 if master.address != previous {
@@ -163,7 +170,11 @@ impl Connection {
     }
 }
 
-async fn connect_master(target: &RedisTarget, deadline: Duration) -> Result<Master, GateError> {
+async fn connect_master(
+    target: &RedisTarget,
+    deadline: Duration,
+    pool_size: usize,
+) -> Result<Master, GateError> {
     let (url, address) = match target {
         RedisTarget::Single(url) => (url.clone(), url.clone()),
         RedisTarget::Sentinel {
@@ -181,8 +192,8 @@ async fn connect_master(target: &RedisTarget, deadline: Duration) -> Result<Mast
         .set_connection_timeout(Some(deadline))
         .set_response_timeout(Some(deadline))
         .set_number_of_retries(1);
-    let mut pool = Vec::with_capacity(POOL);
-    for _ in 0..POOL {
+    let mut pool = Vec::with_capacity(pool_size);
+    for _ in 0..pool_size.max(1) {
         let conn = tokio::time::timeout(
             deadline,
             ConnectionManager::new_with_config(client.clone(), config.clone()),
