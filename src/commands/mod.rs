@@ -21,7 +21,7 @@ use serde::Serialize;
 #[derive(Args, Serialize)]
 pub struct BackendArgs {
     /// Stock gate: local, redis://host:port[/db], or
-    /// redis-sentinel://host:port[,host:port]/MASTER.
+    /// redis-sentinel://host:port[,host:port]/MASTER, or redis-cluster://host:port[,…].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     gate: Option<String>,

@@ -205,10 +205,20 @@ impl Engine {
         let watching = Watching {
             notify: Some(self.key_waiters.watch(&order_id)),
             waiters: &self.key_waiters,
-            order_id,
+            order_id: order_id.clone(),
         };
         let notify = watching.notify.clone().expect("set above");
-        self.await_settled(sale, user_id, key, &notify).await
+        match self.await_settled(sale, user_id, key, &notify).await {
+            // Still "in flight" in the gate, but the order may be stored: its gateway
+            // died before confirming the key, or the confirmation was lost in a Redis
+            // failover (the sweeper confirms it after `hold_grace`). The store's word
+            // is final: the buyer's original order.
+            Err(EngineError::InProgress) => match self.store.get_order(&order_id).await {
+                Ok(Some(order)) if order.user_id == user_id => Ok(Arc::new(order)),
+                _ => Err(EngineError::InProgress),
+            },
+            other => other,
+        }
     }
 
     async fn await_settled(

@@ -139,6 +139,29 @@ async fn a_restart_rebuilds_the_gate_from_the_store() {
     engine.stop().await;
 }
 
+/// Issue #23: a key whose confirmation was lost (a Redis failover dropped it, or its
+/// gateway died after the bus took the order) stays "in flight" in the gate until the
+/// sweeper's `hold_grace`; a retry meanwhile gets the stored order, not 503 after 503.
+#[tokio::test]
+async fn a_retry_of_a_stored_order_whose_key_confirmation_was_lost_gets_the_order() {
+    let gate = Arc::new(FaultyGate::new(LocalGate::new()));
+    let engine = TestEngine::with(Setup {
+        gate: gate.clone(),
+        settings: EngineSettings {
+            replay_wait: Duration::from_millis(50),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    gate.lose_confirmations
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let first = engine.buy("alice", Some("k")).await.unwrap();
+    let retry = engine.buy("alice", Some("k")).await;
+    assert_eq!(retry.map(|o| o.id.clone()).ok(), Some(first.id.clone()));
+    assert_eq!(engine.stored_orders().await.len(), 1);
+}
+
 /// An operator's control whose gate step fails is stored; the gate catches up on the
 /// sweeper's next pass.
 #[tokio::test]

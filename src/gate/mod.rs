@@ -157,8 +157,9 @@ impl std::str::FromStr for GateUrl {
             Ok(GateUrl::Redis(url.to_string()))
         } else {
             Err(format!(
-                "unsupported gate {url:?} (expected local, redis://host:port or \
-                 redis-sentinel://host:port[,host:port]/MASTER)"
+                "unsupported gate {url:?} (expected local, redis://host:port, \
+                 redis-sentinel://host:port[,host:port]/MASTER or \
+                 redis-cluster://host:port[,host:port])"
             ))
         }
     }

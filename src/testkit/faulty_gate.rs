@@ -1,5 +1,5 @@
 //! The local gate with faults on demand: operators' updates that fail, a clock that is
-//! off. Everything else is the local gate's.
+//! off, confirmations lost. Everything else is the local gate's.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
@@ -17,6 +17,9 @@ pub struct FaultyGate {
     pub fail_updates: AtomicBool,
     /// The gate's clock is this far ahead of this process's (ms).
     pub clock_ahead: AtomicI64,
+    /// `confirm` answers Ok and does nothing while set: a key's confirmation lost (its
+    /// gateway died, or a Redis failover dropped it).
+    pub lose_confirmations: AtomicBool,
 }
 
 impl FaultyGate {
@@ -25,6 +28,7 @@ impl FaultyGate {
             inner,
             fail_updates: AtomicBool::new(false),
             clock_ahead: AtomicI64::new(0),
+            lose_confirmations: AtomicBool::new(false),
         }
     }
 
@@ -63,6 +67,9 @@ impl StockGate for FaultyGate {
         self.inner.reserve(sale, purchase, key, order_id, now).await
     }
     async fn confirm(&self, sale: &Sale, order: &Order) -> Result<(), GateError> {
+        if self.lose_confirmations.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         self.inner.confirm(sale, order).await
     }
     async fn release(&self, sale: &Sale, order: &Order, forget_key: bool) -> Result<(), GateError> {

@@ -9,10 +9,12 @@
 //! - `faulty_gate.rs`: the local gate with faults on demand.
 //! - `engine.rs`: `TestEngine`, an engine on a local gate, the in-process bus with its
 //!   group-commit writer, and SQLite in a temp dir; the one `purchase` helper.
-//! - `sentinel.rs`: a Redis primary, a replica and three Sentinels on ports of their own.
+//! - `sentinel.rs`: a Redis primary, two replicas and three Sentinels on ports of their
+//!   own; `cluster.rs`: a Redis Cluster of three masters with a replica each.
 //! - `server.rs`: `InProcessServer`, the HTTP server in this process on port 0, and its
 //!   typed client.
 
+pub mod cluster;
 pub mod engine;
 pub mod faulty_gate;
 pub mod faulty_store;
@@ -21,6 +23,7 @@ pub mod postgres;
 pub mod sentinel;
 pub mod server;
 
+pub use cluster::ClusterDeployment;
 pub use engine::{Setup, TestEngine};
 pub use faulty_gate::FaultyGate;
 pub use faulty_store::FaultyStore;

@@ -203,7 +203,14 @@ impl SentinelDeployment {
         self.spawn_with(port, move |command| {
             command
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
                 // DEBUG SLEEP, to make a replica lag.
                 .args(["--enable-debug-command", "local"])
                 .arg("--dbfilename")

@@ -1,5 +1,8 @@
-//! Where the Redis gate's commands go: one Redis (`redis://`), or the master a set of
-//! Sentinels name (`redis-sentinel://`), followed across a failover.
+//! Where the Redis gate's commands go: one Redis (`redis://`), the master a set of
+//! Sentinels name (`redis-sentinel://`), followed across a failover, or a Redis Cluster
+//! (`redis-cluster://`), whose client routes each call by its keys' slot (every key of
+//! a sale shares the hash tag `{sale:<id>}`), follows `MOVED` and `ASK`, and learns the
+//! new master of a slot after a failover.
 //!
 //! Commands go over one multiplexed connection, or, when writes wait for replicas, over
 //! a few taken in turn: a decision that waits for a replica's acknowledgement (`WAIT`)
@@ -17,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::unavailable;
 use crate::gate::GateError;
@@ -39,6 +45,12 @@ pub enum RedisTarget {
         credentials: String,
         db: u32,
     },
+    /// `redis-cluster://[user:password@]host:port[,host:port…]`: any nodes of the
+    /// cluster, from which the client learns the rest.
+    Cluster {
+        nodes: Vec<String>,
+        credentials: String,
+    },
 }
 
 impl RedisTarget {
@@ -46,9 +58,29 @@ impl RedisTarget {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             return Ok(RedisTarget::Single(url.to_string()));
         }
+        if let Some(rest) = url.strip_prefix("redis-cluster://") {
+            let (credentials, hosts) = match rest.rsplit_once('@') {
+                Some((user, rest)) => (format!("{user}@"), rest),
+                None => (String::new(), rest),
+            };
+            let nodes: Vec<String> = hosts
+                .trim_end_matches('/')
+                .split(',')
+                .map(str::to_string)
+                .collect();
+            if !nodes.iter().all(|n| is_host_port(n)) {
+                return Err(format!(
+                    "bad Cluster URL {url:?}: expected \
+                     redis-cluster://[user:password@]host:port[,host:port…] (no database: a \
+                     cluster has only database 0)"
+                ));
+            }
+            return Ok(RedisTarget::Cluster { nodes, credentials });
+        }
         let Some(rest) = url.strip_prefix("redis-sentinel://") else {
             return Err(format!(
-                "unsupported Redis URL {url:?} (expected redis://, rediss:// or redis-sentinel://)"
+                "unsupported Redis URL {url:?} (expected redis://, rediss://, \
+                 redis-sentinel:// or redis-cluster://)"
             ));
         };
         let (credentials, rest) = match rest.rsplit_once('@') {
@@ -85,10 +117,52 @@ impl RedisTarget {
     }
 }
 
-/// The master's connections as of the last resolution.
+fn is_host_port(text: &str) -> bool {
+    text.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// A connection of the gate: to one Redis, or to a cluster (one per node, inside).
+#[derive(Clone)]
+pub(super) enum Conn {
+    One(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::One(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::One(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(conn) => conn.get_db(),
+            Conn::Cluster(_) => 0,
+        }
+    }
+}
+
+/// The master's connections as of the last resolution (a cluster: the cluster's).
 struct Master {
-    client: redis::Client,
-    pool: Vec<ConnectionManager>,
+    /// Clients of single nodes, for the restock subscription: the master, or every
+    /// node named in a cluster URL (a cluster's `PUBLISH` reaches every node).
+    subscribe_to: Vec<redis::Client>,
+    pool: Vec<Conn>,
     /// `host:port`, for the logs.
     address: String,
 }
@@ -121,15 +195,17 @@ impl Connection {
     }
 
     /// A connection to the master (the next one of the pool).
-    pub(super) fn get(&self) -> ConnectionManager {
+    pub(super) fn get(&self) -> Conn {
         let master = self.master.read();
         let n = self.next.fetch_add(1, Ordering::Relaxed) % master.pool.len();
         master.pool[n].clone()
     }
 
-    /// A client of the master, for a subscription.
+    /// A client to subscribe with: the master, or, in a cluster, each seed node in turn.
     pub(super) fn client(&self) -> redis::Client {
-        self.master.read().client.clone()
+        let master = self.master.read();
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % master.subscribe_to.len();
+        master.subscribe_to[n].clone()
     }
 
     /// Called with each failed call's error: in Sentinel mode, an error that may mean a
@@ -176,6 +252,9 @@ async fn connect_master(
     pool_size: usize,
 ) -> Result<Master, GateError> {
     let (url, address) = match target {
+        RedisTarget::Cluster { nodes, credentials } => {
+            return connect_cluster(nodes, credentials, deadline, pool_size).await;
+        }
         RedisTarget::Single(url) => (url.clone(), url.clone()),
         RedisTarget::Sentinel {
             sentinels,
@@ -201,17 +280,17 @@ async fn connect_master(
         .await
         .map_err(|_| unavailable("timed out connecting to Redis"))?
         .map_err(unavailable)?;
-        pool.push(conn);
+        pool.push(Conn::One(conn));
     }
     if matches!(target, RedisTarget::Sentinel { .. }) {
         // A Sentinel may still name a master it has not yet seen demoted: check.
         let mut conn = pool[0].clone();
-        let role: Vec<redis::Value> =
+        let role: Vec<Value> =
             tokio::time::timeout(deadline, redis::cmd("ROLE").query_async(&mut conn))
                 .await
                 .map_err(|_| unavailable("Redis did not answer ROLE in time"))?
                 .map_err(unavailable)?;
-        let is_master = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
+        let is_master = matches!(role.first(), Some(Value::BulkString(r)) if r == b"master");
         if !is_master {
             return Err(unavailable(format!(
                 "{address}, named master by the Sentinels, is not one (yet)"
@@ -219,9 +298,47 @@ async fn connect_master(
         }
     }
     Ok(Master {
-        client,
+        subscribe_to: vec![client],
         pool,
         address,
+    })
+}
+
+async fn connect_cluster(
+    nodes: &[String],
+    credentials: &str,
+    deadline: Duration,
+    pool_size: usize,
+) -> Result<Master, GateError> {
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("redis://{credentials}{node}"))
+        .collect();
+    let client = ClusterClientBuilder::new(urls.clone())
+        .connection_timeout(deadline)
+        .response_timeout(deadline)
+        // A slot whose master died: its replica takes over within the cluster's node
+        // timeout; the buyer's wait is bounded by the gate's deadline anyway.
+        .retries(3)
+        .build()
+        .map_err(unavailable)?;
+    let mut pool = Vec::with_capacity(pool_size);
+    for _ in 0..pool_size.max(1) {
+        let conn = tokio::time::timeout(deadline, client.get_async_connection())
+            .await
+            .map_err(|_| unavailable("timed out connecting to the Redis Cluster"))?
+            .map_err(unavailable)?;
+        pool.push(Conn::Cluster(conn));
+    }
+    let subscribe_to = urls
+        .iter()
+        .map(|url| redis::Client::open(url.as_str()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)?;
+    Ok(Master {
+        subscribe_to,
+        pool,
+        address: nodes.join(","),
     })
 }
 
@@ -290,5 +407,19 @@ mod tests {
             RedisTarget::parse("redis://h:6379/1").unwrap(),
             RedisTarget::Single("redis://h:6379/1".into())
         );
+        assert_eq!(
+            RedisTarget::parse("redis-cluster://a:s@h1:7000,h2:7001").unwrap(),
+            RedisTarget::Cluster {
+                nodes: vec!["h1:7000".into(), "h2:7001".into()],
+                credentials: "a:s@".into(),
+            }
+        );
+        for bad in [
+            "redis-cluster://h1:7000/2",
+            "redis-cluster://",
+            "redis-cluster://h1",
+        ] {
+            assert!(RedisTarget::parse(bad).is_err(), "{bad} accepted");
+        }
     }
 }

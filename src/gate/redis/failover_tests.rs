@@ -18,7 +18,7 @@ use super::{RedisGate, RedisTarget, ReplicaAcks};
 use crate::domain::{Order, OrderStatus};
 use crate::engine::EngineError;
 use crate::gate::StockGate;
-use crate::testkit::{SentinelDeployment, Setup, TestEngine};
+use crate::testkit::{ClusterDeployment, SentinelDeployment, Setup, TestEngine};
 
 const STOCK: u32 = 200;
 
@@ -242,5 +242,92 @@ async fn without_waiting_for_the_replica_the_same_failover_answers_202_for_units
          ({} acknowledged, {} units stored)",
         run.acknowledged.len(),
         run.units_sold()
+    );
+}
+
+/// Issue #23: a Redis Cluster master `kill -9`ed mid-sale; a replica takes the slot
+/// over. Every write waited for a replica, so the sale sells out exactly, every 202
+/// stored, nobody past the limit. Two replicas per master: the promoted one keeps one to
+/// acknowledge writes (with one, that shard answers 503 until the old master returns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "starts redis-server processes (a cluster of three masters, two replicas each)"]
+async fn a_cluster_master_killed_mid_sale_loses_no_decision() {
+    let mut cluster = ClusterDeployment::start_with(2).await;
+    let target = RedisTarget::parse(&cluster.url()).unwrap();
+    let acks = ReplicaAcks {
+        replicas: 1,
+        timeout: Duration::from_millis(250),
+    };
+    let gate = RedisGate::connect_to(target, Duration::from_secs(1), acks)
+        .await
+        .unwrap();
+    let engine = TestEngine::with(Setup {
+        gate: Arc::new(gate) as Arc<dyn StockGate>,
+        bus_capacity: 1024,
+        stock: STOCK,
+        per_user_limit: 1,
+        ..Setup::default()
+    })
+    .await;
+    let master = cluster
+        .master_of(&format!("{{sale:{}}}:meta", engine.sale))
+        .await
+        .expect("the sale's master");
+    let sold = std::sync::atomic::AtomicUsize::new(0);
+    let buyers = futures_util::stream::iter(0..300)
+        .map(|n| {
+            let (engine, sold) = (&engine, &sold);
+            async move {
+                let answer =
+                    buy_until_answered(engine, &format!("buyer-{n}"), "k", Duration::from_secs(20))
+                        .await;
+                if matches!(answer, Answer::Sold(_)) {
+                    sold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                answer
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<Answer>>();
+    let killer = async {
+        while sold.load(std::sync::atomic::Ordering::Relaxed) < 80 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cluster.kill(master).await;
+    };
+    let (answers, ()) = tokio::join!(buyers, killer);
+    let mut run = Run {
+        acknowledged: Vec::new(),
+        unanswered: 0,
+        stored: Vec::new(),
+    };
+    for answer in answers {
+        match answer {
+            Answer::Sold(order) => run.acknowledged.push(order),
+            Answer::Nothing => run.unanswered += 1,
+            Answer::Refused => {}
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run.stored = engine.stored_orders().await;
+    engine.stop().await;
+    eprintln!("cluster master killed mid-sale: {}", run.summary());
+    assert_ne!(
+        cluster
+            .master_of(&format!("{{sale:{}}}:meta", run.stored[0].sale_id))
+            .await,
+        Some(master)
+    );
+    assert_eq!(run.unanswered, 0, "buyers answered only 503 for 30 s");
+    assert_eq!(
+        run.broken_promises(),
+        Vec::<String>::new(),
+        "202s not stored"
+    );
+    assert_eq!(run.over_limit(), 0, "buyers past their limit of 1");
+    assert_eq!(
+        run.units_sold(),
+        STOCK,
+        "sold out exactly: every unit, once"
     );
 }
