@@ -5,9 +5,12 @@
 # `sentinel` starts a Redis primary (6391), a replica (6392) and three Sentinels
 # (26391-26393) watching it as `flashsale`: `--gate
 # redis-sentinel://127.0.0.1:26391,127.0.0.1:26392,127.0.0.1:26393/flashsale`;
-# `sentinel-down` stops them. (The tests start deployments of their own, on free ports.)
+# `sentinel-down` stops them. `cluster` starts a Redis Cluster of three masters and
+# three replicas (7001-7006): `--gate redis-cluster://127.0.0.1:7001,127.0.0.1:7002`;
+# `cluster-down` stops it. (Tests that kill nodes start deployments of their own, on
+# free ports.)
 #
-#   scripts/services.sh up|down|status|sentinel|sentinel-down
+#   scripts/services.sh up|down|status|sentinel|sentinel-down|cluster|cluster-down
 #
 # Environment: TANSU_STORAGE (default sqlite://tansu.db: durable, and its offsets are
 # right; memory://tansu/ is faster but answers wrong "latest offsets"), SERVICES_DIR
@@ -138,6 +141,54 @@ sentinel_down() {
     done
 }
 
+CLUSTER_PORTS="7001 7002 7003 7004 7005 7006"
+
+cluster_up() {
+    command -v redis-server >/dev/null || apt_install redis-server
+    local dir="$SERVICES_DIR/cluster"
+    local fresh=0
+    for port in $CLUSTER_PORTS; do
+        listening "$port" && continue
+        fresh=1
+        mkdir -p "$dir/$port"
+        rm -f "$dir/$port/nodes.conf"
+        redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" \
+            --appendonly no --repl-diskless-sync-delay 0 --dir "$dir/$port" \
+            --cluster-enabled yes --cluster-config-file nodes.conf \
+            --cluster-node-timeout 2000 --pidfile "$dir/$port/redis.pid" \
+            --logfile "$dir/$port/redis.log"
+        wait_for "$port" "Redis Cluster node $port"
+    done
+    if [ "$fresh" = 1 ]; then
+        local nodes=()
+        for port in $CLUSTER_PORTS; do nodes+=("127.0.0.1:$port"); done
+        redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+    fi
+    # Ready: every node says ok, and every master counts a replica for WAIT.
+    for _ in $(seq 1 150); do
+        local ready=1
+        for port in $CLUSTER_PORTS; do
+            redis-cli -p "$port" cluster info | grep -q "cluster_state:ok" || ready=0
+            if redis-cli -p "$port" role | head -1 | grep -q master; then
+                [ "$(redis-cli -p "$port" wait 1 100)" -ge 1 ] || ready=0
+            fi
+        done
+        [ "$ready" = 1 ] && break
+        sleep 0.2
+    done
+    [ "$ready" = 1 ] || { echo "the Redis Cluster did not become ready" >&2; return 1; }
+    echo "gate: redis-cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+}
+
+cluster_down() {
+    for port in $CLUSTER_PORTS; do
+        local pidfile="$SERVICES_DIR/cluster/$port/redis.pid"
+        [ -f "$pidfile" ] || continue
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+        rm -f "$pidfile"
+    done
+}
+
 status() {
     for entry in "PostgreSQL 5432" "Redis 6379" "Kafka(tansu) $KAFKA_PORT"; do
         set -- $entry
@@ -156,5 +207,7 @@ case "${1:-}" in
     status) status ;;
     sentinel) sentinel_up ;;
     sentinel-down) sentinel_down ;;
-    *) echo "usage: $0 up|down|status|sentinel|sentinel-down" >&2; exit 2 ;;
+    cluster) cluster_up ;;
+    cluster-down) cluster_down ;;
+    *) echo "usage: $0 up|down|status|sentinel|sentinel-down|cluster|cluster-down" >&2; exit 2 ;;
 esac
