@@ -47,7 +47,7 @@ pub struct Config {
     /// `redis-sentinel://host:port[,host:port…]/MASTER`.
     pub gate: GateUrl,
     /// Replicas that must have each of the Redis gate's writes before it counts (`WAIT`);
-    /// unset: 1 behind Sentinel and on a Cluster, 0 on one Redis.
+    /// unset: 1 on a Cluster, 0 otherwise (behind Sentinel a promoted master is fenced).
     pub gate_replica_acks: Option<u32>,
     /// How long a write waits for them, in ms; past it a reservation is given back (503).
     pub gate_replica_timeout_ms: u64,

@@ -54,15 +54,21 @@ mod layers {
         });
     }
 
-    /// Issue #23: behind Sentinel a write waits for a replica unless told otherwise; on
-    /// one Redis it cannot; the wait must end before the buyer's.
+    /// Issue #23: on a Cluster a write waits for a replica unless told otherwise; on one
+    /// Redis or behind Sentinel (fenced instead) it does not; the wait must end before
+    /// the buyer's.
     #[test]
-    fn the_gate_waits_for_a_replica_behind_sentinel_and_within_the_buyers_wait() {
+    fn the_gate_waits_for_a_replica_on_a_cluster_and_within_the_buyers_wait() {
         figment::Jail::expect_with(|jail| {
             let load = || Config::load(Path::new("none.toml"), &Flags::default());
             jail.set_env("FLASHSALE_GATE", "redis://127.0.0.1:6379");
             assert_eq!(load().unwrap().replica_acks().replicas, 0);
             jail.set_env("FLASHSALE_GATE", "redis-sentinel://127.0.0.1:26379/shop");
+            assert_eq!(load().unwrap().replica_acks().replicas, 0);
+            jail.set_env(
+                "FLASHSALE_GATE",
+                "redis-cluster://127.0.0.1:7001,127.0.0.1:7002",
+            );
             let acks = load().unwrap().replica_acks();
             assert_eq!((acks.replicas, acks.timeout.as_millis()), (1, 250));
             jail.set_env("FLASHSALE_GATE_REPLICA_ACKS", "0");
@@ -70,7 +76,7 @@ mod layers {
             jail.set_env("FLASHSALE_GATE", "redis-sentinel://127.0.0.1:26379");
             let error = load().unwrap_err();
             assert!(error.to_string().contains("MASTER_NAME"), "{error}");
-            jail.set_env("FLASHSALE_GATE", "redis-sentinel://127.0.0.1:26379/shop");
+            jail.set_env("FLASHSALE_GATE", "redis-cluster://127.0.0.1:7001");
             jail.set_env("FLASHSALE_GATE_REPLICA_TIMEOUT_MS", "1000");
             let error = load().unwrap_err();
             assert!(

@@ -2,11 +2,13 @@
 //! a key's answer. Scripts are sent by SHA (EVALSHA; loaded again on NOSCRIPT). Every key
 //! of a sale shares the hash tag `{sale:<id>}`, so one Redis Cluster slot holds a sale.
 //!
-//! With replicas (`gate_replica_acks` ≥ 1, the default behind Sentinel), every script
-//! that writes is followed on its connection by `WAIT n timeout`: a decision counts only
-//! once `n` replicas have it, so a failover to the most up-to-date replica cannot lose a
-//! decision a buyer was told about. A reservation no replica took in time is given back
-//! at once and the buyer gets 503 (see docs/redis.md).
+//! Failovers (docs/redis.md): behind Sentinel, a promoted master is fenced before use
+//! (every sale rebuilt from the store and the bus: `connection.rs`). On a Cluster, whose
+//! client follows promotions by itself, every script that writes is followed on its
+//! connection by `WAIT n timeout` (`gate_replica_acks`, default 1 there): a decision
+//! counts only once `n` replicas have it, so a replica promoted after its master died
+//! has every decision a buyer was told about. A reservation no replica took in time is
+//! given back at once and the buyer gets 503.
 //!
 //! Each gateway keeps a local sold-out flag per sale, so that refusals after the sell-out
 //! cost no round trip. Stock coming back (release) publishes on `flashsale:restock`,
@@ -201,6 +203,16 @@ impl RedisGate {
             sold_out,
             _restock_listener: AbortOnDrop(listener),
         })
+    }
+
+    /// Follows a promoted master without fencing it first: what the gate did before
+    /// issue #23, for the tests that show what that costs.
+    #[doc(hidden)]
+    pub fn without_fence(self) -> Self {
+        self.redis
+            .fence_promotions
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     pub fn with_key_policy(mut self, keys: KeyPolicy) -> Self {

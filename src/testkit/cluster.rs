@@ -140,6 +140,145 @@ impl ClusterDeployment {
         }
     }
 
+    /// Moves every slot of the master on `from` to the master on `to` with
+    /// `redis-cli --cluster reshard` (keys migrated live, one slot after the other);
+    /// returns what redis-cli printed last.
+    pub async fn reshard(&self, from: u16, to: u16) -> String {
+        let id = |port: u16| async move {
+            let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .expect("redis url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to a cluster node");
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async::<String>(&mut conn)
+                .await
+                .expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from).await, id(to).await);
+        let slots = self.slot_count(from).await;
+        let resharded = Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli --cluster reshard");
+        let out = String::from_utf8_lossy(&resharded.stdout).into_owned();
+        assert!(
+            resharded.status.success(),
+            "redis-cli --cluster reshard: {}",
+            out.lines().rev().take(5).collect::<Vec<_>>().join(" / ")
+        );
+        out.lines().last().unwrap_or_default().to_string()
+    }
+
+    /// The replicas of the master on `port`, from its `CLUSTER NODES`.
+    pub async fn replicas_of(&self, master: u16) -> Vec<u16> {
+        let mut conn = node(master).await;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await
+            .expect("CLUSTER NODES");
+        let lines: Vec<Vec<&str>> = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let id = lines
+            .iter()
+            .find(|f| f.get(2).is_some_and(|flags| flags.contains("myself")))
+            .and_then(|f| f.first().copied())
+            .expect("the node's own line");
+        lines
+            .iter()
+            .filter(|f| f.get(3) == Some(&id))
+            .filter_map(|f| {
+                f.get(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit_once(':')?
+                    .1
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// Waits until every replica of `master` has everything it wrote.
+    pub async fn wait_replicas_synced(&self, master: u16) {
+        for replica in self.replicas_of(master).await {
+            self.wait_until("a replica catches up", || async {
+                let offset = |text: String, field: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(field))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                let written = offset(info(master, "replication").await, "master_repl_offset:");
+                let read = offset(info(replica, "replication").await, "slave_repl_offset:");
+                written.is_some() && written == read
+            })
+            .await;
+        }
+    }
+
+    /// The replicas of `master` sleep for `for_ms` (`DEBUG SLEEP`) and `master` drops
+    /// their connections: what it writes from now on reaches them only when they
+    /// reconnect.
+    pub async fn pause_replicas_of(&self, master: u16, for_ms: u64) {
+        for replica in self.replicas_of(master).await {
+            let mut conn = node(replica).await;
+            let seconds = format!("{:.3}", for_ms as f64 / 1000.0);
+            tokio::spawn(async move {
+                let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+                    .arg("SLEEP")
+                    .arg(seconds)
+                    .query_async(&mut conn)
+                    .await;
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut conn = node(master).await;
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("replica")
+            .query_async(&mut conn)
+            .await
+            .expect("CLIENT KILL TYPE replica");
+    }
+
+    /// How many slots the node on `port` serves, as it says itself.
+    async fn slot_count(&self, port: u16) -> u32 {
+        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to a cluster node");
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await
+            .expect("CLUSTER NODES");
+        let myself = nodes
+            .lines()
+            .find(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|f| f.contains("myself"))
+            })
+            .unwrap_or_default();
+        myself
+            .split_whitespace()
+            .skip(8)
+            .filter_map(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                Some(to.parse::<u32>().ok()? - from.parse::<u32>().ok()? + 1)
+            })
+            .sum()
+    }
+
     /// The port of the master serving `key`'s slot now, as the first live node says.
     pub async fn master_of(&self, key: &str) -> Option<u16> {
         for &port in &self.ports {
@@ -229,6 +368,14 @@ impl ClusterDeployment {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+async fn node(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to a cluster node")
 }
 
 /// `CLUSTER INFO` of a node, or "" when it does not answer.

@@ -170,6 +170,17 @@ impl SentinelDeployment {
             .expect("CLIENT KILL TYPE replica");
     }
 
+    /// A clean failover (`SENTINEL FAILOVER`): the Sentinels promote a replica in sync.
+    pub async fn failover(&self) {
+        let mut conn = SentinelDeployment::connection(self.sentinels[0]).await;
+        let _: String = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(MASTER_NAME)
+            .query_async(&mut conn)
+            .await
+            .expect("SENTINEL FAILOVER");
+    }
+
     /// The port of the master the Sentinels name now.
     pub async fn master(&self) -> Option<u16> {
         let mut conn = SentinelDeployment::connection(self.sentinels[0]).await;

@@ -82,6 +82,7 @@ async fn fault_campaign() {
         redis: helpers::redis_server::RedisServer::start().await,
         binary,
         broker: None,
+        topology: scenario::RunRedis::Shared,
     };
     // Which code is under test (others may be changing it while the campaign runs).
     let code = std::process::Command::new("git")

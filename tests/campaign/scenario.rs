@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use flashsale::testkit::{ClusterDeployment, SentinelDeployment};
+
 use crate::buyers::{self, Market, Plan};
 use crate::helpers::broker::Broker;
 use crate::helpers::redis_server::RedisServer;
@@ -62,6 +64,19 @@ pub enum Fault {
     /// A gateway replaced by one that dies right after its first cancel or expiry is
     /// committed, before its units go back (failpoint `after-end`), then started again.
     CrashAfterEnd,
+    /// Behind Sentinel (a primary, two replicas): the replicas stop reading (`DEBUG
+    /// SLEEP`, their links cut) while buyers buy, the primary is `kill -9`ed, the
+    /// Sentinels promote a replica that missed those decisions (issue #23).
+    LaggingFailover,
+    /// Behind Sentinel: `SENTINEL FAILOVER` (a clean switch to a replica in sync).
+    SentinelFailover,
+    /// A Redis Cluster (three masters, two replicas each): the sale's master `kill -9`ed,
+    /// a replica takes its slots over.
+    ClusterMasterKill,
+    /// A Redis Cluster (three masters, a replica each): every slot of the sale's master,
+    /// the sale's among them, moved live to another master (`redis-cli --cluster
+    /// reshard`).
+    SlotMigration,
 }
 
 impl Fault {
@@ -76,8 +91,33 @@ impl Fault {
             Fault::FlushAllHangUp => "redis FLUSHALL, clients hang up",
             Fault::SlowCommitFlush => "slow commit across FLUSHALL",
             Fault::CrashAfterEnd => "crash between an end and its release",
+            Fault::LaggingFailover => "sentinel failover, lagging replicas",
+            Fault::SentinelFailover => "sentinel failover, clean",
+            Fault::ClusterMasterKill => "cluster master kill -9",
+            Fault::SlotMigration => "cluster slot migration",
         }
     }
+
+    /// The Redis the run's gateways use: the campaign's own server, or a deployment of
+    /// the run's own.
+    async fn redis(self) -> RunRedis {
+        match self {
+            Fault::LaggingFailover | Fault::SentinelFailover => {
+                RunRedis::Sentinel(SentinelDeployment::start().await)
+            }
+            Fault::ClusterMasterKill => RunRedis::Cluster(ClusterDeployment::start_with(2).await),
+            Fault::SlotMigration => RunRedis::Cluster(ClusterDeployment::start_with(1).await),
+            _ => RunRedis::Shared,
+        }
+    }
+}
+
+/// Where a run's gate lives.
+pub enum RunRedis {
+    /// The campaign's Redis server (`Services::redis`).
+    Shared,
+    Sentinel(SentinelDeployment),
+    Cluster(ClusterDeployment),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,8 +226,9 @@ impl Scenario {
     }
 }
 
-/// The campaign: 16 faulted runs and 10 baselines over both deployments and the three
-/// sale shapes. Worker and broker faults apply to the Kafka bus only.
+/// The campaign: 24 faulted runs and 10 baselines over both deployments and the three
+/// sale shapes. Worker and broker faults apply to the Kafka bus only; the Sentinel and
+/// Cluster faults run on deployments of their own.
 pub fn campaign() -> Vec<Scenario> {
     use Fault::*;
     use Kind::*;
@@ -219,6 +260,14 @@ pub fn campaign() -> Vec<Scenario> {
         (Memory, SlowCommitFlush, Limit2),
         (Kafka, CrashAfterEnd, Limit1),
         (Memory, CrashAfterEnd, MultiItem),
+        (Memory, LaggingFailover, Limit1),
+        (Kafka, LaggingFailover, Limit2),
+        (Memory, SentinelFailover, MultiItem),
+        (Kafka, SentinelFailover, Limit1),
+        (Memory, ClusterMasterKill, Limit2),
+        (Kafka, ClusterMasterKill, MultiItem),
+        (Memory, SlotMigration, Limit1),
+        (Kafka, SlotMigration, Limit2),
     ];
     runs.iter()
         .enumerate()
@@ -241,6 +290,9 @@ pub struct Services {
     /// so that a broker that broke (tansu 0.6 sometimes panics after a restart) cannot
     /// spoil the runs after it.
     pub broker: Option<Broker>,
+    /// The current run's Redis: the shared server, or a Sentinel or Cluster deployment
+    /// of the run's own.
+    pub topology: RunRedis,
 }
 
 /// What a run found, or why it could not finish.
@@ -375,6 +427,77 @@ async fn inject(
                 waited.elapsed().as_secs_f64()
             )
         }
+        Fault::LaggingFailover => {
+            let RunRedis::Sentinel(sentinel) = &mut services.topology else {
+                unreachable!("a Sentinel run")
+            };
+            sentinel.pause_replicas(3000).await;
+            sentinel.cut_replication_link().await;
+            // Buyers buy on the primary meanwhile; none of it reaches a replica.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let primary = sentinel.primary;
+            sentinel.kill(primary).await;
+            let promoted = sentinel.wait_for_failover().await;
+            format!(
+                "replicas asleep and cut off for 0.5 s of buying, primary killed, {promoted} promoted"
+            )
+        }
+        Fault::SentinelFailover => {
+            let RunRedis::Sentinel(sentinel) = &mut services.topology else {
+                unreachable!("a Sentinel run")
+            };
+            sentinel.failover().await;
+            let promoted = sentinel.wait_for_failover().await;
+            format!("SENTINEL FAILOVER, {promoted} promoted")
+        }
+        Fault::ClusterMasterKill => {
+            let RunRedis::Cluster(cluster) = &mut services.topology else {
+                unreachable!("a Cluster run")
+            };
+            let key = format!("{{sale:{}}}:meta", market.sale);
+            let master = cluster.master_of(&key).await.expect("the sale's master");
+            cluster.kill(master).await;
+            let waited = Instant::now();
+            let mut promoted = None;
+            while waited.elapsed() < Duration::from_secs(20) {
+                promoted = cluster.master_of(&key).await.filter(|&p| p != master);
+                if promoted.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            format!(
+                "the sale's master {master} killed; {} took the slot {:.1} s later",
+                promoted.map_or("no replica".to_string(), |p| p.to_string()),
+                waited.elapsed().as_secs_f64()
+            )
+        }
+        Fault::SlotMigration => {
+            let RunRedis::Cluster(cluster) = &mut services.topology else {
+                unreachable!("a Cluster run")
+            };
+            let key = format!("{{sale:{}}}:meta", market.sale);
+            let from = cluster.master_of(&key).await.expect("the sale's master");
+            let mut to = None;
+            for &port in &cluster.ports {
+                if port != from
+                    && flashsale::testkit::sentinel::info(port, "replication")
+                        .await
+                        .contains("role:master")
+                {
+                    to = Some(port);
+                    break;
+                }
+            }
+            let to = to.expect("another master");
+            let started = Instant::now();
+            cluster.reshard(from, to).await;
+            format!(
+                "every slot of {from} (the sale's) moved to {to} in {:.1} s; the sale's master now {:?}",
+                started.elapsed().as_secs_f64(),
+                cluster.master_of(&key).await
+            )
+        }
         Fault::BrokerRestart => {
             let broker = services
                 .broker
@@ -409,7 +532,13 @@ pub async fn run(scenario: Scenario, services: Arc<Mutex<Services>>) -> RunResul
         Kind::Memory => Backends::RedisMemoryPostgres,
     };
     let mut deployment = Deployment::new(backends, &["--admin-token", ADMIN_TOKEN]).await;
-    deployment.redis_url = services.redis.url();
+    // The last run's own Redis processes end here (killed on drop).
+    services.topology = scenario.fault.redis().await;
+    deployment.redis_url = match &services.topology {
+        RunRedis::Shared => services.redis.url(),
+        RunRedis::Sentinel(sentinel) => sentinel.url(),
+        RunRedis::Cluster(cluster) => cluster.url(),
+    };
     deployment.binary = services.binary.clone();
     if scenario.kind == Kind::Kafka {
         services.broker = Some(Broker::start().await);

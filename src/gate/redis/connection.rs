@@ -13,6 +13,16 @@
 //! connection refused or cut, a timeout, `READONLY` from a demoted master) makes the gate
 //! ask the Sentinels again and move every connection to the master they name. Until
 //! then, calls fail with 503 `unavailable` (a buyer's retry with its key is safe).
+//!
+//! A master with a new replication history (a promoted replica) is **fenced** before
+//! the gate decides on it: the first gateway to reach it deletes every sale's keys
+//! there (as a `FLUSHALL` of the sales would), so that each sale is rebuilt from the
+//! store and the bus (the fenced rebuild, docs/architecture.md §5) instead of selling
+//! from a copy that may lack decisions. `WAIT` alone does not close that gap: in a
+//! `SENTINEL FAILOVER` the old master keeps taking decisions until it is demoted, and
+//! the replica that was not promoted still acknowledges them; the campaign measured 43
+//! acknowledged orders then refused by the store. The other gateways wait until the
+//! fence is done.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +41,9 @@ use crate::gate::GateError;
 pub(super) const WAITING_POOL: usize = 8;
 /// Shortest time between two questions to the Sentinels from one gateway.
 const RESOLVE_EVERY: Duration = Duration::from_millis(200);
+/// How long a fence may take (deleting every sale's keys) before the gateways waiting
+/// for it give up and try again, and how long its mark is kept.
+const FENCE_MS: u64 = 60_000;
 
 /// What `--gate` names for Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,12 +178,18 @@ struct Master {
     pool: Vec<Conn>,
     /// `host:port`, for the logs.
     address: String,
+    /// Behind Sentinel: the master's replication id (`master_replid`), new with each
+    /// promotion.
+    replid: String,
 }
 
 pub(super) struct Connection {
     target: RedisTarget,
     deadline: Duration,
     pool_size: usize,
+    /// Fence a promoted master before using it (Sentinel); off only in tests that show
+    /// what happens without.
+    pub(super) fence_promotions: std::sync::atomic::AtomicBool,
     master: RwLock<Arc<Master>>,
     next: AtomicUsize,
     /// One resolution at a time, and not more often than `RESOLVE_EVERY`.
@@ -188,6 +207,7 @@ impl Connection {
             target,
             deadline,
             pool_size,
+            fence_promotions: std::sync::atomic::AtomicBool::new(true),
             master: RwLock::new(Arc::new(master)),
             next: AtomicUsize::new(0),
             resolving: tokio::sync::Mutex::new(Instant::now()),
@@ -230,19 +250,25 @@ impl Connection {
             return;
         }
         *last = Instant::now();
-        match connect_master(&self.target, self.deadline, self.pool_size).await {
-            Ok(master) => {
-                let previous = self.master.read().address.clone();
-                if master.address != previous {
-                    tracing::warn!(from = %previous, to = %master.address, "the Sentinels name a new Redis master: the gate follows it");
-                    *self.master.write() = Arc::new(master);
-                } else if text.contains("READONLY") {
-                    // Same address, demoted and promoted again: fresh connections.
-                    *self.master.write() = Arc::new(master);
-                }
+        let master = match connect_master(&self.target, self.deadline, self.pool_size).await {
+            Ok(master) => master,
+            Err(e) => {
+                tracing::warn!(error = %e, "no Redis master found through the Sentinels");
+                return;
             }
-            Err(e) => tracing::warn!(error = %e, "no Redis master found through the Sentinels"),
+        };
+        let previous = self.master.read().clone();
+        if master.replid == previous.replid {
+            return; // the same master: its connections reconnect by themselves
         }
+        tracing::warn!(from = %previous.address, to = %master.address, "the Sentinels name a new Redis master: fencing its sales, then following it");
+        if self.fence_promotions.load(Ordering::Relaxed)
+            && let Err(e) = fence(&master, self.deadline).await
+        {
+            tracing::warn!(error = %e, "the new Redis master is not fenced yet: not used");
+            return;
+        }
+        *self.master.write() = Arc::new(master);
     }
 }
 
@@ -296,12 +322,128 @@ async fn connect_master(
                 "{address}, named master by the Sentinels, is not one (yet)"
             )));
         }
+        let replid = replication_id(&mut conn, deadline).await?;
+        return Ok(Master {
+            subscribe_to: vec![client],
+            pool,
+            address,
+            replid,
+        });
     }
     Ok(Master {
         subscribe_to: vec![client],
         pool,
         address,
+        replid: String::new(),
     })
+}
+
+/// `master_replid` of `INFO replication`.
+async fn replication_id(conn: &mut Conn, deadline: Duration) -> Result<String, GateError> {
+    let info: String = tokio::time::timeout(
+        deadline,
+        redis::cmd("INFO").arg("replication").query_async(conn),
+    )
+    .await
+    .map_err(|_| unavailable("Redis did not answer INFO in time"))?
+    .map_err(unavailable)?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("master_replid:"))
+        .map(|id| id.trim().to_string())
+        .ok_or_else(|| unavailable("INFO replication without master_replid"))
+}
+
+/// Deletes every sale's keys on a newly promoted master, once for all gateways (the
+/// first to get the mark `flashsale:fence:<replid>` does it; the others wait for it to
+/// say "done").
+async fn fence(master: &Master, deadline: Duration) -> Result<(), GateError> {
+    let mut conn = master.pool[0].clone();
+    let mark = format!("flashsale:fence:{}", master.replid);
+    let bounded = |what: &'static str| {
+        move |r: Result<redis::RedisResult<Value>, tokio::time::error::Elapsed>| match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unavailable(format!("{what}: {e}"))),
+            Err(_) => Err(unavailable(format!("{what}: no answer in time"))),
+        }
+    };
+    let taken = bounded("fence mark")(
+        tokio::time::timeout(
+            deadline,
+            redis::cmd("SET")
+                .arg(&mark)
+                .arg("fencing")
+                .arg("NX")
+                .arg("PX")
+                .arg(FENCE_MS)
+                .query_async(&mut conn),
+        )
+        .await,
+    )?;
+    if taken == Value::Nil {
+        // Another gateway fences: wait for its "done".
+        let until = Instant::now() + Duration::from_millis(FENCE_MS);
+        while Instant::now() < until {
+            let state = bounded("fence mark")(
+                tokio::time::timeout(
+                    deadline,
+                    redis::cmd("GET").arg(&mark).query_async(&mut conn),
+                )
+                .await,
+            )?;
+            match state {
+                Value::BulkString(s) if s == b"done" => return Ok(()),
+                // The fencer died: its mark lapsed; the next failure tries again.
+                Value::Nil => return Err(unavailable("the fence was abandoned")),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        return Err(unavailable("the fence took too long"));
+    }
+    let mut cursor: u64 = 0;
+    let mut deleted = 0usize;
+    loop {
+        let (next, keys): (u64, Vec<String>) = tokio::time::timeout(
+            deadline,
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("{sale:*")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("SCAN: no answer in time"))?
+        .map_err(unavailable)?;
+        if !keys.is_empty() {
+            deleted += keys.len();
+            bounded("UNLINK")(
+                tokio::time::timeout(
+                    deadline,
+                    redis::cmd("UNLINK").arg(&keys).query_async(&mut conn),
+                )
+                .await,
+            )?;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    bounded("fence mark")(
+        tokio::time::timeout(
+            deadline,
+            redis::cmd("SET")
+                .arg(&mark)
+                .arg("done")
+                .arg("PX")
+                .arg(FENCE_MS * 24 * 60)
+                .query_async(&mut conn),
+        )
+        .await,
+    )?;
+    tracing::warn!(master = %master.address, keys = deleted, "new Redis master fenced: every sale is rebuilt from the store and the bus");
+    Ok(())
 }
 
 async fn connect_cluster(
@@ -339,6 +481,7 @@ async fn connect_cluster(
         subscribe_to,
         pool,
         address: nodes.join(","),
+        replid: String::new(),
     })
 }
 

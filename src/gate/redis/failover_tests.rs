@@ -1,12 +1,14 @@
-//! A failover to a replica that missed decisions (issue #23), on a real primary, two
-//! replicas and three Sentinels of the test's own (`redis-server` on free ports; ignored in a
-//! plain `cargo test`). The engine sells through the gate to SQLite; the replicas are
-//! cut off while buyers buy, the primary is killed, the Sentinels promote a replica
-//! (which lacks those decisions; the other one follows it), and buying goes on.
+//! A failover to a replica that missed decisions (issue #23), on real `redis-server`
+//! processes of the test's own on free ports (ignored in a plain `cargo test`): a
+//! primary, two replicas and three Sentinels, or a Cluster of three masters with two
+//! replicas each. The engine sells through the gate to SQLite; the replicas of the
+//! sale's master are cut off while buyers buy, the master is `kill -9`ed, a replica
+//! that lacks those decisions is promoted, and buying goes on.
 //!
-//! With `WAIT` (the Sentinel default) every 202 is stored and the sale sells out exactly;
-//! without it (what the gate did before) the same run answers 202 for units already
-//! sold: the control test shows that the run does catch it.
+//! Behind Sentinel the promoted master is fenced and the sale rebuilt; on a Cluster
+//! every write waited for a replica (`WAIT`). Either way every 202 is stored and the
+//! sale sells out exactly. The controls run the same faults with neither (what the gate
+//! did before) and show that the run catches the broken promises.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -106,51 +108,81 @@ async fn buy_until_answered(
     }
 }
 
-/// The run; after the failover each buyer retries for up to `patience`, and once one
-/// gives up no new buyer comes (the control stops at the first sign).
-async fn failover_with_a_lagging_replica(acks: ReplicaAcks, patience: Duration) -> Run {
-    let mut redis = SentinelDeployment::start().await;
-    let target = RedisTarget::parse(&redis.url()).unwrap();
-    let gate = RedisGate::connect_to(target, Duration::from_secs(1), acks)
+/// How the gate guards against a promoted replica that lacks decisions.
+#[derive(Clone, Copy)]
+enum Guard {
+    /// Behind Sentinel: fence the new master, rebuild the sale (the default).
+    Fence,
+    /// Every write waits for one replica (`WAIT 1 250`), no fence.
+    Wait,
+    /// Neither: the gate before issue #23.
+    Nothing,
+}
+
+impl Guard {
+    fn acks(self) -> ReplicaAcks {
+        match self {
+            Guard::Wait => ReplicaAcks {
+                replicas: 1,
+                timeout: Duration::from_millis(250),
+            },
+            Guard::Fence | Guard::Nothing => ReplicaAcks::NONE,
+        }
+    }
+}
+
+async fn engine_on(url: &str, guard: Guard) -> TestEngine {
+    let target = RedisTarget::parse(url).unwrap();
+    let mut gate = RedisGate::connect_to(target, Duration::from_secs(1), guard.acks())
         .await
         .unwrap();
-    let engine = TestEngine::with(Setup {
+    if !matches!(guard, Guard::Fence) {
+        gate = gate.without_fence();
+    }
+    TestEngine::with(Setup {
         gate: Arc::new(gate) as Arc<dyn StockGate>,
         bus_capacity: 1024,
         stock: STOCK,
         per_user_limit: 1,
         ..Setup::default()
     })
-    .await;
-    let mut acknowledged = Vec::new();
+    .await
+}
 
-    // 100 buyers; the replica has every decision.
+/// 100 buyers (every decision replicated), then 40 while the replicas are cut off,
+/// the master killed and a replica promoted (by `fail_over`), then everyone again (the
+/// 40 with their keys and with new ones) and 200 more; each buyer after the failover
+/// retries for up to `patience`, and once one gives up no new buyer comes (the controls
+/// stop at the first sign).
+async fn sale_across_a_lagging_failover(
+    engine: TestEngine,
+    patience: Duration,
+    fail_over: impl Future<Output = ()>,
+    replicas_synced: impl Future<Output = ()>,
+) -> Run {
+    let mut acknowledged = Vec::new();
     for n in 0..100 {
         match buy_until_answered(&engine, &format!("early-{n}"), "k", patience).await {
             Answer::Sold(order) => acknowledged.push(order),
             _ => panic!("early-{n} could not buy before any fault"),
         }
     }
-    redis.wait_replicas_synced().await;
-
-    // The replicas fall behind: they sleep, their links are cut (what they had received
-    // before would still reach them when they wake), 40 buyers buy, the primary dies.
-    redis.pause_replicas(3000).await;
-    redis.cut_replication_link().await;
-    let lagging: Vec<Option<Arc<Order>>> = futures_util::stream::iter(0..40)
-        .map(|n| {
-            let engine = &engine;
-            async move { engine.buy(&format!("lagging-{n}"), Some("k")).await.ok() }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    replicas_synced.await;
+    let lagging = async {
+        // Give `fail_over` time to cut the replicas off first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        futures_util::stream::iter(0..40)
+            .map(|n| {
+                let engine = &engine;
+                async move { engine.buy(&format!("lagging-{n}"), Some("k")).await.ok() }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<Option<Arc<Order>>>>()
+            .await
+    };
+    let (lagging, ()) = tokio::join!(lagging, fail_over);
     acknowledged.extend(lagging.into_iter().flatten());
-    redis.kill(redis.primary).await;
-    redis.wait_for_failover().await;
 
-    // Everyone buys on: the lagging buyers again (their keys replay what they were
-    // told), and 200 more, more than the stock left.
     let gave_up = std::sync::atomic::AtomicBool::new(false);
     let late: Vec<Answer> = futures_util::stream::iter(
         (0..40)
@@ -198,18 +230,55 @@ async fn failover_with_a_lagging_replica(acks: ReplicaAcks, patience: Duration) 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "starts redis-server processes (a primary, a replica, three Sentinels)"]
-async fn a_failover_to_a_lagging_replica_breaks_no_promise_when_writes_wait_for_it() {
-    let run = failover_with_a_lagging_replica(
-        ReplicaAcks {
-            replicas: 1,
-            timeout: Duration::from_millis(250),
-        },
-        Duration::from_secs(30),
-    )
-    .await;
-    eprintln!("with WAIT 1: {}", run.summary());
+async fn sentinel_failover(guard: Guard, patience: Duration) -> Run {
+    let redis = tokio::sync::Mutex::new(SentinelDeployment::start().await);
+    let url = redis.lock().await.url();
+    let engine = engine_on(&url, guard).await;
+    let fail_over = async {
+        let mut redis = redis.lock().await;
+        // They sleep and their links are cut: what they had received before would
+        // still reach them when they wake.
+        redis.pause_replicas(3000).await;
+        redis.cut_replication_link().await;
+        tokio::time::sleep(Duration::from_millis(600)).await; // the 40 buy meanwhile
+        let primary = redis.primary;
+        redis.kill(primary).await;
+        redis.wait_for_failover().await;
+    };
+    let synced = async { redis.lock().await.wait_replicas_synced().await };
+    sale_across_a_lagging_failover(engine, patience, fail_over, synced).await
+}
+
+async fn cluster_master_failover(guard: Guard, patience: Duration) -> Run {
+    let cluster = tokio::sync::Mutex::new(ClusterDeployment::start_with(2).await);
+    let url = cluster.lock().await.url();
+    let engine = engine_on(&url, guard).await;
+    let key = format!("{{sale:{}}}:meta", engine.sale);
+    let master = cluster
+        .lock()
+        .await
+        .master_of(&key)
+        .await
+        .expect("the sale's master");
+    let fail_over = async {
+        let mut cluster = cluster.lock().await;
+        cluster.pause_replicas_of(master, 3000).await;
+        tokio::time::sleep(Duration::from_millis(600)).await; // the 40 buy meanwhile
+        cluster.kill(master).await;
+        let waited = std::time::Instant::now();
+        while cluster.master_of(&key).await.is_none_or(|m| m == master) {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "no replica took the slot over"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let synced = async { cluster.lock().await.wait_replicas_synced(master).await };
+    sale_across_a_lagging_failover(engine, patience, fail_over, synced).await
+}
+
+fn assert_kept_every_promise(run: &Run) {
     assert_eq!(run.unanswered, 0, "buyers answered only 503 for 30 s");
     assert_eq!(
         run.broken_promises(),
@@ -225,109 +294,55 @@ async fn a_failover_to_a_lagging_replica_breaks_no_promise_when_writes_wait_for_
     assert_eq!(run.acknowledged.len() as u32, STOCK);
 }
 
-/// The control: the same run without `WAIT` (the gate before issue #23) breaks
-/// promises, so the test above would catch a gate that does not wait.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "starts redis-server processes (a primary, a replica, three Sentinels)"]
-async fn without_waiting_for_the_replica_the_same_failover_answers_202_for_units_sold() {
-    let run = failover_with_a_lagging_replica(ReplicaAcks::NONE, Duration::from_secs(5)).await;
-    eprintln!("without WAIT: {}", run.summary());
-    let broken = run.broken_promises().len();
-    // Broken promises show as 202s the store refused (a worker's bus), or, on the
-    // in-process bus, whose 202 waits for the store, as a sale that answers only 503
-    // (the store refuses every order the stale gate lets through, issue #23).
+/// The controls: broken promises show as 202s the store refused, or, on the in-process
+/// bus, whose 202 waits for the store, as a sale that answers only 503 (the store
+/// refuses every order the stale gate lets through, issue #23).
+fn assert_broke_a_promise(run: &Run) {
     assert!(
-        broken > 0 || run.over_limit() > 0 || run.unanswered > 0,
-        "the lagging replica lost no decision: the scenario did not make it lag \
-         ({} acknowledged, {} units stored)",
-        run.acknowledged.len(),
-        run.units_sold()
+        !run.broken_promises().is_empty() || run.over_limit() > 0 || run.unanswered > 0,
+        "the promoted replica lost no decision: the scenario did not make it lag ({})",
+        run.summary()
     );
 }
 
-/// Issue #23: a Redis Cluster master `kill -9`ed mid-sale; a replica takes the slot
-/// over. Every write waited for a replica, so the sale sells out exactly, every 202
-/// stored, nobody past the limit. Two replicas per master: the promoted one keeps one to
-/// acknowledge writes (with one, that shard answers 503 until the old master returns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "starts redis-server processes (a primary, two replicas, three Sentinels)"]
+async fn behind_sentinel_a_promoted_replica_that_missed_decisions_is_fenced_and_rebuilt() {
+    let run = sentinel_failover(Guard::Fence, Duration::from_secs(30)).await;
+    eprintln!("sentinel, fenced: {}", run.summary());
+    assert_kept_every_promise(&run);
+}
+
+/// `WAIT` alone covers a failover whose old master is dead (not a clean one, whose old
+/// master goes on deciding until demoted: the campaign's "sentinel failover, clean").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "starts redis-server processes (a primary, two replicas, three Sentinels)"]
+async fn behind_sentinel_waiting_for_a_replica_covers_a_dead_master() {
+    let run = sentinel_failover(Guard::Wait, Duration::from_secs(30)).await;
+    eprintln!("sentinel, WAIT 1: {}", run.summary());
+    assert_kept_every_promise(&run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "starts redis-server processes (a primary, two replicas, three Sentinels)"]
+async fn behind_sentinel_without_fence_or_wait_the_failover_breaks_promises() {
+    let run = sentinel_failover(Guard::Nothing, Duration::from_secs(5)).await;
+    eprintln!("sentinel, neither: {}", run.summary());
+    assert_broke_a_promise(&run);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "starts redis-server processes (a cluster of three masters, two replicas each)"]
-async fn a_cluster_master_killed_mid_sale_loses_no_decision() {
-    let mut cluster = ClusterDeployment::start_with(2).await;
-    let target = RedisTarget::parse(&cluster.url()).unwrap();
-    let acks = ReplicaAcks {
-        replicas: 1,
-        timeout: Duration::from_millis(250),
-    };
-    let gate = RedisGate::connect_to(target, Duration::from_secs(1), acks)
-        .await
-        .unwrap();
-    let engine = TestEngine::with(Setup {
-        gate: Arc::new(gate) as Arc<dyn StockGate>,
-        bus_capacity: 1024,
-        stock: STOCK,
-        per_user_limit: 1,
-        ..Setup::default()
-    })
-    .await;
-    let master = cluster
-        .master_of(&format!("{{sale:{}}}:meta", engine.sale))
-        .await
-        .expect("the sale's master");
-    let sold = std::sync::atomic::AtomicUsize::new(0);
-    let buyers = futures_util::stream::iter(0..300)
-        .map(|n| {
-            let (engine, sold) = (&engine, &sold);
-            async move {
-                let answer =
-                    buy_until_answered(engine, &format!("buyer-{n}"), "k", Duration::from_secs(20))
-                        .await;
-                if matches!(answer, Answer::Sold(_)) {
-                    sold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                answer
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<Answer>>();
-    let killer = async {
-        while sold.load(std::sync::atomic::Ordering::Relaxed) < 80 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        cluster.kill(master).await;
-    };
-    let (answers, ()) = tokio::join!(buyers, killer);
-    let mut run = Run {
-        acknowledged: Vec::new(),
-        unanswered: 0,
-        stored: Vec::new(),
-    };
-    for answer in answers {
-        match answer {
-            Answer::Sold(order) => run.acknowledged.push(order),
-            Answer::Nothing => run.unanswered += 1,
-            Answer::Refused => {}
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    run.stored = engine.stored_orders().await;
-    engine.stop().await;
-    eprintln!("cluster master killed mid-sale: {}", run.summary());
-    assert_ne!(
-        cluster
-            .master_of(&format!("{{sale:{}}}:meta", run.stored[0].sale_id))
-            .await,
-        Some(master)
-    );
-    assert_eq!(run.unanswered, 0, "buyers answered only 503 for 30 s");
-    assert_eq!(
-        run.broken_promises(),
-        Vec::<String>::new(),
-        "202s not stored"
-    );
-    assert_eq!(run.over_limit(), 0, "buyers past their limit of 1");
-    assert_eq!(
-        run.units_sold(),
-        STOCK,
-        "sold out exactly: every unit, once"
-    );
+async fn on_a_cluster_writes_that_wait_for_a_replica_survive_a_lagging_master_kill() {
+    let run = cluster_master_failover(Guard::Wait, Duration::from_secs(30)).await;
+    eprintln!("cluster, WAIT 1: {}", run.summary());
+    assert_kept_every_promise(&run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "starts redis-server processes (a cluster of three masters, two replicas each)"]
+async fn on_a_cluster_without_wait_a_lagging_master_kill_breaks_promises() {
+    let run = cluster_master_failover(Guard::Nothing, Duration::from_secs(5)).await;
+    eprintln!("cluster, no WAIT: {}", run.summary());
+    assert_broke_a_promise(&run);
 }
