@@ -10,8 +10,10 @@
 //! group, over a Redis server and a tansu broker of the campaign's own (so that
 //! FLUSHALL and restarts never touch the shared Redis on 6379). Faults: Redis FLUSHALL
 //! (×2), Redis restarted without persistence (×1), `kill -9` of a worker (×3) and of a
-//! gateway (×3), a broker restart (×2), plus baseline runs without a fault, over three
-//! sale shapes (limit 1, limit 2, several items). Each run sends a few thousand keyed
+//! gateway (×3), a broker restart (×2), and, on Redis deployments of the run's own, a
+//! Sentinel failover to lagging replicas and a clean one, a Cluster master `kill -9` and
+//! a live slot migration (×2 each, issue #23), plus baseline runs without a fault, over
+//! three sale shapes (limit 1, limit 2, several items). Each run sends a few thousand keyed
 //! purchases (retries, double clicks, replays), pays half of the orders within a 3 s
 //! window, then drains, waits past the windows and the sweeps, and checks every
 //! acknowledged order is stored once, no item oversold, no buyer over the limit,
