@@ -203,6 +203,11 @@ impl Connection {
         pool_size: usize,
     ) -> Result<Self, GateError> {
         let master = connect_master(&target, deadline, pool_size).await?;
+        if matches!(target, RedisTarget::Sentinel { .. }) {
+            // A gateway starting during a failover waits for the fence of the new
+            // master another gateway has begun.
+            fence_state(&master, deadline, true).await?;
+        }
         Ok(Connection {
             target,
             deadline,
@@ -353,6 +358,46 @@ async fn replication_id(conn: &mut Conn, deadline: Duration) -> Result<String, G
         .ok_or_else(|| unavailable("INFO replication without master_replid"))
 }
 
+enum FenceState {
+    /// No fence was started on this master (the one the deployment started with).
+    None,
+    Fencing,
+    Done,
+}
+
+/// The fence mark of `master`; with `wait`, waits while it says "fencing" (until done,
+/// or the mark lapses because its fencer died).
+async fn fence_state(
+    master: &Master,
+    deadline: Duration,
+    wait: bool,
+) -> Result<FenceState, GateError> {
+    let mut conn = master.pool[0].clone();
+    let mark = format!("flashsale:fence:{}", master.replid);
+    let until = Instant::now() + Duration::from_millis(FENCE_MS);
+    loop {
+        let state: Option<String> = tokio::time::timeout(
+            deadline,
+            redis::cmd("GET").arg(&mark).query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("fence mark: no answer in time"))?
+        .map_err(unavailable)?;
+        let state = match state.as_deref() {
+            None => FenceState::None,
+            Some("done") => FenceState::Done,
+            Some(_) => FenceState::Fencing,
+        };
+        if !wait || !matches!(state, FenceState::Fencing) {
+            return Ok(state);
+        }
+        if Instant::now() >= until {
+            return Err(unavailable("the fence took too long"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Deletes every sale's keys on a newly promoted master, once for all gateways (the
 /// first to get the mark `flashsale:fence:<replid>` does it; the others wait for it to
 /// say "done").
@@ -380,24 +425,12 @@ async fn fence(master: &Master, deadline: Duration) -> Result<(), GateError> {
         .await,
     )?;
     if taken == Value::Nil {
-        // Another gateway fences: wait for its "done".
-        let until = Instant::now() + Duration::from_millis(FENCE_MS);
-        while Instant::now() < until {
-            let state = bounded("fence mark")(
-                tokio::time::timeout(
-                    deadline,
-                    redis::cmd("GET").arg(&mark).query_async(&mut conn),
-                )
-                .await,
-            )?;
-            match state {
-                Value::BulkString(s) if s == b"done" => return Ok(()),
-                // The fencer died: its mark lapsed; the next failure tries again.
-                Value::Nil => return Err(unavailable("the fence was abandoned")),
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        return Err(unavailable("the fence took too long"));
+        // Another gateway fences: wait for its "done" (a lapsed mark: its fencer died;
+        // the next failure tries again).
+        return match fence_state(master, deadline, true).await? {
+            FenceState::Done => Ok(()),
+            _ => Err(unavailable("the fence was abandoned")),
+        };
     }
     let mut cursor: u64 = 0;
     let mut deleted = 0usize;
