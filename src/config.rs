@@ -504,12 +504,13 @@ impl Config {
 
     /// The replicas each write of a Redis gate waits for (`gate_replica_acks`).
     pub fn replica_acks(&self) -> ReplicaAcks {
-        let sentinel =
-            matches!(&self.gate, GateUrl::Redis(url) if url.starts_with("redis-sentinel://"));
+        // Behind Sentinel a promoted master is fenced and rebuilt instead (docs/redis.md).
+        let cluster =
+            matches!(&self.gate, GateUrl::Redis(url) if url.starts_with("redis-cluster://"));
         ReplicaAcks {
             replicas: self
                 .gate_replica_acks
-                .unwrap_or(if sentinel { 1 } else { 0 }),
+                .unwrap_or(if cluster { 1 } else { 0 }),
             timeout: Duration::from_millis(self.gate_replica_timeout_ms),
         }
     }
