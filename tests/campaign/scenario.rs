@@ -569,10 +569,21 @@ pub async fn run(scenario: Scenario, services: Arc<Mutex<Services>>) -> RunResul
     } else {
         new_sale["stock"] = json!(shape.items[0].1);
     }
-    let sale = first.create_sale(new_sale).await["id"]
-        .as_str()
-        .expect("sale id")
-        .to_string();
+    // A deployment just formed (a Cluster whose replicas have only just synced) may
+    // answer 503 for a moment: retried, as an operator would, for up to 15 s.
+    let new_sale: flashsale::domain::NewSale =
+        serde_json::from_value(new_sale).expect("a sale the API accepts");
+    let creating = Instant::now();
+    let sale = loop {
+        match first.api.create_sale(&new_sale).await {
+            Ok(sale) => break sale.id,
+            Err(e) if creating.elapsed() < Duration::from_secs(15) => {
+                tracing::debug!(error = %e, "create sale: retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("create sale: {e:?}"),
+        }
+    };
     let total_stock: u64 = shape.items.iter().map(|(_, s)| *s as u64).sum();
 
     let plan = scenario.shape.plan(scenario.seed);
