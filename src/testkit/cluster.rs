@@ -4,31 +4,15 @@
 //!
 //! `scripts/services.sh cluster` starts the same deployment by hand.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use super::sentinel::info;
+use super::redis_nodes::{RedisProcesses, cut_off_replicas, free_port, info, node, text_of};
 
 pub struct ClusterDeployment {
     pub ports: Vec<u16>,
-    dir: tempfile::TempDir,
-    children: Vec<(u16, Child)>,
-}
-
-fn free_port() -> u16 {
-    // A cluster node also listens on its port + 10000 (the cluster bus).
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("a free port")
-            .local_addr()
-            .expect("its address")
-            .port();
-        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
+    processes: RedisProcesses,
 }
 
 impl ClusterDeployment {
@@ -40,18 +24,34 @@ impl ClusterDeployment {
     /// Three masters, each with `replicas` replicas (with two, a master's death leaves
     /// its promoted replica one to acknowledge writes).
     pub async fn start_with(replicas: usize) -> ClusterDeployment {
-        let mut dir = tempfile::tempdir().expect("temp dir");
-        dir.disable_cleanup(std::env::var_os("FLASHSALE_TEST_KEEP").is_some());
         let mut cluster = ClusterDeployment {
-            ports: (0..3 * (1 + replicas)).map(|_| free_port()).collect(),
-            dir,
-            children: Vec::new(),
+            // A cluster node also listens on its port + 10000 (the cluster bus).
+            ports: (0..3 * (1 + replicas)).map(|_| free_port(true)).collect(),
+            processes: RedisProcesses::new(),
         };
         for port in cluster.ports.clone() {
-            cluster.spawn(port);
+            let config = format!("nodes-{port}.conf");
+            cluster.processes.spawn_node(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-config-file",
+                    &config,
+                    // A master whose replicas are all cut off (the failover tests) would
+                    // otherwise take over a replica of another master, which syncs in
+                    // full and is promoted with every decision: the lag the test makes
+                    // would vanish.
+                    "--cluster-allow-replica-migration",
+                    "no",
+                ],
+            );
         }
         for port in cluster.ports.clone() {
             cluster
+                .processes
                 .wait_until("a node starts", || async {
                     !info(port, "server").await.is_empty()
                 })
@@ -77,12 +77,14 @@ impl ClusterDeployment {
         );
         for port in cluster.ports.clone() {
             cluster
+                .processes
                 .wait_until("the cluster is ok on every node", || async {
                     info_cluster(port).await.contains("cluster_state:ok")
                 })
                 .await;
         }
         cluster
+            .processes
             .wait_until("every master has its replica, in sync", || async {
                 let mut synced = 0;
                 for &port in &cluster.ports {
@@ -102,18 +104,12 @@ impl ClusterDeployment {
                 continue;
             }
             cluster
+                .processes
                 .wait_until("every master counts its replica", || async {
-                    let mut conn = match redis::Client::open(format!("redis://127.0.0.1:{port}")) {
-                        Ok(client) => match client.get_multiplexed_async_connection().await {
-                            Ok(conn) => conn,
-                            Err(_) => return false,
-                        },
-                        Err(_) => return false,
-                    };
                     redis::cmd("WAIT")
                         .arg(1)
                         .arg(100)
-                        .query_async::<i64>(&mut conn)
+                        .query_async::<i64>(&mut node(port).await)
                         .await
                         .is_ok_and(|n| n >= 1)
                 })
@@ -134,10 +130,7 @@ impl ClusterDeployment {
 
     /// `kill -9` of one node.
     pub async fn kill(&mut self, port: u16) {
-        if let Some(i) = self.children.iter().position(|(p, _)| *p == port) {
-            let (_, mut child) = self.children.remove(i);
-            child.kill().await.expect("kill -9");
-        }
+        self.processes.kill(port).await;
     }
 
     /// Moves every slot of the master on `from` to the master on `to` with
@@ -145,11 +138,7 @@ impl ClusterDeployment {
     /// returns what redis-cli printed last.
     pub async fn reshard(&self, from: u16, to: u16) -> String {
         let id = |port: u16| async move {
-            let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                .expect("redis url")
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect to a cluster node");
+            let mut conn = node(port).await;
             redis::cmd("CLUSTER")
                 .arg("MYID")
                 .query_async::<String>(&mut conn)
@@ -174,7 +163,8 @@ impl ClusterDeployment {
         out.lines().last().unwrap_or_default().to_string()
     }
 
-    /// The replicas of the master on `port`, from its `CLUSTER NODES`.
+    /// The replicas of the master on `port`: those its `CLUSTER NODES` names and those
+    /// connected to it now (its `INFO replication`), which a test must both reach.
     pub async fn replicas_of(&self, master: u16) -> Vec<u16> {
         let mut conn = node(master).await;
         let nodes: String = redis::cmd("CLUSTER")
@@ -191,7 +181,7 @@ impl ClusterDeployment {
             .find(|f| f.get(2).is_some_and(|flags| flags.contains("myself")))
             .and_then(|f| f.first().copied())
             .expect("the node's own line");
-        lines
+        let named = lines
             .iter()
             .filter(|f| f.get(3) == Some(&id))
             .filter_map(|f| {
@@ -202,60 +192,36 @@ impl ClusterDeployment {
                     .1
                     .parse()
                     .ok()
-            })
-            .collect()
+            });
+        // "slave0:ip=127.0.0.1,port=7004,state=online,…"
+        let replication = info(master, "replication").await;
+        let connected = replication
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("port="))
+            .filter_map(|l| l.split("port=").nth(1)?.split(',').next()?.parse().ok());
+        let mut replicas: Vec<u16> = named.chain(connected).collect();
+        replicas.sort_unstable();
+        replicas.dedup();
+        replicas
     }
 
     /// Waits until every replica of `master` has everything it wrote.
     pub async fn wait_replicas_synced(&self, master: u16) {
         for replica in self.replicas_of(master).await {
-            self.wait_until("a replica catches up", || async {
-                let offset = |text: String, field: &str| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix(field))
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                };
-                let written = offset(info(master, "replication").await, "master_repl_offset:");
-                let read = offset(info(replica, "replication").await, "slave_repl_offset:");
-                written.is_some() && written == read
-            })
-            .await;
+            self.processes.wait_synced(master, replica).await;
         }
     }
 
     /// The replicas of `master` sleep for `for_ms` (`DEBUG SLEEP`) and `master` drops
     /// their connections: what it writes from now on reaches them only when they
-    /// reconnect.
-    pub async fn pause_replicas_of(&self, master: u16, for_ms: u64) {
-        for replica in self.replicas_of(master).await {
-            let mut conn = node(replica).await;
-            let seconds = format!("{:.3}", for_ms as f64 / 1000.0);
-            tokio::spawn(async move {
-                let _: redis::RedisResult<()> = redis::cmd("DEBUG")
-                    .arg("SLEEP")
-                    .arg(seconds)
-                    .query_async(&mut conn)
-                    .await;
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut conn = node(master).await;
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("replica")
-            .query_async(&mut conn)
-            .await
-            .expect("CLIENT KILL TYPE replica");
+    /// reconnect. Returns once that holds, with the time they wake up by.
+    pub async fn cut_off_replicas_of(&self, master: u16, for_ms: u64) -> tokio::time::Instant {
+        cut_off_replicas(master, &self.replicas_of(master).await, for_ms).await
     }
 
     /// How many slots the node on `port` serves, as it says itself.
     async fn slot_count(&self, port: u16) -> u32 {
-        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-            .expect("redis url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to a cluster node");
+        let mut conn = node(port).await;
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut conn)
@@ -327,72 +293,9 @@ impl ClusterDeployment {
         }
         None
     }
-
-    fn spawn(&mut self, port: u16) {
-        let log = std::fs::File::create(self.dir.path().join(format!("redis-{port}.log")))
-            .expect("redis log");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--repl-diskless-sync-delay",
-                "0",
-            ])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-            .arg("--cluster-config-file")
-            .arg(format!("nodes-{port}.conf"))
-            .arg("--dbfilename")
-            .arg(format!("dump-{port}.rdb"))
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(["--enable-debug-command", "local"])
-            .stdout(log)
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn redis-server (apt-get install redis-server)");
-        self.children.push((port, child));
-    }
-
-    async fn wait_until<F: Future<Output = bool>>(&self, what: &str, mut check: impl FnMut() -> F) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !check().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what}: not within 30 s (logs in {}; FLASHSALE_TEST_KEEP=1 keeps them)",
-                self.dir.path().display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-async fn node(port: u16) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(format!("redis://127.0.0.1:{port}"))
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to a cluster node")
 }
 
 /// `CLUSTER INFO` of a node, or "" when it does not answer.
 pub async fn info_cluster(port: u16) -> String {
-    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
-        return String::new();
-    };
-    let answered = tokio::time::timeout(Duration::from_millis(500), async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("CLUSTER")
-            .arg("INFO")
-            .query_async::<String>(&mut conn)
-            .await
-    })
-    .await;
-    match answered {
-        Ok(Ok(text)) => text,
-        _ => String::new(),
-    }
+    text_of(port, redis::cmd("CLUSTER").arg("INFO")).await
 }

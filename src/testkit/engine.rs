@@ -95,14 +95,20 @@ impl TestEngine {
             .limit(setup.per_user_limit)
             .payment_window(setup.payment_window)
             .new_sale();
-        engine.sale = engine
-            .engine
-            .create_sale(new)
-            .await
-            .unwrap()
-            .sale
-            .id
-            .clone();
+        // A gate on a Redis deployment formed a moment ago may answer 503 at first (a
+        // replica that has not yet acknowledged, under `WAIT`): retried as a client would.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        engine.sale = loop {
+            match engine.engine.create_sale(new.clone()).await {
+                Ok(created) => break created.sale.id.clone(),
+                Err(crate::engine::EngineError::Unavailable(_))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                }
+                Err(e) => panic!("create the test's sale: {e}"),
+            }
+        };
         engine
     }
 

@@ -10,7 +10,8 @@
 //! - `engine.rs`: `TestEngine`, an engine on a local gate, the in-process bus with its
 //!   group-commit writer, and SQLite in a temp dir; the one `purchase` helper.
 //! - `sentinel.rs`: a Redis primary, two replicas and three Sentinels on ports of their
-//!   own; `cluster.rs`: a Redis Cluster of three masters with a replica each.
+//!   own; `cluster.rs`: a Redis Cluster of three masters with one or two replicas each;
+//!   `redis_nodes.rs`: the processes and node commands they share.
 //! - `server.rs`: `InProcessServer`, the HTTP server in this process on port 0, and its
 //!   typed client.
 
@@ -20,6 +21,7 @@ pub mod faulty_gate;
 pub mod faulty_store;
 pub mod fixtures;
 pub mod postgres;
+mod redis_nodes;
 pub mod sentinel;
 pub mod server;
 

@@ -431,8 +431,7 @@ async fn inject(
             let RunRedis::Sentinel(sentinel) = &mut services.topology else {
                 unreachable!("a Sentinel run")
             };
-            sentinel.pause_replicas(3000).await;
-            sentinel.cut_replication_link().await;
+            sentinel.cut_off_replicas(3000).await;
             // Buyers buy on the primary meanwhile; none of it reaches a replica.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let primary = sentinel.primary;

@@ -149,15 +149,30 @@ async fn engine_on(url: &str, guard: Guard) -> TestEngine {
     .await
 }
 
-/// 100 buyers (every decision replicated), then 40 while the replicas are cut off,
-/// the master killed and a replica promoted (by `fail_over`), then everyone again (the
-/// 40 with their keys and with new ones) and 200 more; each buyer after the failover
-/// retries for up to `patience`, and once one gives up no new buyer comes (the controls
-/// stop at the first sign).
+/// What `fail_over` and the buyers tell each other.
+#[derive(Default)]
+struct Signals {
+    /// The replicas can receive nothing more.
+    cut: tokio::sync::Notify,
+    /// The 40 have bought (or failed to).
+    bought: tokio::sync::Notify,
+}
+
+/// The replicas stay asleep for this long: past the 40 purchases and the master's death
+/// even on a busy machine (`fail_over` checks that they did).
+const CUT_OFF_MS: u64 = 5000;
+
+/// 100 buyers (every decision replicated), then 40 while the replicas are cut off, the
+/// master killed and a replica promoted (by `fail_over`, which signals `cut` once the
+/// replicas can no longer receive anything and kills the master once `bought`), then 200
+/// more and the 40 again (with their keys, then with new ones); each buyer after the
+/// failover retries for up to `patience`, and once one gives up no new buyer comes (the
+/// controls stop at the first sign).
 async fn sale_across_a_lagging_failover(
     engine: TestEngine,
     patience: Duration,
     fail_over: impl Future<Output = ()>,
+    signals: &Signals,
     replicas_synced: impl Future<Output = ()>,
 ) -> Run {
     let mut acknowledged = Vec::new();
@@ -169,26 +184,32 @@ async fn sale_across_a_lagging_failover(
     }
     replicas_synced.await;
     let lagging = async {
-        // Give `fail_over` time to cut the replicas off first.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        futures_util::stream::iter(0..40)
+        // Only once the replicas are cut off: a decision sent before would reach them
+        // (a fixed delay let all 40 through first on a busy CI machine).
+        signals.cut.notified().await;
+        let bought = futures_util::stream::iter(0..40)
             .map(|n| {
                 let engine = &engine;
                 async move { engine.buy(&format!("lagging-{n}"), Some("k")).await.ok() }
             })
             .buffer_unordered(16)
             .collect::<Vec<Option<Arc<Order>>>>()
-            .await
+            .await;
+        signals.bought.notify_one();
+        bought
     };
     let (lagging, ()) = tokio::join!(lagging, fail_over);
     acknowledged.extend(lagging.into_iter().flatten());
 
     let gave_up = std::sync::atomic::AtomicBool::new(false);
     let late: Vec<Answer> = futures_util::stream::iter(
-        (0..40)
-            .map(|n| (format!("lagging-{n}"), "k".to_string()))
-            .chain((0..40).map(|n| (format!("lagging-{n}"), "again".to_string())))
-            .chain((0..200).map(|n| (format!("late-{n}"), "k".to_string()))),
+        // New buyers first: a lagging buyer's retry re-reserves their unit on a gate
+        // that lost it (the same order id, stored once), which would hide the loss when
+        // it comes before the units run out.
+        (0..200)
+            .map(|n| (format!("late-{n}"), "k".to_string()))
+            .chain((0..40).map(|n| (format!("lagging-{n}"), "k".to_string())))
+            .chain((0..40).map(|n| (format!("lagging-{n}"), "again".to_string()))),
     )
     .map(|(user, key)| {
         let (engine, gave_up) = (&engine, &gave_up);
@@ -230,23 +251,44 @@ async fn sale_across_a_lagging_failover(
     }
 }
 
+/// A replica awake before the master died would have caught up with it: the run would
+/// test nothing.
+fn assert_still_asleep(awake_at: tokio::time::Instant) {
+    assert!(
+        tokio::time::Instant::now() < awake_at,
+        "the replicas woke up before the master was killed: the machine was too slow for \
+         the scenario"
+    );
+}
+
+/// No replica may be connected to the master when it dies, or it has what the master
+/// had (a Cluster's replica migration did that before it was turned off).
+async fn assert_cut_off(master: u16) {
+    let replication = crate::testkit::sentinel::info(master, "replication").await;
+    assert!(
+        replication.contains("connected_slaves:0"),
+        "a replica reached the master despite the cut: {replication}"
+    );
+}
+
 async fn sentinel_failover(guard: Guard, patience: Duration) -> Run {
     let redis = tokio::sync::Mutex::new(SentinelDeployment::start().await);
     let url = redis.lock().await.url();
     let engine = engine_on(&url, guard).await;
+    let signals = Signals::default();
     let fail_over = async {
         let mut redis = redis.lock().await;
-        // They sleep and their links are cut: what they had received before would
-        // still reach them when they wake.
-        redis.pause_replicas(3000).await;
-        redis.cut_replication_link().await;
-        tokio::time::sleep(Duration::from_millis(600)).await; // the 40 buy meanwhile
+        let awake_at = redis.cut_off_replicas(CUT_OFF_MS).await;
+        signals.cut.notify_one();
+        signals.bought.notified().await;
         let primary = redis.primary;
+        assert_cut_off(primary).await;
         redis.kill(primary).await;
+        assert_still_asleep(awake_at);
         redis.wait_for_failover().await;
     };
     let synced = async { redis.lock().await.wait_replicas_synced().await };
-    sale_across_a_lagging_failover(engine, patience, fail_over, synced).await
+    sale_across_a_lagging_failover(engine, patience, fail_over, &signals, synced).await
 }
 
 async fn cluster_master_failover(guard: Guard, patience: Duration) -> Run {
@@ -260,11 +302,15 @@ async fn cluster_master_failover(guard: Guard, patience: Duration) -> Run {
         .master_of(&key)
         .await
         .expect("the sale's master");
+    let signals = Signals::default();
     let fail_over = async {
         let mut cluster = cluster.lock().await;
-        cluster.pause_replicas_of(master, 3000).await;
-        tokio::time::sleep(Duration::from_millis(600)).await; // the 40 buy meanwhile
+        let awake_at = cluster.cut_off_replicas_of(master, CUT_OFF_MS).await;
+        signals.cut.notify_one();
+        signals.bought.notified().await;
+        assert_cut_off(master).await;
         cluster.kill(master).await;
+        assert_still_asleep(awake_at);
         let waited = std::time::Instant::now();
         while cluster.master_of(&key).await.is_none_or(|m| m == master) {
             assert!(
@@ -275,7 +321,7 @@ async fn cluster_master_failover(guard: Guard, patience: Duration) -> Run {
         }
     };
     let synced = async { cluster.lock().await.wait_replicas_synced(master).await };
-    sale_across_a_lagging_failover(engine, patience, fail_over, synced).await
+    sale_across_a_lagging_failover(engine, patience, fail_over, &signals, synced).await
 }
 
 fn assert_kept_every_promise(run: &Run) {
