@@ -80,9 +80,9 @@ async fn main() -> anyhow::Result<()> {
 
     // The same script, the same keys, through redis-benchmark (random buyers).
     let sha = redis_script_sha();
-    let meta = format!("{{sale:{}}}:meta", sale.id);
-    let stock = format!("{{sale:{}}}:stock", sale.id);
-    let buyers = format!("{{sale:{}}}:buyers", sale.id);
+    let keys = |name: &str| format!("{{sale:{}}}:{name}", sale.id);
+    let (meta, stock, buyers) = (keys("meta"), keys("stock"), keys("buyers"));
+    let (holds, hold_details) = (keys("holds"), keys("hold-details"));
     let host_port = url.trim_start_matches("redis://").trim_end_matches('/');
     let (host, port) = host_port.split_once(':').unwrap_or((host_port, "6379"));
     let benchmark = |pipeline: &str| -> anyhow::Result<f64> {
@@ -96,14 +96,20 @@ async fn main() -> anyhow::Result<()> {
                 "-P",
                 pipeline,
             ])
-            .args(["EVALSHA", &sha, "4", &meta, &stock, &buyers, &meta])
+            // reserve.lua's 7 keys, as the gate passes them for a purchase without an
+            // idempotency key (the meta key in the key's and the live keys' places).
+            .args(["EVALSHA", &sha, "7", &meta, &stock, &buyers, &meta])
+            .args([&holds, &hold_details, &meta])
+            // keep until, user, fingerprint, order id, has key, key TTL, most live keys,
+            // then item 0 × 1 unit.
             .args([
-                "1",
-                "rb:__rand_int__",
-                "default:1",
-                "o",
-                "86400000",
                 "0",
+                "rb:__rand_int__",
+                "f",
+                "o:__rand_int__",
+                "0",
+                "86400000",
+                "16",
                 "0",
                 "1",
             ])
