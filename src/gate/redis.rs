@@ -31,6 +31,7 @@ use super::{
 use crate::domain::{Millis, Order, Refusal, Sale, ValidPurchase};
 
 mod connection;
+mod shards;
 
 use connection::Connection;
 pub use connection::RedisTarget;
@@ -66,6 +67,7 @@ pub struct RedisGate {
     restore: Lua,
     lease: Lua,
     update: Lua,
+    transfers: shards::TransferScripts,
     keys: KeyPolicy,
     /// sale id → when this gateway saw it sold out.
     sold_out: Arc<RwLock<HashMap<String, Instant>>>,
@@ -83,6 +85,11 @@ struct SaleKeys {
     hold_details: String,
     lease: String,
     counted: String,
+    /// A sharded sale's sub-stock: units it gave and the receiver has not yet credited
+    /// (hash: transfer id -> "receiver\nitem:units,…").
+    transit: String,
+    /// The transfers it received (set of ids), so that each is credited once.
+    credited: String,
 }
 
 impl SaleKeys {
@@ -96,6 +103,8 @@ impl SaleKeys {
             hold_details: format!("{{sale:{sale_id}}}:hold-details"),
             lease: format!("{{sale:{sale_id}}}:rebuild-lease"),
             counted: format!("{{sale:{sale_id}}}:counted"),
+            transit: format!("{{sale:{sale_id}}}:transit"),
+            credited: format!("{{sale:{sale_id}}}:credited"),
         }
     }
 
@@ -199,6 +208,7 @@ impl RedisGate {
             restore: Lua::new(include_str!("lua/restore.lua")),
             lease: Lua::new(include_str!("lua/lease.lua")),
             update: Lua::new(include_str!("lua/update.lua")),
+            transfers: shards::TransferScripts::new(),
             keys: KeyPolicy::default(),
             sold_out,
             _restock_listener: AbortOnDrop(listener),
@@ -737,5 +747,7 @@ impl StockGate for RedisGate {
 
 #[cfg(test)]
 mod failover_tests;
+#[cfg(test)]
+mod shard_tests;
 #[cfg(test)]
 mod tests;
