@@ -32,6 +32,7 @@ fn sale(stock: u32) -> Sale {
         payment_window: 0,
         rate_limits: Default::default(),
         paused: false,
+        shards: 1,
         created_at: 0,
     }
 }

@@ -728,6 +728,7 @@ async fn producer_ceiling(
         ends_at: None,
         payment_window: None,
         rate_limits: None,
+        shards: None,
     }
     .into_sale(uuid::Uuid::now_v7().simple().to_string(), 0)?;
     let purchase = validate_purchase(

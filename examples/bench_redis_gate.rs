@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use flashsale::domain::{Item, Sale, ValidPurchase};
+use flashsale::domain::ValidPurchase;
 use flashsale::gate::{Decision, RedisGate, StockGate};
 
 #[tokio::main]
@@ -26,21 +26,13 @@ async fn main() -> anyhow::Result<()> {
     let gate = Arc::new(RedisGate::connect(&url, Duration::from_secs(5)).await?);
 
     // A sale that cannot sell out during the run: every purchase runs the whole script.
-    let sale = Arc::new(Sale {
-        id: format!("bench-{}", uuid::Uuid::new_v4().simple()),
-        name: "bench".into(),
-        items: vec![Item {
-            id: "default".into(),
-            stock: 100_000_000,
-        }],
-        per_user_limit: 1,
-        starts_at: 0,
-        ends_at: None,
-        payment_window: 0,
-        rate_limits: Default::default(),
-        paused: false,
-        created_at: 0,
-    });
+    let sale = Arc::new(
+        flashsale::testkit::sale()
+            .id(format!("bench-{}", uuid::Uuid::new_v4().simple()))
+            .name("bench")
+            .stock(100_000_000)
+            .build(),
+    );
     gate.open_sale(&sale).await?;
 
     let next = Arc::new(AtomicU64::new(0));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use flashsale::domain::{Item, Sale, ValidPurchase};
+use flashsale::domain::ValidPurchase;
 use flashsale::gate::{Decision, RedisGate, RedisTarget, ReplicaAcks, StockGate};
 use flashsale::testkit::SentinelDeployment;
 use hdrhistogram::Histogram;
@@ -67,21 +67,13 @@ async fn main() -> anyhow::Result<()> {
 /// `decisions` reservations on a fresh sale that cannot sell out; returns decisions/s
 /// and the p99 of one decision in ms.
 async fn run(gate: Arc<RedisGate>, decisions: u64, tasks: usize) -> anyhow::Result<(f64, f64)> {
-    let sale = Arc::new(Sale {
-        id: format!("bench-{}", uuid::Uuid::new_v4().simple()),
-        name: "bench".into(),
-        items: vec![Item {
-            id: "default".into(),
-            stock: 100_000_000,
-        }],
-        per_user_limit: 1,
-        starts_at: 0,
-        ends_at: None,
-        payment_window: 0,
-        rate_limits: Default::default(),
-        paused: false,
-        created_at: 0,
-    });
+    let sale = Arc::new(
+        flashsale::testkit::sale()
+            .id(format!("bench-{}", uuid::Uuid::new_v4().simple()))
+            .name("bench")
+            .stock(100_000_000)
+            .build(),
+    );
     gate.open_sale(&sale).await?;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

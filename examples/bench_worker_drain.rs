@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         payment_window: 0,
         rate_limits: Default::default(),
         paused: false,
+        shards: 1,
         created_at: 0,
     };
     let orders: Vec<Order> = (0..orders_n)

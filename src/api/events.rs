@@ -307,6 +307,7 @@ mod tests {
                 created_at: 0,
                 rate_limits: Default::default(),
                 paused: false,
+                shards: 1,
             }),
             remaining: remaining.to_vec(),
         }

@@ -9,6 +9,8 @@ pub const DEFAULT_ITEM: &str = "default";
 const MAX_ITEMS: usize = 10_000;
 const MAX_STOCK: u32 = 100_000_000;
 const MAX_PER_USER_LIMIT: u32 = 10_000;
+/// The most sub-stocks a sale's stock may be spread over (`shards`).
+pub const MAX_SHARDS: u32 = 16;
 
 /// Body of `POST /api/sales`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -33,6 +35,11 @@ pub struct NewSale {
     /// This sale's own rate limits for purchases (else the gateway's defaults).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<SaleRateLimits>,
+    /// Sub-stocks the Redis gate spreads the stock over (1 to 16, default 1): one hot
+    /// sale over several Cluster masters, sold out exactly (docs/redis.md). The local
+    /// gate accepts and ignores it (one process is one shard).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
 }
 
 /// Body of `POST /api/sales/{id}/stock`: units added to one item's stock.
@@ -74,6 +81,17 @@ pub struct Sale {
     /// Paused by an operator: purchases are refused `paused` until it is resumed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// Sub-stocks of the Redis gate (1: the stock in one place).
+    #[serde(default = "one_shard", skip_serializing_if = "is_one_shard")]
+    pub shards: u32,
+}
+
+fn one_shard() -> u32 {
+    1
+}
+
+fn is_one_shard(shards: &u32) -> bool {
+    *shards == 1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -157,6 +175,10 @@ impl NewSale {
         {
             return Err(invalid("ends_at must be after starts_at"));
         }
+        let shards = self.shards.unwrap_or(1);
+        if shards == 0 || shards > MAX_SHARDS {
+            return Err(invalid(format!("shards must be 1 to {MAX_SHARDS}")));
+        }
         Ok(Sale {
             id,
             name,
@@ -168,6 +190,7 @@ impl NewSale {
             created_at: now,
             rate_limits: self.rate_limits.unwrap_or_default(),
             paused: false,
+            shards,
         })
     }
 }
@@ -242,6 +265,7 @@ mod tests {
             ends_at: None,
             payment_window: None,
             rate_limits: None,
+            shards: None,
         }
     }
 
@@ -289,6 +313,26 @@ mod tests {
         );
         assert_eq!(sale.per_user_limit, 1);
         assert_eq!(sale.starts_at, 1000);
+    }
+
+    #[test]
+    fn a_sale_has_1_to_16_shards_and_one_unless_told() {
+        assert_eq!(new_sale().into_sale("s".into(), 0).unwrap().shards, 1);
+        let three = NewSale {
+            shards: Some(3),
+            ..new_sale()
+        };
+        assert_eq!(three.into_sale("s".into(), 0).unwrap().shards, 3);
+        for bad in [0, MAX_SHARDS + 1] {
+            let refused = NewSale {
+                shards: Some(bad),
+                ..new_sale()
+            };
+            assert_eq!(
+                refused.into_sale("s".into(), 0),
+                Err(invalid("shards must be 1 to 16"))
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub fn sale() -> SaleBuilder {
         payment_window: 0,
         created_at: 0,
         paused: false,
+        shards: 1,
     }
 }
 
@@ -44,6 +45,7 @@ pub struct SaleBuilder {
     payment_window: u32,
     created_at: Millis,
     paused: bool,
+    shards: u32,
 }
 
 impl SaleBuilder {
@@ -108,6 +110,12 @@ impl SaleBuilder {
         self
     }
 
+    /// Sub-stocks of the Redis gate.
+    pub fn shards(mut self, shards: u32) -> Self {
+        self.shards = shards;
+        self
+    }
+
     pub fn paused(mut self, paused: bool) -> Self {
         self.paused = paused;
         self
@@ -140,6 +148,7 @@ impl SaleBuilder {
             ends_at: self.ends_at.map(time),
             payment_window: Some(self.payment_window),
             rate_limits: None,
+            shards: (self.shards != 1).then_some(self.shards),
         }
     }
 
@@ -154,6 +163,7 @@ impl SaleBuilder {
             ends_at: self.ends_at.map(time),
             payment_window: Some(self.payment_window),
             rate_limits: None,
+            shards: Some(self.shards),
         };
         let mut sale = checked
             .into_sale(self.id, self.created_at)

@@ -148,6 +148,7 @@ mod tests {
             ends_at: None,
             payment_window: None,
             rate_limits: None,
+            shards: None,
         }
         .into_sale("sale".into(), 0)
         .unwrap();

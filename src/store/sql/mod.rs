@@ -77,7 +77,7 @@ impl SqlStore {
     ) -> Result<Vec<Sale>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, per_user_limit, starts_at, ends_at, payment_window, created_at, \
-             rate_limits, paused FROM sales WHERE ($1 = '' OR id = $1) \
+             rate_limits, paused, shards FROM sales WHERE ($1 = '' OR id = $1) \
              ORDER BY created_at DESC, id DESC LIMIT $2",
         )
         .bind(id.unwrap_or(""))
@@ -103,6 +103,7 @@ impl SqlStore {
                         None => Default::default(),
                     },
                     paused: row.try_get::<i64, _>("paused")? != 0,
+                    shards: u32_column(row, "shards")?,
                     id,
                 })
             })
@@ -291,7 +292,7 @@ impl OrderStore for SqlStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sales (id, name, per_user_limit, starts_at, ends_at, payment_window, \
-             created_at, rate_limits) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             created_at, rate_limits, shards) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&sale.id)
         .bind(&sale.name)
@@ -304,6 +305,7 @@ impl OrderStore for SqlStore {
             (!sale.rate_limits.is_default())
                 .then(|| serde_json::to_string(&sale.rate_limits).expect("limits serialize")),
         )
+        .bind(sale.shards as i64)
         .execute(&mut *tx)
         .await?;
         for (position, item) in sale.items.iter().enumerate() {

@@ -40,6 +40,11 @@ async fn sale_round_trips(dialect: Dialect) {
     assert_eq!(store.get_sale("sale1").await.unwrap(), Some(s.clone()));
     assert_eq!(store.list_sales().await.unwrap(), vec![s]);
     assert_eq!(store.get_sale("nope").await.unwrap(), None);
+    let mut sharded = sale(3, 1);
+    sharded.id = "sharded".into();
+    sharded.shards = 3;
+    store.create_sale(&sharded).await.unwrap();
+    assert_eq!(store.get_sale("sharded").await.unwrap(), Some(sharded));
 }
 
 async fn batch_stores_each_order_once_and_refuses_oversell_and_limit(dialect: Dialect) {
