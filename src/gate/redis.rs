@@ -291,10 +291,101 @@ impl RedisGate {
         }
     }
 
+    /// Makes a sale known with its full stock unless it is; whether it was new.
+    async fn open_one(&self, sale: &Sale) -> Result<bool, GateError> {
+        let keys = SaleKeys::new(&sale.id);
+        let mut call = self.open.key(&keys.meta);
+        call.key(&keys.stock)
+            .arg(sale.starts_at)
+            .arg(sale.ends_at.map(|e| e.to_string()).unwrap_or_default())
+            .arg(sale.per_user_limit);
+        for item in &sale.items {
+            call.arg(item.stock);
+        }
+        Ok(self.write::<i64>(&call).await? == 1)
+    }
+
+    /// Decides a purchase on one sale of one shard (or one sub-stock of a sharded sale,
+    /// which must not raise the whole sale's sold-out flag: `flag_sold_out` false).
+    async fn reserve_one(
+        &self,
+        sale: &Sale,
+        purchase: &ValidPurchase,
+        key: Option<&str>,
+        order_id: &str,
+        flag_sold_out: bool,
+    ) -> Result<Decision, GateError> {
+        let keys = SaleKeys::new(&sale.id);
+        let (idem, index) = match key {
+            Some(k) => (
+                SaleKeys::idempotency(&sale.id, &purchase.user_id, k),
+                SaleKeys::key_index(&sale.id, &purchase.user_id),
+            ),
+            None => (keys.meta.clone(), keys.meta.clone()),
+        };
+        let mut call = self.reserve.key(&keys.meta);
+        call.key(&keys.stock)
+            .key(&keys.buyers)
+            .key(&idem)
+            .key(&keys.holds)
+            .key(&keys.hold_details)
+            .key(&index)
+            .arg(KeyPolicy::keep_until(sale))
+            .arg(&purchase.user_id)
+            .arg(&purchase.fingerprint)
+            .arg(order_id)
+            .arg(key.is_some() as u8)
+            .arg(self.keys.ttl.as_millis() as u64)
+            .arg(self.keys.max_per_buyer);
+        for &(item, units) in &purchase.units {
+            call.arg(item).arg(units);
+        }
+        let (reply, replicated): (Vec<Value>, bool) = self.eval(&call).await?;
+        let kind = reply.first().map(text).unwrap_or_default();
+        match kind.as_str() {
+            "reserved" if !replicated => {
+                // A failover now could lose this reservation: the buyer must not hear of
+                // it. Given back at once (or, if that fails too, by the sweeper once the
+                // hold is stale: it never reaches the bus).
+                if let Err(e) = self.drop_hold(sale, order_id, HoldEnd::Release).await {
+                    tracing::warn!(sale = %sale.id, order = %order_id, error = %e, "unreplicated reservation not given back yet (the sweeper will)");
+                }
+                Err(not_replicated(self.acks))
+            }
+            "reserved" => {
+                let at = reply.get(1).map(text).and_then(|t| t.parse().ok());
+                let at = at.ok_or_else(|| unavailable("reservation without a time"))?;
+                Ok(Decision::Reserved { at })
+            }
+            "key_reused" => Ok(Decision::KeyReused),
+            "too_many_keys" => Ok(Decision::TooManyKeys),
+            "replay" => Ok(Decision::Replay(parse_answer(&text(&reply[1]))?)),
+            "refused" => {
+                let code = reply.get(1).map(text).unwrap_or_default();
+                let refusal = Refusal::from_code(&code)
+                    .ok_or_else(|| unavailable(format!("unknown refusal {code:?}")))?;
+                let left: i64 = reply
+                    .get(2)
+                    .map(text)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(1);
+                if flag_sold_out && refusal == Refusal::SoldOut && left <= 0 {
+                    self.sold_out
+                        .write()
+                        .insert(sale.id.clone(), Instant::now());
+                }
+                Ok(Decision::Refused(refusal))
+            }
+            "unknown" => Err(GateError::UnknownSale(sale.id.clone())),
+            other => Err(unavailable(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The sale's (or, for a sub-stock, its sale's) sold-out flag.
     fn locally_sold_out(&self, sale_id: &str) -> bool {
         self.sold_out
             .read()
-            .get(sale_id)
+            .get(shards::parent_sale_id(sale_id))
             .is_some_and(|seen| seen.elapsed() < SOLD_OUT_TTL)
     }
 }
@@ -320,7 +411,7 @@ async fn listen_for_restock(
                     let mut messages = pubsub.into_on_message();
                     while let Some(msg) = messages.next().await {
                         if let Ok(sale_id) = msg.get_payload::<String>() {
-                            sold_out.write().remove(&sale_id);
+                            sold_out.write().remove(shards::parent_sale_id(&sale_id));
                         }
                     }
                 }
@@ -358,20 +449,17 @@ fn text(value: &Value) -> String {
 #[async_trait]
 impl StockGate for RedisGate {
     async fn open_sale(&self, sale: &Sale) -> Result<(), GateError> {
-        let keys = SaleKeys::new(&sale.id);
-        let mut call = self.open.key(&keys.meta);
-        call.key(&keys.stock)
-            .arg(sale.starts_at)
-            .arg(sale.ends_at.map(|e| e.to_string()).unwrap_or_default())
-            .arg(sale.per_user_limit);
-        for item in &sale.items {
-            call.arg(item.stock);
+        if sale.shards > 1 {
+            return self.open_sharded(sale).await;
         }
-        self.write::<i64>(&call).await?;
+        self.open_one(sale).await?;
         Ok(())
     }
 
     async fn has_sale(&self, sale: &Sale) -> Result<bool, GateError> {
+        if sale.shards > 1 {
+            return self.has_sharded(sale).await;
+        }
         let mut conn = self.redis.get();
         let meta = SaleKeys::new(&sale.id).meta;
         self.bounded(
@@ -444,6 +532,9 @@ impl StockGate for RedisGate {
         snapshot: &SaleSnapshot,
         lease: &RebuildLease,
     ) -> Result<(), GateError> {
+        if sale.shards > 1 {
+            return self.restore_sharded(sale, snapshot, lease).await;
+        }
         let keys = SaleKeys::new(&sale.id);
         let mut call = self.restore.key(&keys.meta);
         call.key(&keys.stock)
@@ -483,7 +574,9 @@ impl StockGate for RedisGate {
         let outcome: String = self.write(&call).await?;
         match outcome.as_str() {
             "restored" => {
-                self.sold_out.write().remove(&sale.id);
+                self.sold_out
+                    .write()
+                    .remove(shards::parent_sale_id(&sale.id));
                 Ok(())
             }
             "exists" => Err(GateError::Fenced(sale.id.clone(), "the sale exists")),
@@ -495,6 +588,9 @@ impl StockGate for RedisGate {
     }
 
     async fn update_sale(&self, sale: &Sale) -> Result<(), GateError> {
+        if sale.shards > 1 {
+            return self.update_sharded(sale).await;
+        }
         let keys = SaleKeys::new(&sale.id);
         let mut call = self.update.key(&keys.meta);
         call.key(&keys.stock)
@@ -506,7 +602,9 @@ impl StockGate for RedisGate {
             call.arg(item.stock);
         }
         let outcome: String = self.write(&call).await?;
-        self.sold_out.write().remove(&sale.id);
+        self.sold_out
+            .write()
+            .remove(shards::parent_sale_id(&sale.id));
         match outcome.as_str() {
             "updated" => Ok(()),
             _ => Err(GateError::UnknownSale(sale.id.clone())),
@@ -521,78 +619,23 @@ impl StockGate for RedisGate {
         order_id: &str,
         now: Millis,
     ) -> Result<Decision, GateError> {
+        if sale.shards > 1 {
+            return self
+                .reserve_sharded(sale, purchase, key, order_id, now)
+                .await;
+        }
         // The sale window is decided in the script, on Redis's clock: a gateway whose
         // clock runs ahead opens no sale early. (`now` is this gateway's clock.)
         if let Some(refusal) = self.quick_refusal(sale, key, now) {
             return Ok(Decision::Refused(refusal));
         }
-        let keys = SaleKeys::new(&sale.id);
-        let (idem, index) = match key {
-            Some(k) => (
-                SaleKeys::idempotency(&sale.id, &purchase.user_id, k),
-                SaleKeys::key_index(&sale.id, &purchase.user_id),
-            ),
-            None => (keys.meta.clone(), keys.meta.clone()),
-        };
-        let mut call = self.reserve.key(&keys.meta);
-        call.key(&keys.stock)
-            .key(&keys.buyers)
-            .key(&idem)
-            .key(&keys.holds)
-            .key(&keys.hold_details)
-            .key(&index)
-            .arg(KeyPolicy::keep_until(sale))
-            .arg(&purchase.user_id)
-            .arg(&purchase.fingerprint)
-            .arg(order_id)
-            .arg(key.is_some() as u8)
-            .arg(self.keys.ttl.as_millis() as u64)
-            .arg(self.keys.max_per_buyer);
-        for &(item, units) in &purchase.units {
-            call.arg(item).arg(units);
-        }
-        let (reply, replicated): (Vec<Value>, bool) = self.eval(&call).await?;
-        let kind = reply.first().map(text).unwrap_or_default();
-        match kind.as_str() {
-            "reserved" if !replicated => {
-                // A failover now could lose this reservation: the buyer must not hear of
-                // it. Given back at once (or, if that fails too, by the sweeper once the
-                // hold is stale: it never reaches the bus).
-                if let Err(e) = self.drop_hold(sale, order_id, HoldEnd::Release).await {
-                    tracing::warn!(sale = %sale.id, order = %order_id, error = %e, "unreplicated reservation not given back yet (the sweeper will)");
-                }
-                Err(not_replicated(self.acks))
-            }
-            "reserved" => {
-                let at = reply.get(1).map(text).and_then(|t| t.parse().ok());
-                let at = at.ok_or_else(|| unavailable("reservation without a time"))?;
-                Ok(Decision::Reserved { at })
-            }
-            "key_reused" => Ok(Decision::KeyReused),
-            "too_many_keys" => Ok(Decision::TooManyKeys),
-            "replay" => Ok(Decision::Replay(parse_answer(&text(&reply[1]))?)),
-            "refused" => {
-                let code = reply.get(1).map(text).unwrap_or_default();
-                let refusal = Refusal::from_code(&code)
-                    .ok_or_else(|| unavailable(format!("unknown refusal {code:?}")))?;
-                let left: i64 = reply
-                    .get(2)
-                    .map(text)
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(1);
-                if refusal == Refusal::SoldOut && left <= 0 {
-                    self.sold_out
-                        .write()
-                        .insert(sale.id.clone(), Instant::now());
-                }
-                Ok(Decision::Refused(refusal))
-            }
-            "unknown" => Err(GateError::UnknownSale(sale.id.clone())),
-            other => Err(unavailable(format!("unexpected reply {other:?}"))),
-        }
+        self.reserve_one(sale, purchase, key, order_id, true).await
     }
 
     async fn confirm(&self, sale: &Sale, order: &Order) -> Result<(), GateError> {
+        if sale.shards > 1 {
+            return self.confirm_sharded(sale, order).await;
+        }
         let keys = SaleKeys::new(&sale.id);
         let idem = order
             .idempotency_key
@@ -611,6 +654,9 @@ impl StockGate for RedisGate {
     }
 
     async fn release(&self, sale: &Sale, order: &Order, forget_key: bool) -> Result<(), GateError> {
+        if sale.shards > 1 {
+            return self.release_sharded(sale, order, forget_key).await;
+        }
         let keys = SaleKeys::new(&sale.id);
         let (idem, index) = match order.idempotency_key.as_deref() {
             Some(k) => (
@@ -641,7 +687,9 @@ impl StockGate for RedisGate {
         if released < 0 {
             return Err(GateError::UnknownSale(sale.id.clone()));
         }
-        self.sold_out.write().remove(&sale.id);
+        self.sold_out
+            .write()
+            .remove(shards::parent_sale_id(&sale.id));
         Ok(())
     }
 
@@ -651,6 +699,9 @@ impl StockGate for RedisGate {
         user_id: &str,
         key: &str,
     ) -> Result<Option<KeyAnswer>, GateError> {
+        if sale.shards > 1 {
+            return self.key_answer_sharded(sale, user_id, key).await;
+        }
         let mut conn = self.redis.get();
         let idem = SaleKeys::idempotency(&sale.id, user_id, key);
         let value: Option<String> = self
@@ -673,6 +724,9 @@ impl StockGate for RedisGate {
     }
 
     async fn stale_holds(&self, sale: &Sale, grace: Duration) -> Result<Vec<String>, GateError> {
+        if sale.shards > 1 {
+            return self.stale_holds_sharded(sale, grace).await;
+        }
         let mut conn = self.redis.get();
         // Reservations are stamped with Redis's clock: compare with it, not ours.
         let older_than = self.now().await? - grace.as_millis() as i64;
@@ -696,6 +750,9 @@ impl StockGate for RedisGate {
         order_id: &str,
         end: HoldEnd<'_>,
     ) -> Result<(), GateError> {
+        if sale.shards > 1 {
+            return self.drop_hold_sharded(sale, order_id, end).await;
+        }
         let (release, json) = match end {
             HoldEnd::Release => (true, String::new()),
             HoldEnd::Confirm(order) => (
@@ -716,12 +773,17 @@ impl StockGate for RedisGate {
             .arg(json);
         self.write::<i64>(&call).await?;
         if release {
-            self.sold_out.write().remove(&sale.id);
+            self.sold_out
+                .write()
+                .remove(shards::parent_sale_id(&sale.id));
         }
         Ok(())
     }
 
     async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError> {
+        if sale.shards > 1 {
+            return self.remaining_sharded(sale).await;
+        }
         let mut conn = self.redis.get();
         let stock: HashMap<usize, i64> = self
             .bounded(

@@ -140,14 +140,12 @@ async fn run(steps: Vec<Step>) {
         .random_id()
         .stocks(&STOCKS)
         .limit(1000)
+        .shards(SHARDS)
         .window(now - 1000, None)
         .created_at(now)
         .build();
-    for shard in 0..SHARDS {
-        gate.open_sale(&sub_sale(&sale, SHARDS, shard))
-            .await
-            .unwrap();
-    }
+    // Opening spreads the stock by transfers: counted from the start.
+    gate.open_sale(&sale).await.unwrap();
     let mut live: Vec<(Sale, Order)> = Vec::new();
     let mut transfers: Vec<Transfer> = Vec::new();
     for step in steps {
@@ -160,7 +158,7 @@ async fn run(steps: Vec<Step>) {
             } => {
                 let user = format!("buyer-{user}");
                 let shard = shard_of(&user, SHARDS);
-                let sub = sub_sale(&sale, SHARDS, shard);
+                let sub = sub_sale(&sale, shard);
                 let mut items = std::collections::BTreeMap::new();
                 items.insert(sale.items[item].id.clone(), units);
                 if both {

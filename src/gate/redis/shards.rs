@@ -19,13 +19,23 @@
 //! it, which is safe against the original taker finishing at the same time because the
 //! credit is idempotent.
 
-// The protocol and its property test come first; the purchase path borrows through it
-// once a sale carries its number of shards (the rest of issue #23).
-#![cfg_attr(not(test), allow(dead_code))]
+//!
+//! The stock starts in sub-stock 0, which records the sale's total (so that stock added
+//! by an operator lands there and a rebuild after a full loss puts every unsold unit
+//! back there); opening the sale moves each other sub-stock its even share by transfers.
+//! A purchase refused `sold_out` on its buyer's sub-stock borrows (at least half of each
+//! donor's units of the items it wants) and is decided again; `sold_out` is answered
+//! only when no other sub-stock had any of them and nothing was left in transit.
+
+use std::time::Instant;
 
 use super::{Lua, RedisGate, SaleKeys};
-use crate::domain::Sale;
-use crate::gate::GateError;
+use crate::domain::{Millis, Order, Refusal, Sale, ValidPurchase};
+use crate::gate::{Decision, GateError, HoldEnd, KeyAnswer, RebuildLease, SaleSnapshot, StockGate};
+
+/// How many times a purchase borrows and is decided again before it is answered
+/// `sold_out` while units still moved (other buyers of its sub-stock took them first).
+const BORROW_ROUNDS: usize = 8;
 
 /// The id a sub-stock's keys are named by: the sale's own for shard 0 (a sale of one
 /// shard is the sale as before), `<sale id>#<shard>` for the others.
@@ -55,15 +65,24 @@ pub(crate) fn initial_share(stock: u32, shards: u32, shard: u32) -> u32 {
     stock / shards + u32::from(shard < stock % shards)
 }
 
-/// Sub-stock `shard` of `sale` as a sale of its own: its id, and its share of each
-/// item's stock.
-pub(crate) fn sub_sale(sale: &Sale, shards: u32, shard: u32) -> Sale {
+/// Sub-stock `shard` of `sale` as a sale of one shard for the gate's scripts: its id,
+/// and the stock it records as its total: all of it for sub-stock 0, none for the
+/// others (theirs comes by transfer).
+pub(crate) fn sub_sale(sale: &Sale, shard: u32) -> Sale {
     let mut sub = sale.clone();
     sub.id = sub_sale_id(&sale.id, shard);
-    for item in &mut sub.items {
-        item.stock = initial_share(item.stock, shards, shard);
+    sub.shards = 1;
+    if shard != 0 {
+        for item in &mut sub.items {
+            item.stock = 0;
+        }
     }
     sub
+}
+
+/// The sale a sub-stock's id belongs to (sale ids have no `#`).
+pub(crate) fn parent_sale_id(id: &str) -> &str {
+    id.split('#').next().unwrap_or(id)
 }
 
 /// Units on their way from one sub-stock to another.
@@ -237,6 +256,295 @@ impl RedisGate {
     }
 }
 
+/// The gate's operations on a sale of several shards: each on its buyer's sub-stock, or
+/// on every sub-stock. `RedisGate`'s `StockGate` methods come here when `sale.shards > 1`
+/// and call themselves back with a sub-stock (a sale of one shard).
+impl RedisGate {
+    fn subs(sale: &Sale) -> impl Iterator<Item = Sale> + '_ {
+        (0..sale.shards).map(move |shard| sub_sale(sale, shard))
+    }
+
+    fn buyer_sub(sale: &Sale, user_id: &str) -> Sale {
+        sub_sale(sale, shard_of(user_id, sale.shards))
+    }
+
+    pub(super) async fn open_sharded(&self, sale: &Sale) -> Result<(), GateError> {
+        let created = self.open_one(&sub_sale(sale, 0)).await?;
+        for shard in 1..sale.shards {
+            self.open_one(&sub_sale(sale, shard)).await?;
+        }
+        if created {
+            for shard in 1..sale.shards {
+                let share: Vec<(usize, u32)> = sale
+                    .items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| (i, initial_share(item.stock, sale.shards, shard)))
+                    .filter(|&(_, units)| units > 0)
+                    .collect();
+                if share.is_empty() {
+                    continue;
+                }
+                // A transfer left unfinished here is finished by the first borrower.
+                if let Some(transfer) = self.take_units(&sale.id, 0, shard, &share, false).await? {
+                    self.finish_transfer(&sale.id, &transfer).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn has_sharded(&self, sale: &Sale) -> Result<bool, GateError> {
+        for sub in Self::subs(sale) {
+            if !self.has_sale(&sub).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Rebuilds the lost sub-stocks. After a loss of every one (a promoted master fenced,
+    /// a Redis restarted empty), sub-stock 0 gets every unsold unit and the others
+    /// borrow again: exact. After a loss of some (a Cluster master lost with no
+    /// replica), the lost ones come back with their buyers and no units: what they
+    /// held is not known without a read of the others that no purchase can overtake,
+    /// and a guess could oversell (docs/redis.md: those units stay unsold).
+    pub(super) async fn restore_sharded(
+        &self,
+        sale: &Sale,
+        snapshot: &SaleSnapshot,
+        lease: &RebuildLease,
+    ) -> Result<(), GateError> {
+        let mut lost = Vec::new();
+        for shard in 0..sale.shards {
+            if !self.has_sale(&sub_sale(sale, shard)).await? {
+                lost.push(shard);
+            }
+        }
+        if lost.is_empty() {
+            return Err(GateError::Fenced(sale.id.clone(), "the sale exists"));
+        }
+        let everything_lost = lost.len() == sale.shards as usize;
+        for shard in lost {
+            let sub = sub_sale(sale, shard);
+            let mut part = SaleSnapshot {
+                sold: snapshot.sold.clone(),
+                buyers: snapshot
+                    .buyers
+                    .iter()
+                    .filter(|(user, _)| shard_of(user, sale.shards) == shard)
+                    .map(|(user, units)| (user.clone(), *units))
+                    .collect(),
+                keyed_orders: snapshot
+                    .keyed_orders
+                    .iter()
+                    .filter(|order| shard_of(&order.user_id, sale.shards) == shard)
+                    .cloned()
+                    .collect(),
+                // An order is released on its buyer's sub-stock only: the others never
+                // look its id up.
+                holding: snapshot.holding.clone(),
+                taken_at: snapshot.taken_at,
+            };
+            if shard != 0 || !everything_lost {
+                // No units: sub-stock 0 records the total, the others none.
+                part.sold = sub.items.iter().map(|item| item.stock).collect();
+            }
+            // The lease lives under the sale's own hash tag; a sub-stock's script reads
+            // it from its own slot.
+            if shard != 0 {
+                self.copy_lease(sale, &sub, lease).await?;
+            }
+            self.restore(&sub, &part, lease).await?;
+        }
+        self.sold_out.write().remove(&sale.id);
+        Ok(())
+    }
+
+    async fn copy_lease(
+        &self,
+        sale: &Sale,
+        sub: &Sale,
+        lease: &RebuildLease,
+    ) -> Result<(), GateError> {
+        let mut conn = self.redis.get();
+        let held: Option<String> = self
+            .bounded(
+                redis::cmd("GET")
+                    .arg(SaleKeys::new(&sale.id).lease)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if held.as_deref() != Some(lease.token.as_str()) {
+            return Err(GateError::Fenced(
+                sale.id.clone(),
+                "the rebuild lease was lost",
+            ));
+        }
+        self.bounded(
+            redis::cmd("SET")
+                .arg(SaleKeys::new(&sub.id).lease)
+                .arg(&lease.token)
+                .arg("PX")
+                .arg(super::LEASE_MS)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    pub(super) async fn update_sharded(&self, sale: &Sale) -> Result<(), GateError> {
+        for sub in Self::subs(sale) {
+            self.update_sale(&sub).await?;
+        }
+        Ok(())
+    }
+
+    /// Decides on the buyer's sub-stock; on `sold_out` there, borrows and decides again.
+    pub(super) async fn reserve_sharded(
+        &self,
+        sale: &Sale,
+        purchase: &ValidPurchase,
+        key: Option<&str>,
+        order_id: &str,
+        now: Millis,
+    ) -> Result<Decision, GateError> {
+        if let Some(refusal) = self.quick_refusal(sale, key, now) {
+            return Ok(Decision::Refused(refusal));
+        }
+        let shard = shard_of(&purchase.user_id, sale.shards);
+        let sub = sub_sale(sale, shard);
+        for _ in 0..BORROW_ROUNDS {
+            let decision = self.reserve(&sub, purchase, key, order_id, now).await?;
+            if decision != Decision::Refused(Refusal::SoldOut) {
+                return Ok(decision);
+            }
+            if !self.borrow(sale, shard, &purchase.units).await? {
+                break;
+            }
+        }
+        if self.remaining(sale).await?.iter().all(|&units| units == 0) {
+            self.sold_out
+                .write()
+                .insert(sale.id.clone(), Instant::now());
+        }
+        Ok(Decision::Refused(Refusal::SoldOut))
+    }
+
+    /// Moves units of the `wanted` items to sub-stock `to` from the others, then
+    /// finishes any transfer left in transit; false when nothing moved.
+    async fn borrow(
+        &self,
+        sale: &Sale,
+        to: u32,
+        wanted: &[(usize, u32)],
+    ) -> Result<bool, GateError> {
+        let mut wanted = wanted.to_vec();
+        let mut moved = false;
+        for offset in 1..sale.shards {
+            let from = (to + offset) % sale.shards;
+            let transfer = match self.take_units(&sale.id, from, to, &wanted, true).await {
+                Ok(Some(transfer)) => transfer,
+                Ok(None) | Err(GateError::UnknownSale(_)) => continue, // empty, or lost
+                Err(e) => return Err(e),
+            };
+            self.finish_transfer(&sale.id, &transfer).await?;
+            moved = true;
+            for (item, units) in &mut wanted {
+                if let Some((_, got)) = transfer.units.iter().find(|(i, _)| i == item) {
+                    *units = units.saturating_sub(*got);
+                }
+            }
+            wanted.retain(|&(_, units)| units > 0);
+            if wanted.is_empty() {
+                break;
+            }
+        }
+        if !moved {
+            // Units a dead gateway left in transit are units too.
+            moved = self.recover_transfers(&sale.id, sale.shards).await? > 0;
+        }
+        Ok(moved)
+    }
+
+    pub(super) async fn confirm_sharded(
+        &self,
+        sale: &Sale,
+        order: &Order,
+    ) -> Result<(), GateError> {
+        self.confirm(&Self::buyer_sub(sale, &order.user_id), order)
+            .await
+    }
+
+    pub(super) async fn release_sharded(
+        &self,
+        sale: &Sale,
+        order: &Order,
+        forget_key: bool,
+    ) -> Result<(), GateError> {
+        self.release(&Self::buyer_sub(sale, &order.user_id), order, forget_key)
+            .await
+            .map_err(|e| match e {
+                GateError::UnknownSale(_) => GateError::UnknownSale(sale.id.clone()),
+                e => e,
+            })
+    }
+
+    pub(super) async fn key_answer_sharded(
+        &self,
+        sale: &Sale,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<KeyAnswer>, GateError> {
+        self.key_answer(&Self::buyer_sub(sale, user_id), user_id, key)
+            .await
+    }
+
+    pub(super) async fn stale_holds_sharded(
+        &self,
+        sale: &Sale,
+        grace: std::time::Duration,
+    ) -> Result<Vec<String>, GateError> {
+        let mut holds = Vec::new();
+        for sub in Self::subs(sale) {
+            holds.extend(self.stale_holds(&sub, grace).await?);
+        }
+        Ok(holds)
+    }
+
+    /// A hold is on its buyer's sub-stock; only its id is known when it is released, so
+    /// each sub-stock is asked (a sub-stock without it does nothing).
+    pub(super) async fn drop_hold_sharded(
+        &self,
+        sale: &Sale,
+        order_id: &str,
+        end: HoldEnd<'_>,
+    ) -> Result<(), GateError> {
+        match end {
+            HoldEnd::Confirm(order) => {
+                self.drop_hold(&Self::buyer_sub(sale, &order.user_id), order_id, end)
+                    .await
+            }
+            HoldEnd::Release => {
+                for sub in Self::subs(sale) {
+                    self.drop_hold(&sub, order_id, end).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every sub-stock's units, per item (units in transit a moment excepted).
+    pub(super) async fn remaining_sharded(&self, sale: &Sale) -> Result<Vec<u32>, GateError> {
+        let mut total = vec![0u32; sale.items.len()];
+        for sub in Self::subs(sale) {
+            for (sum, units) in total.iter_mut().zip(self.remaining(&sub).await?) {
+                *sum += units;
+            }
+        }
+        Ok(total)
+    }
+}
+
 /// A transit entry, "receiver\nitem:units,item:units".
 fn parse_transit(id: String, from: u32, entry: &str) -> Option<Transfer> {
     let (to, pairs) = entry.split_once('\n')?;
@@ -284,6 +592,8 @@ mod tests {
     fn shard_zero_is_the_sale_itself_and_the_others_hash_elsewhere() {
         assert_eq!(sub_sale_id("s1", 0), "s1");
         assert_eq!(sub_sale_id("s1", 2), "s1#2");
+        assert_eq!(parent_sale_id("s1#2"), "s1");
+        assert_eq!(parent_sale_id("s1"), "s1");
     }
 
     #[test]
