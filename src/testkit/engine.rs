@@ -36,6 +36,8 @@ pub struct Setup {
     pub stock: u32,
     pub per_user_limit: u32,
     pub payment_window: u32,
+    /// Sub-stocks of the sale in the Redis gate.
+    pub shards: u32,
 }
 
 impl Default for Setup {
@@ -49,6 +51,7 @@ impl Default for Setup {
             stock: 5,
             per_user_limit: 1,
             payment_window: 0,
+            shards: 1,
         }
     }
 }
@@ -94,6 +97,7 @@ impl TestEngine {
             .stock(setup.stock)
             .limit(setup.per_user_limit)
             .payment_window(setup.payment_window)
+            .shards(setup.shards)
             .new_sale();
         // A gate on a Redis deployment formed a moment ago may answer 503 at first (a
         // replica that has not yet acknowledged, under `WAIT`): retried as a client would.

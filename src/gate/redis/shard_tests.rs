@@ -254,3 +254,106 @@ proptest! {
         runtime().block_on(run(steps));
     }
 }
+
+/// What a crowd of buyers heard from an engine selling one sharded sale.
+struct Crowd {
+    sold: usize,
+    sold_out: usize,
+    unavailable: usize,
+}
+
+/// The buyers numbered `buyers`, one unit each, 32 at a time, each retrying 503s for up
+/// to 10 s.
+async fn crowd(engine: &crate::testkit::TestEngine, buyers: std::ops::Range<usize>) -> Crowd {
+    use futures_util::StreamExt;
+    let answers: Vec<Result<(), crate::engine::EngineError>> = futures_util::stream::iter(buyers)
+        .map(|n| async move {
+            let user = format!("buyer-{n}");
+            let until = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match engine.buy(&user, Some("k")).await {
+                    Err(crate::engine::EngineError::Unavailable(_))
+                        if tokio::time::Instant::now() < until =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    other => return other.map(|_| ()),
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut crowd = Crowd {
+        sold: 0,
+        sold_out: 0,
+        unavailable: 0,
+    };
+    for answer in answers {
+        match answer {
+            Ok(()) => crowd.sold += 1,
+            Err(crate::engine::EngineError::Refused(Refusal::SoldOut)) => crowd.sold_out += 1,
+            Err(e) => {
+                eprintln!("a buyer heard {e}");
+                crowd.unavailable += 1
+            }
+        }
+    }
+    crowd
+}
+
+async fn sharded_engine(url: &str, stock: u32, shards: u32) -> crate::testkit::TestEngine {
+    let target = RedisTarget::parse(url).unwrap();
+    let acks = if url.starts_with("redis-cluster") {
+        ReplicaAcks {
+            replicas: 1,
+            timeout: Duration::from_millis(250),
+        }
+    } else {
+        ReplicaAcks::NONE
+    };
+    let gate = RedisGate::connect_to(target, Duration::from_secs(2), acks)
+        .await
+        .unwrap();
+    crate::testkit::TestEngine::with(crate::testkit::Setup {
+        gate: std::sync::Arc::new(gate),
+        bus_capacity: 4096,
+        stock,
+        per_user_limit: 1,
+        shards,
+        ..crate::testkit::Setup::default()
+    })
+    .await
+}
+
+/// Exact sell-out: as many buyers as units, spread over three sub-stocks by a hash that
+/// fills them unevenly, all get a unit (a sub-stock that ran dry borrowed: no buyer told
+/// `sold_out` while another sub-stock had a unit), each stored once; the next buyers
+/// are told `sold_out`. Five sales.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Redis (scripts/services.sh up)"]
+async fn a_sale_over_three_shards_sells_out_exactly() {
+    let url =
+        std::env::var("FLASHSALE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    for _ in 0..5 {
+        let stock = 200;
+        let engine = sharded_engine(&url, stock, 3).await;
+        let heard = crowd(&engine, 0..stock as usize).await;
+        assert_eq!(heard.unavailable, 0);
+        assert_eq!(
+            (heard.sold, heard.sold_out),
+            (stock as usize, 0),
+            "every buyer of the {stock} got a unit"
+        );
+        let late = crowd(&engine, stock as usize..stock as usize + 50).await;
+        assert_eq!((late.sold, late.sold_out), (0, 50));
+        tokio::time::sleep(Duration::from_millis(300)).await; // the writer stores the last
+        let stored = engine.stored_orders().await;
+        let units: u32 = stored.iter().map(|o| o.total_units()).sum();
+        assert_eq!(units, stock, "every unit stored once");
+        assert_eq!(engine.remaining().await, vec![0]);
+        let mut buyers = std::collections::HashSet::new();
+        assert!(stored.iter().all(|o| buyers.insert(o.user_id.clone())));
+        engine.stop().await;
+    }
+}
