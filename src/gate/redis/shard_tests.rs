@@ -89,7 +89,7 @@ async fn count(gate: &RedisGate, sale: &Sale, live: &[(Sale, Order)]) -> Vec<(i6
     let mut conn = gate.redis.get();
     let mut counts = vec![(0i64, 0i64, 0i64); STOCKS.len()];
     for shard in 0..SHARDS {
-        let keys = SaleKeys::new(&sub_sale_id(&sale.id, shard));
+        let keys = SaleKeys::new(&sub_sale_id(&sale.id, shard, SHARDS));
         let stock: HashMap<usize, i64> = redis::cmd("HGETALL")
             .arg(&keys.stock)
             .query_async(&mut conn)
@@ -110,8 +110,8 @@ async fn count(gate: &RedisGate, sale: &Sale, live: &[(Sale, Order)]) -> Vec<(i6
             assert!(units >= 0, "shard {shard} item {item}: {units}");
             counts[item].0 += units;
         }
-        for transfer in gate.transfers_from(&sale.id, shard).await.unwrap() {
-            let receiver = SaleKeys::new(&sub_sale_id(&sale.id, transfer.to));
+        for transfer in gate.transfers_from(&sale, shard).await.unwrap() {
+            let receiver = SaleKeys::new(&sub_sale_id(&sale.id, transfer.to, SHARDS));
             let credited: bool = redis::cmd("SISMEMBER")
                 .arg(&receiver.credited)
                 .arg(&transfer.id)
@@ -192,7 +192,7 @@ async fn run(steps: Vec<Step>) {
                 share,
             } => {
                 if let Some(transfer) = gate
-                    .take_units(&sale.id, from, to, &[(item, wanted)], share)
+                    .take_units(&sale, from, to, &[(item, wanted)], share)
                     .await
                     .unwrap()
                 {
@@ -202,18 +202,18 @@ async fn run(steps: Vec<Step>) {
             Step::Credit { nth } => {
                 if !transfers.is_empty() {
                     let transfer = &transfers[nth % transfers.len()];
-                    gate.credit_units(&sale.id, transfer).await.unwrap();
+                    gate.credit_units(&sale, transfer).await.unwrap();
                 }
             }
             Step::SettleCredited { nth } => {
                 if !transfers.is_empty() {
                     let transfer = transfers[nth % transfers.len()].clone();
                     // As the protocol does: settle only what is credited.
-                    gate.finish_transfer(&sale.id, &transfer).await.unwrap();
+                    gate.finish_transfer(&sale, &transfer).await.unwrap();
                 }
             }
             Step::Recover => {
-                gate.recover_transfers(&sale.id, SHARDS).await.unwrap();
+                gate.recover_transfers(&sale).await.unwrap();
             }
         }
         let counts = count(&gate, &sale, &live).await;
@@ -227,14 +227,9 @@ async fn run(steps: Vec<Step>) {
         }
     }
     // Once every transfer is finished, nothing is in transit and nothing was lost.
-    gate.recover_transfers(&sale.id, SHARDS).await.unwrap();
+    gate.recover_transfers(&sale).await.unwrap();
     for shard in 0..SHARDS {
-        assert!(
-            gate.transfers_from(&sale.id, shard)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(gate.transfers_from(&sale, shard).await.unwrap().is_empty());
     }
     let counts = count(&gate, &sale, &live).await;
     for (item, &(stocked, reserved, moving)) in counts.iter().enumerate() {
@@ -303,6 +298,15 @@ async fn crowd(engine: &crate::testkit::TestEngine, buyers: std::ops::Range<usiz
 }
 
 async fn sharded_engine(url: &str, stock: u32, shards: u32) -> crate::testkit::TestEngine {
+    sharded_engine_with(url, stock, shards, Default::default()).await
+}
+
+async fn sharded_engine_with(
+    url: &str,
+    stock: u32,
+    shards: u32,
+    settings: crate::engine::EngineSettings,
+) -> crate::testkit::TestEngine {
     let target = RedisTarget::parse(url).unwrap();
     let acks = if url.starts_with("redis-cluster") {
         ReplicaAcks {
@@ -321,6 +325,7 @@ async fn sharded_engine(url: &str, stock: u32, shards: u32) -> crate::testkit::T
         stock,
         per_user_limit: 1,
         shards,
+        settings,
         ..crate::testkit::Setup::default()
     })
     .await
@@ -356,4 +361,132 @@ async fn a_sale_over_three_shards_sells_out_exactly() {
         assert!(stored.iter().all(|o| buyers.insert(o.user_id.clone())));
         engine.stop().await;
     }
+}
+
+/// A sale over three sub-stocks on a Cluster of three masters (two replicas each, writes
+/// waiting for one), and the master of one sub-stock killed a third of the way: buyers
+/// retry through the failover; every 202 is stored, and the sale still sells out
+/// exactly (units taken into transit by a dead gateway's transfer, or held by a
+/// reservation never acknowledged, come back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "starts redis-server processes (a cluster of three masters, two replicas each)"]
+async fn a_sharded_sale_sells_out_exactly_across_a_cluster_master_kill() {
+    use futures_util::StreamExt;
+    // Two replicas each: the promoted one still has one to acknowledge its writes.
+    let cluster = tokio::sync::Mutex::new(crate::testkit::ClusterDeployment::start_with(2).await);
+    let url = cluster.lock().await.url();
+    let stock = 300u32;
+    // A reservation no replica acknowledged and whose release failed (its master had
+    // just died) goes back by the sweeper after this grace.
+    let settings = crate::engine::EngineSettings {
+        hold_grace: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let engine = sharded_engine_with(&url, stock, 3, settings).await;
+    let mut masters = std::collections::HashSet::new();
+    for shard in 0..3 {
+        let meta = SaleKeys::new(&sub_sale_id(&engine.sale, shard, 3)).meta;
+        masters.insert(cluster.lock().await.master_of(&meta).await.unwrap());
+    }
+    eprintln!("3 sub-stocks on {} masters", masters.len());
+    let victim_key = SaleKeys::new(&sub_sale_id(&engine.sale, 1, 3)).meta;
+    let victim = cluster.lock().await.master_of(&victim_key).await.unwrap();
+
+    let sold = std::sync::atomic::AtomicUsize::new(0);
+    let kill = async {
+        while sold.load(std::sync::atomic::Ordering::Relaxed) < stock as usize / 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cluster.lock().await.kill(victim).await;
+    };
+    let buyers = async {
+        futures_util::stream::iter(0..stock as usize + 100)
+            .map(|n| {
+                let (engine, sold) = (&engine, &sold);
+                async move {
+                    let user = format!("buyer-{n}");
+                    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+                    loop {
+                        match engine.buy(&user, Some("k")).await {
+                            Ok(order) => {
+                                sold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                return Ok(order);
+                            }
+                            Err(
+                                crate::engine::EngineError::Unavailable(_)
+                                | crate::engine::EngineError::InProgress,
+                            ) if tokio::time::Instant::now() < until => {
+                                tokio::time::sleep(Duration::from_millis(100)).await
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+    };
+    let (mut answers, ()) = tokio::join!(buyers, kill);
+    // Units held by reservations the failover cut short come back by the sweeper; new
+    // buyers take them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    engine.engine.sweep().await.unwrap();
+    let late = futures_util::stream::iter(stock as usize + 100..stock as usize + 200)
+        .map(|n| {
+            let engine = &engine;
+            async move {
+                engine
+                    .buy(&format!("buyer-{n}"), Some("k"))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    answers.extend(late);
+    let mut refusals: HashMap<String, usize> = HashMap::new();
+    let mut acknowledged = Vec::new();
+    for answer in answers {
+        match answer {
+            Ok(order) => acknowledged.push(order),
+            Err(e) => {
+                let kind: String = e.chars().filter(|c| !c.is_ascii_digit()).collect();
+                *refusals.entry(kind).or_default() += 1
+            }
+        }
+    }
+    eprintln!("refusals: {refusals:?}");
+    eprintln!(
+        "remaining {:?}, the victim's slot now on {:?}",
+        engine.remaining().await,
+        cluster.lock().await.master_of(&victim_key).await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await; // the writer stores the last
+    let stored: HashMap<String, Order> = engine
+        .stored_orders()
+        .await
+        .into_iter()
+        .map(|o| (o.id.clone(), o))
+        .collect();
+    let broken: Vec<_> = acknowledged
+        .iter()
+        .filter(|o| !stored.get(&o.id).is_some_and(|s| s.status.holds_stock()))
+        .collect();
+    let units: u32 = stored
+        .values()
+        .filter(|o| o.status.holds_stock())
+        .map(|o| o.total_units())
+        .sum();
+    eprintln!(
+        "{} answered 202, {} stored units of {stock}, {} broken",
+        acknowledged.len(),
+        units,
+        broken.len()
+    );
+    assert!(broken.is_empty(), "202s not stored: {broken:?}");
+    assert_eq!(units, stock, "sold out exactly");
+    assert_eq!(acknowledged.len(), stock as usize);
+    engine.stop().await;
 }

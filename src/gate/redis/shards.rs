@@ -38,13 +38,40 @@ use crate::gate::{Decision, GateError, HoldEnd, KeyAnswer, RebuildLease, SaleSna
 const BORROW_ROUNDS: usize = 8;
 
 /// The id a sub-stock's keys are named by: the sale's own for shard 0 (a sale of one
-/// shard is the sale as before), `<sale id>#<shard>` for the others.
-pub(crate) fn sub_sale_id(sale_id: &str, shard: u32) -> String {
+/// shard is the sale as before), `<sale id>#<shard>.<n>` for the others, with the
+/// smallest `n` that puts its hash tag in its own N-th of the Cluster's slots, counted
+/// from sub-stock 0's: masters that split the slots evenly (the default layout) then
+/// each hold one sub-stock when there are as many of them.
+pub(crate) fn sub_sale_id(sale_id: &str, shard: u32, shards: u32) -> String {
     if shard == 0 {
-        sale_id.to_string()
-    } else {
-        format!("{sale_id}#{shard}")
+        return sale_id.to_string();
     }
+    let shards = shards.max(1);
+    let part = |slot: u16| u32::from(slot) * shards / SLOTS;
+    let wanted = (part(slot_of(sale_id)) + shard) % shards;
+    (0u32..)
+        .map(|n| format!("{sale_id}#{shard}.{n}"))
+        .find(|id| part(slot_of(id)) == wanted)
+        .expect("some n falls in each part of the slots")
+}
+
+/// Redis Cluster's slots.
+const SLOTS: u32 = 16384;
+
+/// The Cluster slot of a sale's keys: CRC16 (XMODEM) of its hash tag `sale:<id>`.
+fn slot_of(sale_id: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in b"sale:".iter().chain(sale_id.as_bytes()) {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % SLOTS as u16
 }
 
 /// The sub-stock a buyer buys from: FNV-1a of the user id, stable across gateways,
@@ -70,7 +97,7 @@ pub(crate) fn initial_share(stock: u32, shards: u32, shard: u32) -> u32 {
 /// others (theirs comes by transfer).
 pub(crate) fn sub_sale(sale: &Sale, shard: u32) -> Sale {
     let mut sub = sale.clone();
-    sub.id = sub_sale_id(&sale.id, shard);
+    sub.id = sub_sale_id(&sale.id, shard, sale.shards);
     sub.shards = 1;
     if shard != 0 {
         for item in &mut sub.items {
@@ -129,13 +156,13 @@ impl RedisGate {
     /// `from` had none of them; `Err(UnknownSale)` when `from` is lost.
     pub(crate) async fn take_units(
         &self,
-        sale_id: &str,
+        sale: &Sale,
         from: u32,
         to: u32,
         wanted: &[(usize, u32)],
         share: bool,
     ) -> Result<Option<Transfer>, GateError> {
-        let donor = sub_sale_id(sale_id, from);
+        let donor = sub_sale_id(&sale.id, from, sale.shards);
         let keys = SaleKeys::new(&donor);
         let id = uuid::Uuid::now_v7().simple().to_string();
         let mut call = self.transfers.take.key(&keys.meta);
@@ -171,15 +198,15 @@ impl RedisGate {
     /// Step 2: the receiver adds the transfer's units, once.
     pub(crate) async fn credit_units(
         &self,
-        sale_id: &str,
+        sale: &Sale,
         transfer: &Transfer,
     ) -> Result<Credit, GateError> {
-        let keys = SaleKeys::new(&sub_sale_id(sale_id, transfer.to));
+        let keys = SaleKeys::new(&sub_sale_id(&sale.id, transfer.to, sale.shards));
         let mut call = self.transfers.credit.key(&keys.meta);
         call.key(&keys.stock)
             .key(&keys.credited)
             .arg(&transfer.id)
-            .arg(sale_id);
+            .arg(&sale.id);
         for &(item, units) in &transfer.units {
             call.arg(item).arg(units);
         }
@@ -193,10 +220,10 @@ impl RedisGate {
     /// Step 3: the donor forgets a credited transfer.
     pub(crate) async fn settle_transfer(
         &self,
-        sale_id: &str,
+        sale: &Sale,
         transfer: &Transfer,
     ) -> Result<(), GateError> {
-        let keys = SaleKeys::new(&sub_sale_id(sale_id, transfer.from));
+        let keys = SaleKeys::new(&sub_sale_id(&sale.id, transfer.from, sale.shards));
         let mut call = self.transfers.settle.key(&keys.transit);
         call.arg(&transfer.id);
         self.write::<i64>(&call).await?;
@@ -207,27 +234,27 @@ impl RedisGate {
     /// stays in transit).
     pub(crate) async fn finish_transfer(
         &self,
-        sale_id: &str,
+        sale: &Sale,
         transfer: &Transfer,
     ) -> Result<bool, GateError> {
-        if self.credit_units(sale_id, transfer).await? == Credit::ReceiverLost {
+        if self.credit_units(sale, transfer).await? == Credit::ReceiverLost {
             return Ok(false);
         }
-        self.settle_transfer(sale_id, transfer).await?;
+        self.settle_transfer(sale, transfer).await?;
         Ok(true)
     }
 
     /// The transfers sub-stock `from` gave and has not settled.
     pub(crate) async fn transfers_from(
         &self,
-        sale_id: &str,
+        sale: &Sale,
         from: u32,
     ) -> Result<Vec<Transfer>, GateError> {
         let mut conn = self.redis.get();
         let transit: std::collections::HashMap<String, String> = self
             .bounded(
                 redis::cmd("HGETALL")
-                    .arg(SaleKeys::new(&sub_sale_id(sale_id, from)).transit)
+                    .arg(SaleKeys::new(&sub_sale_id(&sale.id, from, sale.shards)).transit)
                     .query_async(&mut conn),
             )
             .await?;
@@ -237,17 +264,13 @@ impl RedisGate {
             .collect())
     }
 
-    /// Finishes every transfer left in transit in the sale's `shards` sub-stocks (their
-    /// takers may have died); returns how many it finished.
-    pub(crate) async fn recover_transfers(
-        &self,
-        sale_id: &str,
-        shards: u32,
-    ) -> Result<usize, GateError> {
+    /// Finishes every transfer left in transit in the sale's sub-stocks (their takers
+    /// may have died); returns how many it finished.
+    pub(crate) async fn recover_transfers(&self, sale: &Sale) -> Result<usize, GateError> {
         let mut finished = 0;
-        for from in 0..shards {
-            for transfer in self.transfers_from(sale_id, from).await? {
-                if self.finish_transfer(sale_id, &transfer).await? {
+        for from in 0..sale.shards {
+            for transfer in self.transfers_from(sale, from).await? {
+                if self.finish_transfer(sale, &transfer).await? {
                     finished += 1;
                 }
             }
@@ -286,8 +309,8 @@ impl RedisGate {
                     continue;
                 }
                 // A transfer left unfinished here is finished by the first borrower.
-                if let Some(transfer) = self.take_units(&sale.id, 0, shard, &share, false).await? {
-                    self.finish_transfer(&sale.id, &transfer).await?;
+                if let Some(transfer) = self.take_units(sale, 0, shard, &share, false).await? {
+                    self.finish_transfer(sale, &transfer).await?;
                 }
             }
         }
@@ -431,7 +454,10 @@ impl RedisGate {
     }
 
     /// Moves units of the `wanted` items to sub-stock `to` from the others, then
-    /// finishes any transfer left in transit; false when nothing moved.
+    /// finishes any transfer left in transit; false when nothing moved and every other
+    /// sub-stock answered (they are empty of those items), `Unavailable` when nothing
+    /// moved and one did not answer (a master failing over): the buyer must not hear
+    /// `sold_out` while its units may be there.
     async fn borrow(
         &self,
         sale: &Sale,
@@ -440,14 +466,18 @@ impl RedisGate {
     ) -> Result<bool, GateError> {
         let mut wanted = wanted.to_vec();
         let mut moved = false;
+        let mut unanswered = None;
         for offset in 1..sale.shards {
             let from = (to + offset) % sale.shards;
-            let transfer = match self.take_units(&sale.id, from, to, &wanted, true).await {
+            let transfer = match self.take_units(sale, from, to, &wanted, true).await {
                 Ok(Some(transfer)) => transfer,
                 Ok(None) | Err(GateError::UnknownSale(_)) => continue, // empty, or lost
-                Err(e) => return Err(e),
+                Err(e) => {
+                    unanswered = Some(e);
+                    continue;
+                }
             };
-            self.finish_transfer(&sale.id, &transfer).await?;
+            self.finish_transfer(sale, &transfer).await?;
             moved = true;
             for (item, units) in &mut wanted {
                 if let Some((_, got)) = transfer.units.iter().find(|(i, _)| i == item) {
@@ -461,9 +491,12 @@ impl RedisGate {
         }
         if !moved {
             // Units a dead gateway left in transit are units too.
-            moved = self.recover_transfers(&sale.id, sale.shards).await? > 0;
+            moved = self.recover_transfers(sale).await? > 0;
         }
-        Ok(moved)
+        match unanswered {
+            Some(e) if !moved => Err(e),
+            _ => Ok(moved),
+        }
     }
 
     pub(super) async fn confirm_sharded(
@@ -590,10 +623,29 @@ mod tests {
 
     #[test]
     fn shard_zero_is_the_sale_itself_and_the_others_hash_elsewhere() {
-        assert_eq!(sub_sale_id("s1", 0), "s1");
-        assert_eq!(sub_sale_id("s1", 2), "s1#2");
+        assert_eq!(sub_sale_id("s1", 0, 3), "s1");
+        assert!(sub_sale_id("s1", 2, 3).starts_with("s1#2."));
         assert_eq!(parent_sale_id("s1#2"), "s1");
         assert_eq!(parent_sale_id("s1"), "s1");
+    }
+
+    #[test]
+    fn the_slot_is_redis_clusters() {
+        // CLUSTER KEYSLOT {sale:x} = 2891, {sale:x#1} = 7518 (redis-server 7.0).
+        assert_eq!(slot_of("x"), 2891);
+        assert_eq!(slot_of("x#1"), 7518);
+    }
+
+    #[test]
+    fn the_sub_stocks_fall_in_distinct_parts_of_the_slots() {
+        for sale in ["x", "bench-1", "0192f3a4b5c6d7e8f9a0b1c2d3e4f5a6"] {
+            for shards in [2u32, 3, 5, 16] {
+                let parts: std::collections::HashSet<u32> = (0..shards)
+                    .map(|j| u32::from(slot_of(&sub_sale_id(sale, j, shards))) * shards / SLOTS)
+                    .collect();
+                assert_eq!(parts.len(), shards as usize, "{sale} over {shards}");
+            }
+        }
     }
 
     #[test]
