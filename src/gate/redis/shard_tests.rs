@@ -110,7 +110,7 @@ async fn count(gate: &RedisGate, sale: &Sale, live: &[(Sale, Order)]) -> Vec<(i6
             assert!(units >= 0, "shard {shard} item {item}: {units}");
             counts[item].0 += units;
         }
-        for transfer in gate.transfers_from(&sale, shard).await.unwrap() {
+        for transfer in gate.transfers_from(sale, shard).await.unwrap() {
             let receiver = SaleKeys::new(&sub_sale_id(&sale.id, transfer.to, SHARDS));
             let credited: bool = redis::cmd("SISMEMBER")
                 .arg(&receiver.credited)
