@@ -38,6 +38,8 @@ pub struct SaleView {
     /// The sale's own purchase rate limits, when it has any.
     #[serde(default, skip_serializing_if = "SaleRateLimits::is_default")]
     pub rate_limits: SaleRateLimits,
+    /// Sub-stocks on the Redis gate (1: one; the local gate ignores it).
+    pub shards: u32,
 }
 
 impl From<SaleState> for SaleView {
@@ -66,6 +68,7 @@ impl From<SaleState> for SaleView {
                 })
                 .collect(),
             rate_limits: sale.rate_limits,
+            shards: sale.shards,
         }
     }
 }

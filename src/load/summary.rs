@@ -183,6 +183,7 @@ mod tests {
             ends_at: None,
             payment_window: 0,
             rate_limits: Default::default(),
+            shards: 1,
             created_at: String::new(),
             items: items
                 .iter()

@@ -24,5 +24,6 @@ mod overload;
 mod protection;
 mod rate_limits;
 mod restart;
+mod shards;
 mod slow_clients;
 mod status_line;
