@@ -96,7 +96,7 @@ impl Engine {
 
     /// Tells this process's listeners at once and, through the bus, the others in the
     /// background: neither a buyer's answer nor a sweep waits for the broker.
-    async fn announce(&self, order: &Order, now: Millis) {
+    pub(super) async fn announce(&self, order: &Order, now: Millis) {
         let event = OrderEvent::of(order, now);
         let _ = self.events.send(event.clone());
         let bus = self.bus.clone();

@@ -4,17 +4,22 @@
 //! transition win, the gate releases an order once). `run` repeats the pass until told
 //! to stop.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::{Engine, EngineError};
-use crate::domain::{Millis, OrderStatus, now_millis};
+use crate::domain::{Millis, Order, OrderStatus, now_millis};
 use crate::gate::HoldEnd;
 
 /// Rows a sweep reads at a time.
 const SWEEP_BATCH: i64 = 500;
+/// Orders one expiry transaction ends: large enough that the store's fixed cost per
+/// transaction (an fsync on SQLite) is shared, small enough that the group commit of new
+/// orders waiting behind it on SQLite's one writer waits milliseconds.
+const EXPIRY_BATCH: i64 = 500;
 /// Batches of each kind one pass goes through at most (the next pass goes on).
 const SWEEP_BATCHES: usize = 20;
 
@@ -39,30 +44,7 @@ impl Engine {
     /// others behind it. Expiry and releases go in batches, keyset-paginated.
     pub async fn sweep(&self) -> Result<Sweep, EngineError> {
         let mut sweep = Sweep::default();
-        let mut after: Option<(Millis, String)> = None;
-        for _ in 0..SWEEP_BATCHES {
-            let overdue = self
-                .store
-                .overdue_orders(after.as_ref(), SWEEP_BATCH)
-                .await?;
-            let full = overdue.len() as i64 == SWEEP_BATCH;
-            for order in overdue {
-                after = Some((order.expires_at.unwrap_or_default(), order.id.clone()));
-                match self
-                    .end_order(&order, OrderStatus::Expired, now_millis())
-                    .await
-                {
-                    Ok(ended) => sweep.expired += (ended.status == OrderStatus::Expired) as usize,
-                    Err(e) => {
-                        tracing::warn!(order = %order.id, error = %e, "expiry failed; skipped");
-                        sweep.skipped += 1;
-                    }
-                }
-            }
-            if !full {
-                break;
-            }
-        }
+        self.expire_overdue(&mut sweep).await?;
         let mut after: Option<String> = None;
         for _ in 0..SWEEP_BATCHES {
             let pending = self
@@ -93,6 +75,118 @@ impl Engine {
             }
         }
         Ok(sweep)
+    }
+
+    /// Expires overdue orders a batch at a time (issue #24): one store transaction per
+    /// batch, one gate call per sale in it, then one event per order. A batch that cannot
+    /// commit (a row that will not move) must not hold back the orders behind it: the
+    /// pass then ends them one by one, skipping what fails.
+    async fn expire_overdue(&self, sweep: &mut Sweep) -> Result<(), EngineError> {
+        for _ in 0..SWEEP_BATCHES {
+            let now = now_millis();
+            let started = std::time::Instant::now();
+            let expired = match self.store.expire_overdue(EXPIRY_BATCH, now).await {
+                Ok(expired) => expired,
+                Err(e) => {
+                    tracing::warn!(error = %e, "expiry batch failed; expiring one by one");
+                    return self.expire_one_by_one(sweep).await;
+                }
+            };
+            if expired.is_empty() {
+                break;
+            }
+            super::purchase::crash_here_if_asked("after-end");
+            let stored = started.elapsed();
+            sweep.expired += expired.len();
+            self.release_batch(&expired, sweep).await;
+            let released = started.elapsed();
+            for order in &expired {
+                self.announce(order, now).await;
+            }
+            tracing::debug!(
+                orders = expired.len(),
+                store_ms = stored.as_secs_f64() * 1e3,
+                release_ms = (released - stored).as_secs_f64() * 1e3,
+                announce_ms = (started.elapsed() - released).as_secs_f64() * 1e3,
+                "expiry batch"
+            );
+            if (expired.len() as i64) < EXPIRY_BATCH {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the units of a batch of ended orders back, a gate call per sale, and marks
+    /// what went back in one statement. What did not is left `release_pending`: the
+    /// release pass of this sweep or the next gives it back (once: the gate releases an
+    /// order id once).
+    async fn release_batch(&self, ended: &[Order], sweep: &mut Sweep) {
+        let mut by_sale: HashMap<&str, Vec<Order>> = HashMap::new();
+        for order in ended {
+            by_sale
+                .entry(&order.sale_id)
+                .or_default()
+                .push(order.clone());
+        }
+        let mut released = Vec::with_capacity(ended.len());
+        for (sale_id, orders) in by_sale {
+            let sale = match self.sale(sale_id).await {
+                Ok(sale) => sale,
+                Err(e) => {
+                    tracing::warn!(sale = %sale_id, error = %e, "releases deferred");
+                    continue;
+                }
+            };
+            let answers = self.gate.release_many(&sale, &orders).await;
+            let mut failure = None;
+            for (order, answer) in orders.iter().zip(answers) {
+                match answer {
+                    Ok(()) => released.push(order.id.clone()),
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if let Some(e) = failure {
+                let e = self.gate_failed(&sale, e).await;
+                tracing::warn!(sale = %sale.id, error = %e, "releases deferred to the sweeper");
+            }
+        }
+        match self.store.mark_released_many(&released).await {
+            Ok(()) => sweep.released += released.len(),
+            Err(e) => {
+                tracing::warn!(error = %e, "releases given back, not yet marked; the sweeper marks them")
+            }
+        }
+    }
+
+    /// The old way, for a pass whose batch failed: each overdue order in its own
+    /// transaction, a failing row logged and skipped.
+    async fn expire_one_by_one(&self, sweep: &mut Sweep) -> Result<(), EngineError> {
+        let mut after: Option<(Millis, String)> = None;
+        for _ in 0..SWEEP_BATCHES {
+            let overdue = self
+                .store
+                .overdue_orders(after.as_ref(), SWEEP_BATCH)
+                .await?;
+            let full = overdue.len() as i64 == SWEEP_BATCH;
+            for order in overdue {
+                after = Some((order.expires_at.unwrap_or_default(), order.id.clone()));
+                match self
+                    .end_order(&order, OrderStatus::Expired, now_millis())
+                    .await
+                {
+                    Ok(ended) => sweep.expired += (ended.status == OrderStatus::Expired) as usize,
+                    Err(e) => {
+                        tracing::warn!(order = %order.id, error = %e, "expiry failed; skipped");
+                        sweep.skipped += 1;
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Reservations that never heard back from the bus past `hold_grace` (longer than

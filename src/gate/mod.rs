@@ -16,6 +16,9 @@ pub use redis::{RedisGate, RedisTarget, ReplicaAcks};
 
 use crate::domain::{Millis, Order, Refusal, Sale, ValidPurchase};
 
+/// Releases of one `release_many` in flight at once.
+const RELEASES_IN_FLIGHT: usize = 64;
+
 /// What an idempotency key stands for, once a purchase used it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyAnswer {
@@ -269,6 +272,21 @@ pub trait StockGate: Send + Sync + 'static {
     /// With `forget_key`, its idempotency key is dropped too, so that a retry is decided
     /// afresh (the order was never placed).
     async fn release(&self, sale: &Sale, order: &Order, forget_key: bool) -> Result<(), GateError>;
+
+    /// `release` (keys kept) for each of many ended orders of `sale`, answers in order:
+    /// the sweeper's batches (issue #24). At most `RELEASES_IN_FLIGHT` at a time; on
+    /// Redis the multiplexed connection pipelines them, one round trip for many.
+    async fn release_many(&self, sale: &Sale, orders: &[Order]) -> Vec<Result<(), GateError>> {
+        let mut answers = Vec::with_capacity(orders.len());
+        for chunk in orders.chunks(RELEASES_IN_FLIGHT) {
+            let releases: Vec<_> = chunk
+                .iter()
+                .map(|order| self.release(sale, order, false))
+                .collect();
+            answers.extend(futures_util::future::join_all(releases).await);
+        }
+        answers
+    }
 
     /// The current answer of a buyer's idempotency key, if it was used.
     async fn key_answer(

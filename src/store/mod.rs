@@ -131,6 +131,11 @@ pub trait OrderStore: Send + Sync + 'static {
         after: Option<&(Millis, String)>,
         limit: i64,
     ) -> Result<Vec<Order>, StoreError>;
+    /// Expires up to `limit` overdue pending orders in one transaction (issue #24): the
+    /// same conditional move as `transition` to `Expired`, a batch at a time, oldest
+    /// first; returns the orders it moved (their releases pending). Several sweepers on
+    /// one store share the work: a row one of them holds is skipped by the others.
+    async fn expire_overdue(&self, limit: i64, at: Millis) -> Result<Vec<Order>, StoreError>;
     /// Ended orders (cancelled, expired, failed) whose units the gate may not have back
     /// yet, by id, after `after` when given.
     async fn pending_releases(
@@ -140,6 +145,7 @@ pub trait OrderStore: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<Order>, StoreError>;
     async fn mark_released(&self, id: &str) -> Result<(), StoreError>;
+    async fn mark_released_many(&self, ids: &[String]) -> Result<(), StoreError>;
     /// Records an order the store refused after its buyer was told it was accepted: kept
     /// as `failed` with `reason`, its units not counted, its release pending (the gate
     /// still holds them). Harmless if the order is there already.

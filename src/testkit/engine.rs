@@ -38,6 +38,8 @@ pub struct Setup {
     pub payment_window: u32,
     /// Sub-stocks of the sale in the Redis gate.
     pub shards: u32,
+    /// The store, if not a fresh SQLite file in a temp dir (a PostgreSQL database, say).
+    pub store_url: Option<String>,
 }
 
 impl Default for Setup {
@@ -52,6 +54,7 @@ impl Default for Setup {
             per_user_limit: 1,
             payment_window: 0,
             shards: 1,
+            store_url: None,
         }
     }
 }
@@ -79,7 +82,14 @@ impl TestEngine {
 
     pub async fn with(setup: Setup) -> TestEngine {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(FaultyStore::sqlite(dir.path()).await);
+        let store = Arc::new(match &setup.store_url {
+            Some(url) => FaultyStore::new(
+                crate::store::connect(&url.parse().expect("a store URL"))
+                    .await
+                    .expect("the store"),
+            ),
+            None => FaultyStore::sqlite(dir.path()).await,
+        });
         let mut engine = TestEngine::assemble(
             setup.gate,
             store,

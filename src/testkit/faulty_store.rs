@@ -115,6 +115,17 @@ impl OrderStore for FaultyStore {
     ) -> Result<Vec<Order>, StoreError> {
         self.inner.overdue_orders(after, limit).await
     }
+    async fn expire_overdue(&self, limit: i64, at: Millis) -> Result<Vec<Order>, StoreError> {
+        // A batch holding the failing order fails whole, as a transaction would.
+        let failing = self.fail_transitions_of.lock().clone();
+        if let Some(failing) = failing {
+            let overdue = self.inner.overdue_orders(None, limit).await?;
+            if overdue.iter().any(|o| o.id == failing) {
+                return Err(lost("an expiry batch"));
+            }
+        }
+        self.inner.expire_overdue(limit, at).await
+    }
     async fn pending_releases(
         &self,
         sale_id: Option<&str>,
@@ -125,6 +136,9 @@ impl OrderStore for FaultyStore {
     }
     async fn mark_released(&self, id: &str) -> Result<(), StoreError> {
         self.inner.mark_released(id).await
+    }
+    async fn mark_released_many(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.inner.mark_released_many(ids).await
     }
     async fn fail_order(&self, order: &Order, reason: &str) -> Result<(), StoreError> {
         self.inner.fail_order(order, reason).await

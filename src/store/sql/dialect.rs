@@ -27,6 +27,24 @@ impl Dialect {
         }
     }
 
+    /// Gives units of sale `$1` back to many buyers, `values` a list of
+    /// `(user_id, units)` rows (`VALUES` names them `column1`, `column2` on both).
+    pub(super) fn release_units_of_buyers(self, values: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!(
+                "UPDATE guard.buyer_units SET units = buyer_units.units - v.column2 \
+                 FROM (VALUES {values}) AS v \
+                 WHERE buyer_units.sale = (SELECT rowid FROM sales WHERE id = $1) \
+                 AND buyer_units.user_id = v.column1"
+            ),
+            Dialect::Postgres => format!(
+                "UPDATE buyers SET units = buyers.units - v.column2 \
+                 FROM (VALUES {values}) AS v \
+                 WHERE buyers.sale_id = $1 AND buyers.user_id = v.column1"
+            ),
+        }
+    }
+
     /// Gives `$1` units of sale `$2` back to buyer `$3` (on SQLite, in the writer's
     /// guard: `sqlite_layout.rs`).
     pub(super) fn release_buyer_units(self) -> &'static str {

@@ -5,6 +5,7 @@
 //! `dialect.rs` is what differs between the two databases.
 
 mod dialect;
+mod expiry;
 mod insert;
 mod rows;
 mod sqlite_layout;
@@ -490,6 +491,20 @@ impl OrderStore for SqlStore {
         .collect()
     }
 
+    async fn expire_overdue(&self, limit: i64, at: Millis) -> Result<Vec<Order>, StoreError> {
+        // On the writer: on SQLite, the buyers' units are in its guard; a batch holds it
+        // for one transaction, so new orders wait at most one batch.
+        let mut conn = self.writer.acquire().await?;
+        let mut at_commit = false;
+        let expired = self
+            .expire_batch_on(&mut conn, limit, at, &mut at_commit)
+            .await;
+        if let Err(e) = &expired {
+            self.forget_writer_unless_clean(&mut conn, e, at_commit);
+        }
+        expired
+    }
+
     async fn pending_releases(
         &self,
         sale_id: Option<&str>,
@@ -584,6 +599,10 @@ impl OrderStore for SqlStore {
             .execute(&self.writer)
             .await?;
         Ok(())
+    }
+
+    async fn mark_released_many(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.mark_released_batch(ids).await
     }
 
     async fn sold_counters(&self, sale_id: &str) -> Result<Vec<(String, i64)>, StoreError> {

@@ -212,6 +212,142 @@ async fn postgres_transitions_judge_the_window_on_the_database_clock() {
     transitions_judge_the_window_on_the_database_clock(Dialect::Postgres).await;
 }
 
+/// Issue #24: one transaction expires a batch: pending orders past their window on the
+/// database's clock only, oldest first, `limit` at a time; the counters, the buyers'
+/// units and the history follow, and the releases are marked done many at once.
+async fn a_batch_expires_only_overdue_pending_orders(dialect: Dialect) {
+    use crate::domain::OrderStatus::*;
+    let (store, _dir) = store(dialect).await;
+    let s = sale(100, 1);
+    store.create_sale(&s).await.unwrap();
+    let mut orders: Vec<Order> = (0..10)
+        .map(|i| pending_order(&s, &format!("o{i}"), &format!("u{i}"), -10_000 + i))
+        .collect();
+    orders.push(pending_order(&s, "fresh", "f", 60_000));
+    orders.push(pending_order(&s, "cancelled", "c", -20_000));
+    store.insert_orders(&orders).await.unwrap();
+    store.transition("cancelled", Cancelled, 1).await.unwrap();
+
+    let at = crate::domain::now_millis();
+    let first = store.expire_overdue(4, at).await.unwrap();
+    let ids = |orders: &[Order]| orders.iter().map(|o| o.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ["o0", "o1", "o2", "o3"]);
+    assert!(first.iter().all(|o| o.status == Expired), "{first:?}");
+    let mut rest = store.expire_overdue(100, at).await.unwrap();
+    rest.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(ids(&rest), ["o4", "o5", "o6", "o7", "o8", "o9"]);
+    assert!(store.expire_overdue(100, at).await.unwrap().is_empty());
+
+    assert_eq!(
+        store.sold_counters("sale1").await.unwrap()[0].1,
+        1,
+        "only `fresh` holds a unit"
+    );
+    assert_eq!(store.order_history("o0").await.unwrap(), [(Expired, at)]);
+    assert_eq!(
+        store.get_order("fresh").await.unwrap().unwrap().status,
+        Pending
+    );
+    // The buyer's unit is back: at a limit of 1, a second order of u0 is taken.
+    let again = order(&s, "u0-again", "u0", 1);
+    assert_eq!(
+        store.insert_orders(&[again]).await.unwrap(),
+        [InsertOutcome::Stored]
+    );
+
+    let mut pending = ids(&store.pending_releases(None, None, 100).await.unwrap());
+    pending.sort();
+    assert_eq!(pending.len(), 11, "{pending:?}");
+    let expired: Vec<String> = ids(&first).into_iter().chain(ids(&rest)).collect();
+    store.mark_released_many(&expired).await.unwrap();
+    assert_eq!(
+        ids(&store.pending_releases(None, None, 100).await.unwrap()),
+        ["cancelled"]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_a_batch_expires_only_overdue_pending_orders() {
+    a_batch_expires_only_overdue_pending_orders(Dialect::Sqlite).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+async fn postgres_a_batch_expires_only_overdue_pending_orders() {
+    a_batch_expires_only_overdue_pending_orders(Dialect::Postgres).await;
+}
+
+/// Issue #24: expiry batches racing each other (several sweepers, several gateways on
+/// one PostgreSQL) and cancels of the same orders: every order ends once, in one state,
+/// with one event, and the counters come back to zero exactly.
+async fn racing_batches_and_cancels_end_each_order_once(dialect: Dialect) {
+    use crate::domain::OrderStatus::*;
+    let (store, _dir) = store(dialect).await;
+    let store = std::sync::Arc::new(store);
+    let s = sale(2_000, 1);
+    store.create_sale(&s).await.unwrap();
+    let orders: Vec<Order> = (0..2_000)
+        .map(|i| pending_order(&s, &format!("o{i:04}"), &format!("u{i}"), -1_000))
+        .collect();
+    for chunk in orders.chunks(500) {
+        store.insert_orders(chunk).await.unwrap();
+    }
+    let sweepers = (0..3).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut ended = Vec::new();
+            loop {
+                let batch = store.expire_overdue(50, 7).await.unwrap();
+                if batch.is_empty() {
+                    return ended;
+                }
+                ended.extend(batch.into_iter().map(|o| o.id));
+            }
+        })
+    });
+    let sweepers: Vec<_> = sweepers.collect();
+    let canceller = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut cancelled = Vec::new();
+            for i in (0..2_000).rev().step_by(3) {
+                let id = format!("o{i:04}");
+                let t = store.transition(&id, Cancelled, 7).await.unwrap().unwrap();
+                if t.moved {
+                    cancelled.push(id);
+                }
+            }
+            cancelled
+        })
+    };
+    let mut ended = canceller.await.unwrap();
+    let cancelled = ended.len();
+    for sweeper in sweepers {
+        ended.extend(sweeper.await.unwrap());
+    }
+    let unique: std::collections::HashSet<&String> = ended.iter().collect();
+    assert_eq!(
+        (ended.len(), unique.len()),
+        (2_000, 2_000),
+        "{cancelled} cancelled"
+    );
+    assert_eq!(store.sold_counters("sale1").await.unwrap()[0].1, 0);
+    for id in ["o0000", "o0999", "o1999"] {
+        assert_eq!(store.order_history(id).await.unwrap().len(), 1, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_racing_batches_and_cancels_end_each_order_once() {
+    racing_batches_and_cancels_end_each_order_once(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+async fn postgres_racing_batches_and_cancels_end_each_order_once() {
+    racing_batches_and_cancels_end_each_order_once(Dialect::Postgres).await;
+}
+
 /// An acknowledged order the store refuses (here: a second order for the same buyer's
 /// key) is kept as `failed` with its reason, uncounted, its release pending.
 async fn a_refused_order_is_kept_as_failed(dialect: Dialect) {
