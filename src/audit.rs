@@ -93,6 +93,56 @@ impl Holding<'_> {
     }
 }
 
+/// An order's units and when it held them: from its creation until it ended
+/// (expired, cancelled, failed), or still.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldSpan<'a> {
+    pub holding: Holding<'a>,
+    pub from: Millis,
+    pub until: Option<Millis>,
+}
+
+/// The most units held at once by `spans` (each with its units), and the orders holding
+/// then. An order ending at the same millisecond another starts has let go first (the
+/// end is recorded before its units go back, the next order is created after).
+fn peak<'a>(spans: impl Iterator<Item = (&'a HeldSpan<'a>, u64)>) -> (u64, Vec<String>) {
+    let spans: Vec<(&HeldSpan, u64)> = spans.collect();
+    let mut changes: Vec<(Millis, i64, usize)> = Vec::with_capacity(spans.len() * 2);
+    for (n, (span, units)) in spans.iter().enumerate() {
+        changes.push((span.from, *units as i64, n));
+        if let Some(until) = span.until {
+            changes.push((until, -(*units as i64), n));
+        }
+    }
+    changes.sort_by_key(|&(at, delta, _)| (at, delta));
+    let (mut held, mut peak, mut peak_at) = (0i64, 0i64, None);
+    for (i, &(_, delta, _)) in changes.iter().enumerate() {
+        held += delta;
+        if held > peak {
+            (peak, peak_at) = (held, Some(i));
+        }
+    }
+    // The orders holding at the peak: started up to it and not ended before it.
+    let at_peak = match peak_at {
+        Some(i) => {
+            let mut holding = std::collections::BTreeSet::new();
+            for &(_, delta, n) in &changes[..=i] {
+                if delta > 0 {
+                    holding.insert(n);
+                } else {
+                    holding.remove(&n);
+                }
+            }
+            holding
+                .into_iter()
+                .map(|n| spans[n].0.holding.order_id.to_string())
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    (peak as u64, at_peak)
+}
+
 /// What the checks found. The counters are those the reports print; a check that was
 /// not run leaves its counter `None`.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -164,6 +214,47 @@ impl Audit {
             {
                 let detail = format!("order of unknown item {unknown}");
                 self.violation(Invariant::I1, sale, detail, vec![h.order_id.to_string()]);
+            }
+        }
+    }
+
+    /// I1 over time, for a run whose orders may end (a payment window, cancels): per
+    /// item, the units held *at any one moment* are within its stock. A unit given back
+    /// by an expiry or a cancel and sold again is not sold twice; two orders holding it
+    /// at once are. `oversold` counts the peak excess, per item.
+    pub fn no_oversell_over_time(&mut self, sale: &SaleFacts, spans: &[HeldSpan<'_>]) {
+        for (item, stock) in &sale.items {
+            let holding = spans
+                .iter()
+                .filter_map(|s| s.holding.items.get(item).map(|&units| (s, units as u64)));
+            let (peak, at_peak) = peak(holding);
+            if peak > *stock as u64 {
+                self.oversold += peak - *stock as u64;
+                let detail = format!("item {item}: {peak} units held at once of {stock}");
+                self.violation(Invariant::I1, sale, detail, at_peak);
+            }
+        }
+    }
+
+    /// I2 over time: per buyer, the units held at any one moment are within the limit
+    /// (a buyer whose order expired may buy again).
+    pub fn within_limit_over_time(&mut self, sale: &SaleFacts, spans: &[HeldSpan<'_>]) {
+        let mut per_buyer: BTreeMap<&str, Vec<&HeldSpan>> = BTreeMap::new();
+        for span in spans {
+            per_buyer
+                .entry(span.holding.user_id)
+                .or_default()
+                .push(span);
+        }
+        for (user, spans) in per_buyer {
+            let (peak, at_peak) = peak(spans.iter().map(|s| (*s, s.holding.units())));
+            if peak > sale.per_user_limit as u64 {
+                self.buyers_over_limit += 1;
+                let detail = format!(
+                    "buyer {user} holds {peak} units at once (limit {})",
+                    sale.per_user_limit
+                );
+                self.violation(Invariant::I2, sale, detail, at_peak);
             }
         }
     }

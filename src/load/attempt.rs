@@ -53,7 +53,7 @@ pub(super) struct BuyerRun {
 
 /// What every attempt sends, worked out once before the run.
 pub(super) struct Target {
-    client: Client,
+    pub(super) client: Client,
     sale_id: String,
     /// `GET` this URL instead of purchasing.
     probe: Option<String>,
@@ -138,12 +138,12 @@ pub(super) async fn buy(
             send(target, body, Some(&key)),
             send(target, body, Some(&key))
         );
-        let mismatch = !consistent(&a.0, &b.0);
+        let mismatch = !consistent(&a.0, &b.0, Race::AtOnce);
         (vec![a, b], mismatch)
     } else if roll < plan.double_click_ratio + plan.retry_ratio {
         let first = send(target, body, Some(&key)).await;
         let again = send(target, body, Some(&key)).await;
-        let mismatch = !consistent(&first.0, &again.0);
+        let mismatch = !consistent(&first.0, &again.0, Race::OneAfterTheOther);
         (vec![first, again], mismatch)
     } else {
         let key = fastrand::bool().then_some(key.as_str());
@@ -176,14 +176,36 @@ pub(super) async fn buy(
     }
 }
 
-/// Two answers to the same key agree, unless one of them is a transient failure.
-fn consistent(a: &Answer, b: &Answer) -> bool {
+/// How the two requests of an attempt with one key were sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Race {
+    /// A double click: either may have been decided first.
+    AtOnce,
+    /// A retry after the first answer.
+    OneAfterTheOther,
+}
+
+/// Whether two answers to one key keep the idempotency rules (docs/api.md): an order is
+/// remembered, a refusal is not. Allowed: the same order twice; a refusal, then an order
+/// (the retry was decided afresh and bought, say a unit an expiry freed; for a double
+/// click, in either order); two refusals, whatever their codes; anything beside a
+/// transient failure. Not allowed (issue #24 told these apart from the allowed ones,
+/// which the audit had called mismatches): two different orders, or an order and then a
+/// refusal (the key forgot its order).
+fn consistent(first: &Answer, second: &Answer, race: Race) -> bool {
     let transient = |x: &Answer| match x {
         Answer::Transport => true,
         Answer::Refused { status, .. } => *status >= 500 || *status == 429,
         Answer::Accepted { .. } | Answer::Probed => false,
     };
-    transient(a) || transient(b) || a == b
+    if transient(first) || transient(second) {
+        return true;
+    }
+    match (first, second) {
+        (Answer::Accepted { order_id: a, .. }, Answer::Accepted { order_id: b, .. }) => a == b,
+        (Answer::Accepted { .. }, Answer::Refused { .. }) => race == Race::AtOnce,
+        _ => true,
+    }
 }
 
 /// One request: its answer, how long it took and its HTTP status (0: none).
@@ -233,5 +255,54 @@ async fn probe(http: &reqwest::Client, url: &str) -> (Answer, u16) {
             status,
         ),
         Err(_) => (Answer::Transport, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(id: &str) -> Answer {
+        Answer::Accepted {
+            order_id: id.into(),
+            items: Default::default(),
+        }
+    }
+
+    fn refused(status: u16, code: &str) -> Answer {
+        Answer::Refused {
+            status,
+            code: code.into(),
+        }
+    }
+
+    /// Issue #24: a retry refused first and accepted later is allowed (refusals are not
+    /// remembered); a retry that got another order, or lost its order, is not.
+    #[test]
+    fn answers_to_one_key_agree_by_the_idempotency_rules() {
+        use Race::*;
+        let sold_out = refused(409, "sold_out");
+        for race in [AtOnce, OneAfterTheOther] {
+            assert!(consistent(&order("a"), &order("a"), race));
+            assert!(
+                !consistent(&order("a"), &order("b"), race),
+                "two orders for one key"
+            );
+            assert!(
+                consistent(&sold_out, &order("a"), race),
+                "decided afresh, bought"
+            );
+            assert!(consistent(&sold_out, &refused(409, "sale_ended"), race));
+            assert!(consistent(&order("a"), &refused(503, "unavailable"), race));
+            assert!(consistent(&Answer::Transport, &order("a"), race));
+        }
+        assert!(
+            !consistent(&order("a"), &sold_out, OneAfterTheOther),
+            "the retry forgot the order its key had"
+        );
+        assert!(
+            consistent(&order("a"), &sold_out, AtOnce),
+            "the refused click may have been decided first"
+        );
     }
 }

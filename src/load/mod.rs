@@ -4,6 +4,8 @@
 //! audit from the answers), `report.rs` the same as one self-contained HTML page.
 
 mod attempt;
+#[cfg(test)]
+mod audit_tests;
 mod report;
 mod summary;
 
@@ -11,7 +13,7 @@ pub use attempt::{AcceptedOrder, Answer};
 pub use report::write_html;
 pub use summary::{LatencySummary, LoadAudit, Summary};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::client::{Client, ClientError, SaleView};
+use crate::domain::Millis;
 use attempt::{BuyerRun, Target, buy};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +121,9 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// The sale as `GET /api/sales/{id}` showed it before the run (none for a probe).
     pub sale: Option<SaleView>,
+    /// The acknowledged orders' fates, read back when the answers alone hold more units
+    /// than the sale has (units sold again after an expiry or a cancel, or an oversell).
+    pub fates: Option<HashMap<String, Fate>>,
 }
 
 impl LoadReport {
@@ -323,6 +329,7 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport, LoadError> {
         skipped: 0,
         elapsed: Duration::ZERO,
         sale,
+        fates: None,
     };
     let mut seen = std::collections::HashSet::new();
     while let Some(task) = tasks.join_next().await {
@@ -335,7 +342,57 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport, LoadError> {
     report.attempts = offered.load(Ordering::Relaxed);
     report.skipped = skipped.load(Ordering::Relaxed);
     report.elapsed = started.elapsed();
+    // Acknowledged units beyond the stock, or a buyer beyond the limit, may be units
+    // sold again after an expiry or a cancel: the server tells when each order held them.
+    let naive = LoadAudit::new(&report);
+    if naive.audit.oversold > 0 || naive.audit.buyers_over_limit > 0 {
+        report.fates = Some(read_fates(&target.client, &report.accepted).await);
+    }
     Ok(report)
+}
+
+/// What became of an acknowledged order, read back from the server after the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fate {
+    pub created_at: Millis,
+    /// When it ended (expired, cancelled, failed) and gave its units back, if it did.
+    pub ended_at: Option<Millis>,
+}
+
+/// Orders read back at once.
+const FATES_IN_FLIGHT: usize = 32;
+
+/// Each acknowledged order's fate, from `GET /api/orders/{id}` (tried 3 times). An order
+/// the server does not show is left out: the audit counts it as held for the whole run.
+async fn read_fates(client: &Client, accepted: &[AcceptedOrder]) -> HashMap<String, Fate> {
+    use futures_util::StreamExt;
+    let millis = |at: &str| chrono::DateTime::parse_from_rfc3339(at).map(|t| t.timestamp_millis());
+    futures_util::stream::iter(accepted)
+        .map(|order| async move {
+            for _ in 0..3 {
+                let Ok(detail) = client.order(&order.order_id).await else {
+                    continue;
+                };
+                let Ok(created_at) = millis(&detail.order.created_at) else {
+                    return None;
+                };
+                let ended_at = detail
+                    .history
+                    .iter()
+                    .find(|h| h.status.releases_stock())
+                    .and_then(|h| millis(&h.at).ok());
+                let fate = Fate {
+                    created_at,
+                    ended_at,
+                };
+                return Some((order.order_id.clone(), fate));
+            }
+            None
+        })
+        .buffer_unordered(FATES_IN_FLIGHT)
+        .filter_map(std::future::ready)
+        .collect()
+        .await
 }
 
 impl LoadReport {

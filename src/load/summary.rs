@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::{LoadPlan, LoadReport, Schedule};
-use crate::audit::{Audit, Holding, SaleFacts};
+use crate::audit::{Audit, HeldSpan, Holding, SaleFacts};
+use crate::domain::Millis;
 
 /// What `flashsale load --json` prints: the report, and an audit made from the answers
 /// alone (the store is not at hand from the client side).
@@ -52,6 +53,18 @@ pub struct LoadAudit {
     #[serde(flatten)]
     pub audit: Audit,
     pub ok: bool,
+    /// When the answers held more units than the sale has, the orders were read back
+    /// and I1 and I2 judged over time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_back: Option<ReadBack>,
+}
+
+/// The acknowledged orders read back from the server after the run.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ReadBack {
+    pub orders: u64,
+    /// Of which ended (expired, cancelled, failed), their units back on sale.
+    pub ended: u64,
 }
 
 impl LoadAudit {
@@ -62,6 +75,7 @@ impl LoadAudit {
                 stock: 0,
                 audit: Audit::default(),
                 ok: true,
+                read_back: None,
             };
         };
         let facts = SaleFacts::from(sale);
@@ -73,13 +87,39 @@ impl LoadAudit {
             })
         };
         let mut audit = Audit::default();
-        audit.no_oversell(&facts, held());
-        audit.within_limit(&facts, held());
+        let mut read_back = None;
+        match &report.fates {
+            // Over time: a unit sold again after its order ended is not sold twice.
+            Some(fates) => {
+                let spans: Vec<HeldSpan> = held()
+                    .map(|holding| {
+                        let fate = fates.get(holding.order_id);
+                        HeldSpan {
+                            holding,
+                            // Not shown by the server: held for the whole run.
+                            from: fate.map_or(Millis::MIN, |f| f.created_at),
+                            until: fate.and_then(|f| f.ended_at),
+                        }
+                    })
+                    .collect();
+                audit.no_oversell_over_time(&facts, &spans);
+                audit.within_limit_over_time(&facts, &spans);
+                read_back = Some(ReadBack {
+                    orders: fates.len() as u64,
+                    ended: fates.values().filter(|f| f.ended_at.is_some()).count() as u64,
+                });
+            }
+            None => {
+                audit.no_oversell(&facts, held());
+                audit.within_limit(&facts, held());
+            }
+        }
         audit.replays_agree(&facts, report.replay_mismatches);
         LoadAudit {
             stock: facts.total_stock(),
             ok: audit.ok(),
             audit,
+            read_back,
         }
     }
 }
@@ -151,11 +191,19 @@ impl Summary {
             ),
             format!("per second {:?}", self.per_second),
             format!(
-                "audit: oversold {} · buyers over the limit {} · replay mismatches {} → {}",
+                "audit: oversold {} · buyers over the limit {} · replay mismatches {} → {}{}",
                 self.audit.audit.oversold,
                 self.audit.audit.buyers_over_limit,
                 self.audit.audit.replay_mismatches,
-                if self.audit.ok { "OK" } else { "BROKEN" }
+                if self.audit.ok { "OK" } else { "BROKEN" },
+                match self.audit.read_back {
+                    Some(r) => format!(
+                        " (units held at once: {} acknowledged orders read back, {} of them \
+                         ended, their units back on sale)",
+                        r.orders, r.ended
+                    ),
+                    None => String::new(),
+                }
             ),
         ]
         .join("\n")
@@ -169,7 +217,7 @@ mod tests {
     use super::*;
     use crate::client::{ItemView, SaleView};
     use crate::domain::SaleStatus;
-    use crate::load::AcceptedOrder;
+    use crate::load::{AcceptedOrder, Fate};
 
     fn sale(items: &[(&str, u32)], per_user_limit: u32) -> SaleView {
         SaleView {
@@ -220,7 +268,64 @@ mod tests {
             attempts: 0,
             elapsed: Duration::from_secs(1),
             sale: Some(sale),
+            fates: None,
         }
+    }
+
+    /// Issue #24: with fates read back, a unit sold again after its order ended is not
+    /// an oversell, nor a buyer buying again after an expiry over the limit; two orders
+    /// holding one unit at once still are, even if one of them ended later.
+    #[test]
+    fn over_time_the_audit_tells_units_sold_again_from_units_sold_twice() {
+        let one_unit = sale(&[("a", 1)], 1);
+        let fate = |from: Millis, until: Option<Millis>| Fate {
+            created_at: from,
+            ended_at: until,
+        };
+        let with_fates = |fates: &[Fate]| {
+            let mut report = report_with(
+                one_unit.clone(),
+                vec![
+                    ("u1", &[("a", 1)]),
+                    ("u2", &[("a", 1)]),
+                    ("u1", &[("a", 1)]),
+                ],
+            );
+            report.fates = Some(
+                fates
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (format!("o{i}"), *f))
+                    .collect(),
+            );
+            LoadAudit::new(&report)
+        };
+        // o0 expired at 100, o1 bought the unit at 100 (the end goes first) and was
+        // cancelled at 200, then u1 bought it again.
+        let resold = with_fates(&[fate(10, Some(100)), fate(100, Some(200)), fate(250, None)]);
+        assert!(resold.ok, "{:?}", resold.audit.violations);
+        assert_eq!(resold.read_back.map(|r| (r.orders, r.ended)), Some((3, 2)));
+        // o1 took the unit while o0 still held it: oversold, though o0 ended later.
+        let twice = with_fates(&[fate(10, Some(100)), fate(99, Some(200)), fate(250, None)]);
+        assert_eq!((twice.audit.oversold, twice.ok), (1, false));
+        assert_eq!(twice.audit.violations[0].orders, ["o0", "o1"]);
+        // u1 holds two units at once (o0 until 300, o2 from 250): over the limit.
+        let greedy = with_fates(&[fate(10, Some(300)), fate(300, Some(310)), fate(250, None)]);
+        assert!(
+            greedy.audit.buyers_over_limit == 1 && !greedy.ok,
+            "{greedy:?}"
+        );
+        // Without fates, the same answers are three units of one: the naive audit.
+        let mut naive = report_with(
+            one_unit.clone(),
+            vec![
+                ("u1", &[("a", 1)]),
+                ("u2", &[("a", 1)]),
+                ("u1", &[("a", 1)]),
+            ],
+        );
+        naive.fates = None;
+        assert_eq!(LoadAudit::new(&naive).audit.oversold, 2);
     }
 
     #[test]
