@@ -227,6 +227,14 @@ impl Sale {
         self.items.iter().position(|i| i.id == id)
     }
 
+    /// Whether the sale is over for good at `now`, `after` its last payment window
+    /// closed: ended, and every order it took past its window. Nothing can be bought
+    /// any more; its buyers and keys may leave memory (issue #24).
+    pub fn finished(&self, now: Millis, after: Millis) -> bool {
+        self.ends_at
+            .is_some_and(|end| now >= end + self.payment_window as Millis * 1000 + after)
+    }
+
     /// The refusal the sale window gives at `now`, if any.
     pub fn window_refusal(&self, now: Millis) -> Option<Refusal> {
         if now < self.starts_at {

@@ -101,6 +101,10 @@ pub struct EngineSettings {
     /// How old a reservation without an answer from the bus must be before the sweeper
     /// takes its gateway for dead (longer than `delivery_deadline`).
     pub hold_grace: Duration,
+    /// How long after a sale's last payment window closed its buyers and keys leave
+    /// this process's memory (`Sale::finished`); a late retry is then answered from the
+    /// store.
+    pub retire_after: Duration,
     /// How long a buyer waits for the order to be durable before being answered 503
     /// ("retry with the same key"); the order goes on and is stored or released.
     pub buyer_wait: Duration,
@@ -118,6 +122,7 @@ impl Default for EngineSettings {
             replay_wait: Duration::from_secs(2),
             recovery_wait: Duration::from_secs(30),
             hold_grace: Duration::from_secs(10),
+            retire_after: Duration::from_secs(60),
             buyer_wait: Duration::from_secs(1),
             delivery_deadline: Duration::from_secs(1),
             breakers: BreakerSettings::default(),

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use super::admission::Admitted;
 use super::{Engine, EngineError};
 use crate::bus::{BusError, OrderBus};
-use crate::domain::{Order, Sale, now_millis};
+use crate::domain::{Order, Refusal, Sale, ValidPurchase, now_millis};
 use crate::gate::{Decision, GateError, KeyAnswer, StockGate};
 use crate::observe::metrics::{Stage, StageTimer};
 use crate::observe::trace;
@@ -86,6 +86,9 @@ impl Engine {
             key,
             _slot,
         } = admitted;
+        if self.is_finished(&sale) {
+            return self.after_the_end(&sale, &purchase, key.as_deref()).await;
+        }
         let order_id = uuid::Uuid::now_v7().simple().to_string();
         let now = now_millis();
         let reserve = self
@@ -191,6 +194,28 @@ impl Engine {
 
     /// Answers a retry with its key's original answer, waiting (up to `replay_wait`) if
     /// the first request is still on its way to the store.
+    /// A purchase in a finished sale, which the gate may have forgotten (issue #24): a
+    /// retry with its key gets its order from the store, where the key is kept with it;
+    /// anything else is refused, the sale has ended.
+    async fn after_the_end(
+        &self,
+        sale: &Sale,
+        purchase: &ValidPurchase,
+        key: Option<&str>,
+    ) -> Result<Arc<Order>, EngineError> {
+        if let Some(key) = key
+            && let Some(order) = (self.store)
+                .order_for_key(&sale.id, &purchase.user_id, key)
+                .await?
+        {
+            if order.fingerprint != purchase.fingerprint {
+                return Err(EngineError::KeyReused);
+            }
+            return Ok(Arc::new(order));
+        }
+        Err(EngineError::Refused(Refusal::Ended))
+    }
+
     async fn replay(
         &self,
         sale: &Sale,

@@ -44,6 +44,10 @@ impl SaleCache {
         self.by_id.write().insert(sale.id.clone(), sale);
     }
 
+    pub(super) fn remove(&self, id: &str) {
+        self.by_id.write().remove(id);
+    }
+
     pub(super) fn all(&self) -> Vec<Arc<Sale>> {
         self.by_id.read().values().cloned().collect()
     }
@@ -59,6 +63,38 @@ impl SaleCache {
 }
 
 impl Engine {
+    /// Whether `sale` is over for good (`Sale::finished`, after `retire_after`).
+    pub(super) fn is_finished(&self, sale: &Sale) -> bool {
+        sale.finished(now_millis(), self.settings.retire_after.as_millis() as i64)
+    }
+
+    /// Retires the finished sales this process holds (issue #24): once settled in the
+    /// store, their buyers and keys leave the gate, the store's guard and the cache. A
+    /// request for one loads it again from the store, and is answered from there.
+    pub(super) async fn retire_finished_sales(&self) -> usize {
+        let mut retired = 0;
+        for sale in self.sales.all() {
+            if !self.is_finished(&sale) {
+                continue;
+            }
+            match self.store.retire_sale(&sale.id).await {
+                Ok(true) => {}
+                Ok(false) => continue, // orders still to settle: the next pass
+                Err(e) => {
+                    tracing::warn!(sale = %sale.id, error = %e, "sale not retired");
+                    continue;
+                }
+            }
+            if let Err(e) = self.gate.retire_sale(&sale).await {
+                tracing::warn!(sale = %sale.id, error = %e, "sale not retired from the gate");
+                continue;
+            }
+            self.sales.remove(&sale.id);
+            retired += 1;
+        }
+        retired
+    }
+
     pub async fn create_sale(&self, new: NewSale) -> Result<SaleState, EngineError> {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let sale = new
@@ -131,6 +167,22 @@ impl Engine {
 
     pub async fn sale_state(&self, id: &str) -> Result<SaleState, EngineError> {
         let sale = self.sale(id).await?;
+        // A finished sale may have left the gate: the store's counters are final.
+        if self.is_finished(&sale) {
+            let sold: std::collections::HashMap<String, i64> = self
+                .store
+                .sold_counters(&sale.id)
+                .await?
+                .into_iter()
+                .collect();
+            let remaining = (sale.items.iter())
+                .map(|item| {
+                    let sold = sold.get(&item.id).copied().unwrap_or(0).max(0) as u64;
+                    (item.stock as u64).saturating_sub(sold) as u32
+                })
+                .collect();
+            return Ok(SaleState { sale, remaining });
+        }
         match self.gate.remaining(&sale).await {
             Ok(remaining) => Ok(SaleState { sale, remaining }),
             Err(e) => Err(self.gate_failed(&sale, e).await),

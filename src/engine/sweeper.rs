@@ -37,6 +37,8 @@ pub struct Sweep {
     pub skipped: usize,
     /// Idempotency keys past their TTL, forgotten (local gate; Redis expires its own).
     pub keys_forgotten: usize,
+    /// Finished sales whose buyers and keys left memory.
+    pub sales_retired: usize,
 }
 
 impl Engine {
@@ -67,6 +69,7 @@ impl Engine {
             }
         }
         self.sweep_holds(&mut sweep).await?;
+        sweep.sales_retired = self.retire_finished_sales().await;
         self.sync_sales().await;
         for sale in self.sales.all() {
             match self.gate.forget_expired_keys(&sale, now_millis()).await {
@@ -295,7 +298,7 @@ mod tests {
 
     use super::*;
     use crate::bus::{MemoryBus, OrderBus};
-    use crate::gate::{KeyPolicy, LocalGate};
+    use crate::gate::{KeyPolicy, LocalGate, StockGate};
     use crate::store::OrderStore;
     use crate::testkit::{Setup, TestEngine};
 
@@ -361,6 +364,57 @@ mod tests {
         assert_eq!(stored[0].id, replay.id);
         assert_eq!(retry.id, replay.id);
         assert_eq!(fixture.remaining().await, [4]);
+        fixture.stop().await;
+    }
+
+    /// Issue #24: a finished sale leaves memory once settled (the gate, the store's
+    /// guard, the cache); a late retry with its key gets its order from the store, a new
+    /// purchase `sale_ended`, the sale's page the store's counts; the gate is not rebuilt.
+    #[tokio::test]
+    async fn a_finished_sale_leaves_memory_and_late_retries_get_their_orders() {
+        use crate::domain::Refusal;
+        let gate = Arc::new(LocalGate::new());
+        let fixture = TestEngine::with(Setup {
+            gate: gate.clone(),
+            settings: crate::engine::EngineSettings {
+                retire_after: Duration::ZERO,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await;
+        let now = now_millis();
+        let new = crate::testkit::sale()
+            .name("ends")
+            .stock(5)
+            .limit(2)
+            .window(now - 1_000, Some(now + 300))
+            .new_sale();
+        let sale = fixture.engine.create_sale(new).await.unwrap().sale;
+        let order = fixture.purchase(&sale.id, "a", 1, Some("k")).await.unwrap();
+        let sweep = fixture.engine.sweep().await.unwrap();
+        assert_eq!(sweep.sales_retired, 0, "still on sale");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+
+        let sweep = fixture.engine.sweep().await.unwrap();
+        assert_eq!(sweep.sales_retired, 1, "{sweep:?}");
+        assert!(!gate.has_sale(&sale).await.unwrap());
+        let retry = fixture.purchase(&sale.id, "a", 1, Some("k")).await.unwrap();
+        assert_eq!(retry.id, order.id);
+        let other = fixture.purchase(&sale.id, "a", 2, Some("k")).await;
+        assert!(matches!(other, Err(EngineError::KeyReused)), "{other:?}");
+        for key in [None, Some("k2")] {
+            let late = fixture.purchase(&sale.id, "b", 1, key).await;
+            assert!(
+                matches!(late, Err(EngineError::Refused(Refusal::Ended))),
+                "{late:?}"
+            );
+        }
+        assert_eq!(
+            fixture.engine.sale_state(&sale.id).await.unwrap().remaining,
+            [4]
+        );
+        assert!(!gate.has_sale(&sale).await.unwrap(), "not rebuilt");
         fixture.stop().await;
     }
 

@@ -484,6 +484,15 @@ impl StockGate for LocalGate {
         }
     }
 
+    async fn retire_sale(&self, sale: &Sale) -> Result<(), GateError> {
+        self.sales.rcu(|sales| {
+            let mut sales = HashMap::clone(sales);
+            sales.remove(&sale.id);
+            sales
+        });
+        Ok(())
+    }
+
     async fn forget_expired_keys(&self, sale: &Sale, now: Millis) -> Result<usize, GateError> {
         let state = self.state(sale)?;
         Ok(state

@@ -330,6 +330,12 @@ pub trait StockGate: Send + Sync + 'static {
     /// Idempotent: a retry, or an older total arriving late, changes nothing.
     async fn update_sale(&self, sale: &Sale) -> Result<(), GateError>;
 
+    /// Forgets a finished sale (`Sale::finished`): its buyers, keys and stock leave this
+    /// process's memory. A shared gate keeps its keys where every gateway reads them.
+    async fn retire_sale(&self, _sale: &Sale) -> Result<(), GateError> {
+        Ok(())
+    }
+
     /// Remaining units per item index.
     async fn remaining(&self, sale: &Sale) -> Result<Vec<u32>, GateError>;
 

@@ -146,6 +146,10 @@ pub trait OrderStore: Send + Sync + 'static {
     ) -> Result<Vec<Order>, StoreError>;
     async fn mark_released(&self, id: &str) -> Result<(), StoreError>;
     async fn mark_released_many(&self, ids: &[String]) -> Result<(), StoreError>;
+    /// Lets a finished sale's buyers and keys leave the store's memory (SQLite's writer
+    /// guard), if the sale is settled: no order of it pending, nor a release pending.
+    /// Whether it was. Its orders and their keys stay in the store, for late retries.
+    async fn retire_sale(&self, sale_id: &str) -> Result<bool, StoreError>;
     /// Records an order the store refused after its buyer was told it was accepted: kept
     /// as `failed` with `reason`, its units not counted, its release pending (the gate
     /// still holds them). Harmless if the order is there already.

@@ -140,6 +140,9 @@ impl OrderStore for FaultyStore {
     async fn mark_released_many(&self, ids: &[String]) -> Result<(), StoreError> {
         self.inner.mark_released_many(ids).await
     }
+    async fn retire_sale(&self, sale_id: &str) -> Result<bool, StoreError> {
+        self.inner.retire_sale(sale_id).await
+    }
     async fn fail_order(&self, order: &Order, reason: &str) -> Result<(), StoreError> {
         self.inner.fail_order(order, reason).await
     }

@@ -605,6 +605,35 @@ impl OrderStore for SqlStore {
         self.mark_released_batch(ids).await
     }
 
+    async fn retire_sale(&self, sale_id: &str) -> Result<bool, StoreError> {
+        // On the writer, in one transaction: no order can settle or arrive between the
+        // look and the forgetting.
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let unsettled: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(1 AS BIGINT) FROM orders WHERE sale_id = $1 \
+             AND (status = 'pending' OR release_pending = 1) LIMIT 1",
+        )
+        .bind(sale_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if unsettled.is_some() {
+            return Ok(false);
+        }
+        if self.dialect == Dialect::Sqlite {
+            for table in ["guard.buyer_units", "guard.order_keys"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE sale = (SELECT rowid FROM sales WHERE id = $1)"
+                )))
+                .bind(sale_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn sold_counters(&self, sale_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
         sqlx::query("SELECT item_id, sold FROM sale_items WHERE sale_id = $1 ORDER BY position")
             .bind(sale_id)

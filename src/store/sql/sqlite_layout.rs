@@ -53,12 +53,12 @@ const GUARD: &[&str] = &[
     "INSERT INTO guard.buyer_units (sale, user_id, units, max_units)
         SELECT s.rowid, o.user_id, SUM(o.units), MAX(s.per_user_limit, SUM(o.units))
         FROM orders o JOIN sales s ON s.id = o.sale_id
-        WHERE o.status IN ('pending', 'paid')
+        WHERE o.status IN ('pending', 'paid') AND NOT (FINISHED)
         GROUP BY s.rowid, o.user_id",
     "INSERT INTO guard.order_keys (sale, user_id, idempotency_key)
         SELECT DISTINCT s.rowid, o.user_id, o.idempotency_key
         FROM orders o JOIN sales s ON s.id = o.sale_id
-        WHERE o.idempotency_key IS NOT NULL",
+        WHERE o.idempotency_key IS NOT NULL AND NOT (FINISHED)",
     // The checks, as the schema's: every order stored by the writer passes through them
     // in its own statement, and a refusal aborts that statement whole. (Statements in a
     // trigger name their tables unqualified; the guard's names are its own.)
@@ -84,11 +84,18 @@ const GUARD: &[&str] = &[
      END",
 ];
 
+/// Sales over for good (issue #24): ended, and their last payment window closed over an
+/// hour ago, well past the engine's `retire_after`. Nothing can be bought in them; their
+/// buyers and keys are not brought back into memory at each start.
+const FINISHED: &str = "s.ends_at IS NOT NULL AND s.ends_at + s.payment_window * 1000 + 3600000 \
+     < CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)";
+
 /// Attaches and fills the guard on the writer's connection.
 pub(super) async fn attach_guard(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     let started = std::time::Instant::now();
     for statement in GUARD {
-        conn.execute(*statement).await?;
+        let statement = statement.replace("FINISHED", FINISHED);
+        conn.execute(sqlx::AssertSqlSafe(statement)).await?;
     }
     tracing::debug!(
         took_ms = started.elapsed().as_millis() as u64,

@@ -348,6 +348,61 @@ async fn postgres_racing_batches_and_cancels_end_each_order_once() {
     racing_batches_and_cancels_end_each_order_once(Dialect::Postgres).await;
 }
 
+/// Issue #24: a sale is retired only when settled (nothing pending, no release
+/// pending); then SQLite's guard forgets its buyers (a second order of a buyer at the
+/// limit would pass it: the gate refuses such orders before, the sale has ended).
+/// PostgreSQL keeps its buyers on disk.
+async fn a_settled_sale_is_retired(dialect: Dialect) {
+    use crate::domain::OrderStatus::*;
+    let (store, _dir) = store(dialect).await;
+    let s = sale(5, 1);
+    store.create_sale(&s).await.unwrap();
+    store
+        .insert_orders(&[pending_order(&s, "o1", "a", 60_000)])
+        .await
+        .unwrap();
+    assert!(!store.retire_sale("sale1").await.unwrap(), "o1 is pending");
+    store.transition("o1", Cancelled, 1).await.unwrap();
+    assert!(
+        !store.retire_sale("sale1").await.unwrap(),
+        "o1's release is pending"
+    );
+    store.mark_released("o1").await.unwrap();
+    store
+        .insert_orders(&[order(&s, "o2", "b", 1)])
+        .await
+        .unwrap();
+    assert!(store.retire_sale("sale1").await.unwrap());
+    let again = store
+        .insert_orders(&[order(&s, "o3", "b", 1)])
+        .await
+        .unwrap();
+    match dialect {
+        Dialect::Sqlite => assert_eq!(again, [InsertOutcome::Stored], "the guard forgot b"),
+        Dialect::Postgres => assert!(matches!(again[0], InsertOutcome::Rejected(_))),
+    }
+    assert_eq!(
+        store
+            .order_for_key("sale1", "b", "key-o2")
+            .await
+            .unwrap()
+            .map(|o| o.id),
+        Some("o2".to_string()),
+        "the key stays with its order"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_a_settled_sale_is_retired() {
+    a_settled_sale_is_retired(Dialect::Sqlite).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+async fn postgres_a_settled_sale_is_retired() {
+    a_settled_sale_is_retired(Dialect::Postgres).await;
+}
+
 /// An acknowledged order the store refuses (here: a second order for the same buyer's
 /// key) is kept as `failed` with its reason, uncounted, its release pending.
 async fn a_refused_order_is_kept_as_failed(dialect: Dialect) {
