@@ -5,9 +5,12 @@
 //!   cargo build --release && cargo run --release --example bench_memory [-- BUYERS]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::process::{Command, Stdio};
+
+#[path = "support/serve.rs"]
+mod serve;
+use serve::Serve;
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use flashsale::domain::{Item, Sale, ValidPurchase};
@@ -107,44 +110,10 @@ async fn gate_bytes_per_buyer(buyers: u64) -> anyhow::Result<()> {
 }
 
 async fn serve_rss(buyers: u64) -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
-    let binary = exe
-        .parent()
-        .and_then(|examples| examples.parent())
-        .map(|dir| dir.join("flashsale"))
-        .filter(|path| path.exists())
-        .context("target/release/flashsale is missing: run `cargo build --release` first")?;
-    let dir = tempfile::tempdir()?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    drop(listener);
-    let mut server = Command::new(&binary)
-        // The rate limits at their defaults, counting every request: each from a new
-        // buyer and from one of 65,536 addresses (X-Forwarded-For, trusted from loopback).
-        .args([
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--trusted-proxy",
-            "127.0.0.1",
-        ])
-        .env("FLASHSALE_SAMPLE_SALES", "false")
-        .arg("--store")
-        .arg(format!(
-            "sqlite://{}",
-            dir.path().join("memory.db").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let base = format!("http://{addr}");
+    let server = Serve::start().await?;
+    let base = server.base.clone();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "serve did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let rss_idle = rss_kb(server.id())?;
+    let rss_idle = server.rss_kb()?;
     let sale: serde_json::Value = client
         .post(format!("{base}/api/sales"))
         .json(&serde_json::json!({"name": "memory", "stock": buyers, "per_user_limit": 1}))
@@ -171,8 +140,8 @@ async fn serve_rss(buyers: u64) -> anyhow::Result<()> {
         first_buyer: 0,
     })
     .await?;
-    let rss = rss_kb(server.id())?;
-    let peak = status_kb(server.id(), "VmHWM:")?;
+    let rss = server.rss_kb()?;
+    let peak = server.status_kb("VmHWM:")?;
     println!(
         "serve: {} orders from {buyers} distinct buyers in {:.0} s ({:?} refused); RSS {:.1} MB \
          (idle {:.1} MB, peak {:.1} MB)",
@@ -183,20 +152,5 @@ async fn serve_rss(buyers: u64) -> anyhow::Result<()> {
         rss_idle as f64 / 1024.0,
         peak as f64 / 1024.0
     );
-    server.kill()?;
-    server.wait()?;
-    Ok(())
-}
-
-fn rss_kb(pid: u32) -> anyhow::Result<u64> {
-    status_kb(pid, "VmRSS:")
-}
-
-fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    server.stop()
 }
