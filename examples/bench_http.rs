@@ -68,6 +68,10 @@ struct Args {
     /// regimes: orders sold over the long sale's rounds (one buyer each, never seen before).
     #[arg(long, default_value_t = 120_000)]
     orders: u64,
+    /// Sales created with this payment window, in seconds (issue #24): no order is paid,
+    /// so the sweeper expires them while the benchmark sells, as in a real sale.
+    #[arg(long)]
+    payment_window: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -542,7 +546,12 @@ impl Bench<'_> {
         self.client_rt.block_on(async {
             let sale: serde_json::Value = reqwest::Client::new()
                 .post(format!("{}/api/sales", self.base))
-                .json(&serde_json::json!({"name": "bench", "stock": stock, "per_user_limit": 1}))
+                .json(&serde_json::json!({
+                    "name": "bench",
+                    "stock": stock,
+                    "per_user_limit": 1,
+                    "payment_window": self.args.payment_window,
+                }))
                 .send()
                 .await?
                 .error_for_status()?

@@ -75,7 +75,8 @@ async fn main() -> anyhow::Result<()> {
         let report = load::run(LoadPlan {
             base_url: server.base.clone(),
             sale_id: sale["id"].as_str().context("sale id")?.to_string(),
-            buyers: u64::MAX / 2,
+            // Every attempt a buyer never seen before (the buyers are shuffled in memory).
+            buyers: rate * sale_seconds * 2,
             first_buyer: sales * 1_000_000_000,
             attempts: u64::MAX,
             duration: Some(Duration::from_secs(sale_seconds)),
