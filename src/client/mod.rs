@@ -158,21 +158,27 @@ impl Client {
             .http
             .post(self.url(&format!("/api/sales/{sale_id}/purchase")))
             .json(purchase);
-        request = self.as_buyer(request);
+        request = self.from_some_address(self.as_buyer(request));
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
-        }
-        if self.random_forwarded_for {
-            // 65,536 addresses: many clients, each coming back (as behind real proxies).
-            let client = std::net::Ipv4Addr::new(10, fastrand::u8(..), fastrand::u8(..), 1);
-            request = request.header("X-Forwarded-For", client.to_string());
         }
         answer(request.send().await, StatusCode::ACCEPTED).await
     }
 
+    /// With `with_random_forwarded_for`: a random `X-Forwarded-For` among 65,536
+    /// addresses, many clients each coming back (as behind real proxies).
+    fn from_some_address(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if !self.random_forwarded_for {
+            return request;
+        }
+        let client = std::net::Ipv4Addr::new(10, fastrand::u8(..), fastrand::u8(..), 1);
+        request.header("X-Forwarded-For", client.to_string())
+    }
+
     pub async fn order(&self, id: &str) -> Result<OrderDetail, ClientError> {
         let request = self.http.get(self.url(&format!("/api/orders/{id}")));
-        answer(self.as_buyer(request).send().await, StatusCode::OK).await
+        let request = self.from_some_address(self.as_buyer(request));
+        answer(request.send().await, StatusCode::OK).await
     }
 
     /// Confirms payment as the payment service (signed) or the operator (admin token).

@@ -362,16 +362,33 @@ pub struct Fate {
 /// Orders read back at once.
 const FATES_IN_FLIGHT: usize = 32;
 
-/// Each acknowledged order's fate, from `GET /api/orders/{id}` (tried 3 times). An order
-/// the server does not show is left out: the audit counts it as held for the whole run.
+/// How long the read-back keeps waiting out the gateway's per-address limit.
+const FATES_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Each acknowledged order's fate, from `GET /api/orders/{id}` (3 tries; a `429` is
+/// waited out, not counted, for up to `FATES_PATIENCE` in all: read from one address,
+/// thousands of orders run into the gateway's `rate_per_ip`). An order the server does
+/// not show is left out: the audit counts it as held for the whole run, and says how
+/// many it could not read.
 async fn read_fates(client: &Client, accepted: &[AcceptedOrder]) -> HashMap<String, Fate> {
     use futures_util::StreamExt;
     let millis = |at: &str| chrono::DateTime::parse_from_rfc3339(at).map(|t| t.timestamp_millis());
+    let give_up = Instant::now() + FATES_PATIENCE;
     futures_util::stream::iter(accepted)
         .map(|order| async move {
-            for _ in 0..3 {
-                let Ok(detail) = client.order(&order.order_id).await else {
-                    continue;
+            let (mut tries, mut pause) = (0, Duration::from_millis(50));
+            while tries < 3 {
+                let detail = match client.order(&order.order_id).await {
+                    Ok(detail) => detail,
+                    Err(e) if e.status() == 429 && Instant::now() + pause < give_up => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                    Err(_) => {
+                        tries += 1;
+                        continue;
+                    }
                 };
                 let Ok(created_at) = millis(&detail.order.created_at) else {
                     return None;

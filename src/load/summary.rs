@@ -65,6 +65,9 @@ pub struct ReadBack {
     pub orders: u64,
     /// Of which ended (expired, cancelled, failed), their units back on sale.
     pub ended: u64,
+    /// Acknowledged orders the server did not show: counted as held for the whole run,
+    /// so an oversell found with some unread may be theirs.
+    pub unread: u64,
 }
 
 impl LoadAudit {
@@ -107,6 +110,7 @@ impl LoadAudit {
                 read_back = Some(ReadBack {
                     orders: fates.len() as u64,
                     ended: fates.values().filter(|f| f.ended_at.is_some()).count() as u64,
+                    unread: spans.len().saturating_sub(fates.len()) as u64,
                 });
             }
             None => {
@@ -199,8 +203,13 @@ impl Summary {
                 match self.audit.read_back {
                     Some(r) => format!(
                         " (units held at once: {} acknowledged orders read back, {} of them \
-                         ended, their units back on sale)",
-                        r.orders, r.ended
+                         ended, their units back on sale{})",
+                        r.orders,
+                        r.ended,
+                        match r.unread {
+                            0 => String::new(),
+                            n => format!("; {n} not read back, counted as held throughout"),
+                        }
                     ),
                     None => String::new(),
                 }
