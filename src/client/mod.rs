@@ -158,7 +158,7 @@ impl Client {
             .http
             .post(self.url(&format!("/api/sales/{sale_id}/purchase")))
             .json(purchase);
-        request = self.from_some_address(self.as_buyer(request));
+        request = self.with_some_address(self.as_buyer(request));
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
@@ -167,7 +167,7 @@ impl Client {
 
     /// With `with_random_forwarded_for`: a random `X-Forwarded-For` among 65,536
     /// addresses, many clients each coming back (as behind real proxies).
-    fn from_some_address(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    fn with_some_address(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         if !self.random_forwarded_for {
             return request;
         }
@@ -177,7 +177,7 @@ impl Client {
 
     pub async fn order(&self, id: &str) -> Result<OrderDetail, ClientError> {
         let request = self.http.get(self.url(&format!("/api/orders/{id}")));
-        let request = self.from_some_address(self.as_buyer(request));
+        let request = self.with_some_address(self.as_buyer(request));
         answer(request.send().await, StatusCode::OK).await
     }
 
