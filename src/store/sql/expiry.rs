@@ -13,6 +13,10 @@ use crate::domain::{Millis, Order};
 use crate::store::StoreError;
 
 /// Rows of a multi-row statement: 3 parameters each, far below either database's limit.
+/// Such a statement's text depends on its number of rows, so it is not kept prepared
+/// (`persistent(false)`): sqlx keeps up to 100 statements per connection, and programs
+/// of up to 500 rows each would fill the writer's cache and push out the group commit's
+/// own insert.
 const ROWS_PER_STATEMENT: usize = 500;
 
 impl SqlStore {
@@ -97,6 +101,7 @@ impl SqlStore {
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(
                     self.dialect.release_units_of_buyers(&values),
                 ))
+                .persistent(false)
                 .bind(part[0].0.0);
                 for ((_, user), units) in part {
                     query = query.bind(*user).bind(*units);
@@ -112,6 +117,7 @@ impl SqlStore {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO order_events (order_id, status, at) VALUES {values}"
             )))
+            .persistent(false)
             .bind(at);
             for order in part {
                 query = query.bind(&order.id);
@@ -132,7 +138,8 @@ impl SqlStore {
                 .join(", ");
             let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE orders SET release_pending = 0 WHERE id IN ({placeholders})"
-            )));
+            )))
+            .persistent(false);
             for id in part {
                 query = query.bind(id);
             }
