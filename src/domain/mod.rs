@@ -2,6 +2,7 @@
 //! everything else (gate, bus, store, api) speaks in these types.
 
 mod purchase;
+mod queue;
 mod rate;
 mod sale;
 
@@ -9,6 +10,7 @@ pub use purchase::{
     Order, OrderEvent, OrderStatus, PurchaseError, PurchaseRequest, Units, ValidPurchase,
     valid_user_id, validate_purchase,
 };
+pub use queue::{Admit, LineOrder, NewQueue, QueueSettings, Ticket, TicketStatus};
 pub use rate::{RateLimit, RateQuota, SaleRateLimits};
 pub use sale::{AddStock, DEFAULT_ITEM, Item, NewItem, NewSale, Sale, SaleError, SaleStatus};
 

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Millis, Refusal, SaleRateLimits};
+use super::{Millis, NewQueue, QueueSettings, Refusal, SaleRateLimits};
 
 /// Item id of a sale created with a plain `stock` (one item).
 pub const DEFAULT_ITEM: &str = "default";
@@ -40,6 +40,10 @@ pub struct NewSale {
     /// gate accepts and ignores it (one process is one shard).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<u32>,
+    /// A line in front of the sale (issue #25): buyers join it and are decided in line
+    /// order; the purchase route then refuses `queue_required`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<NewQueue>,
 }
 
 /// Body of `POST /api/sales/{id}/stock`: units added to one item's stock.
@@ -84,6 +88,9 @@ pub struct Sale {
     /// Sub-stocks of the Redis gate (1: the stock in one place).
     #[serde(default = "one_shard", skip_serializing_if = "is_one_shard")]
     pub shards: u32,
+    /// The sale's line, if it is bought through one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSettings>,
 }
 
 fn one_shard() -> u32 {
@@ -191,6 +198,7 @@ impl NewSale {
             rate_limits: self.rate_limits.unwrap_or_default(),
             paused: false,
             shards,
+            queue: self.queue.map(|q| q.into_settings(now)).transpose()?,
         })
     }
 }
@@ -274,6 +282,7 @@ mod tests {
             payment_window: None,
             rate_limits: None,
             shards: None,
+            queue: None,
         }
     }
 

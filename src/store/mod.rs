@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 pub use sql::{Dialect, SqlStore};
 
-use crate::domain::{Millis, Order, OrderStatus, Sale};
+use crate::domain::{Millis, Order, OrderStatus, QueueSettings, Sale, Ticket};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -165,6 +165,27 @@ pub trait OrderStore: Send + Sync + 'static {
     async fn order_history(&self, id: &str) -> Result<Vec<(OrderStatus, Millis)>, StoreError>;
 }
 
+/// The durable tickets of the sales' lines (issue #25). The line itself (who is where,
+/// what is decided next) runs in memory (`crate::line`); this is what survives it.
+#[async_trait]
+pub trait TicketStore: Send + Sync + 'static {
+    /// Appends new tickets in one transaction: all of them or none.
+    async fn append_tickets(&self, tickets: &[Ticket]) -> Result<(), StoreError>;
+    /// Records decisions (status, order or refusal, time) in one transaction; a ticket
+    /// that is no longer waiting is left as it is.
+    async fn settle_tickets(&self, decided: &[Ticket]) -> Result<(), StoreError>;
+    async fn get_ticket(&self, id: &str) -> Result<Option<Ticket>, StoreError>;
+    /// Every ticket of a sale, in line order.
+    async fn sale_tickets(&self, sale_id: &str) -> Result<Vec<Ticket>, StoreError>;
+    /// Changes a sale's line settings (its rate); the sale after it, `None` if there is
+    /// no such sale.
+    async fn set_queue(
+        &self,
+        sale_id: &str,
+        queue: &QueueSettings,
+    ) -> Result<Option<Sale>, StoreError>;
+}
+
 /// What `transition` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
@@ -223,4 +244,13 @@ impl std::fmt::Display for StoreUrl {
 /// Opens the store and applies its migrations.
 pub async fn connect(url: &StoreUrl) -> Result<Arc<dyn OrderStore>, StoreError> {
     Ok(Arc::new(SqlStore::connect(url).await?))
+}
+
+/// Opens the store, with its tickets: the orders and the lines' tickets on the same
+/// database (on SQLite, through the same one writer).
+pub async fn connect_with_tickets(
+    url: &StoreUrl,
+) -> Result<(Arc<dyn OrderStore>, Arc<dyn TicketStore>), StoreError> {
+    let store = Arc::new(SqlStore::connect(url).await?);
+    Ok((store.clone(), store))
 }

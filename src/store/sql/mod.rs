@@ -11,6 +11,7 @@ mod rows;
 mod sqlite_layout;
 #[cfg(test)]
 mod tests;
+mod tickets;
 
 use async_trait::async_trait;
 use sqlx::any::AnyPoolOptions;
@@ -78,37 +79,43 @@ impl SqlStore {
     ) -> Result<Vec<Sale>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, per_user_limit, starts_at, ends_at, payment_window, created_at, \
-             rate_limits, paused, shards FROM sales WHERE ($1 = '' OR id = $1) \
+             rate_limits, paused, shards, queue FROM sales WHERE ($1 = '' OR id = $1) \
              ORDER BY created_at DESC, id DESC LIMIT $2",
         )
         .bind(id.unwrap_or(""))
         .bind(newest.map_or(i64::MAX, |n| n.min(i64::MAX as usize) as i64))
         .fetch_all(&self.pool)
         .await?;
-        let mut sales = rows
-            .iter()
-            .map(|row| {
-                let id: String = row.try_get("id")?;
-                Ok(Sale {
-                    name: row.try_get("name")?,
-                    items: Vec::new(),
-                    per_user_limit: u32_column(row, "per_user_limit")?,
-                    starts_at: row.try_get("starts_at")?,
-                    ends_at: row.try_get("ends_at")?,
-                    payment_window: u32_column(row, "payment_window")?,
-                    created_at: row.try_get("created_at")?,
-                    rate_limits: match row.try_get::<Option<String>, _>("rate_limits")? {
-                        Some(json) => serde_json::from_str(&json).map_err(|e| {
-                            StoreError::Corrupt(format!("sale {id}: rate_limits: {e}"))
-                        })?,
-                        None => Default::default(),
-                    },
-                    paused: row.try_get::<i64, _>("paused")? != 0,
-                    shards: u32_column(row, "shards")?,
-                    id,
+        let mut sales =
+            rows.iter()
+                .map(|row| {
+                    let id: String = row.try_get("id")?;
+                    Ok(Sale {
+                        name: row.try_get("name")?,
+                        items: Vec::new(),
+                        per_user_limit: u32_column(row, "per_user_limit")?,
+                        starts_at: row.try_get("starts_at")?,
+                        ends_at: row.try_get("ends_at")?,
+                        payment_window: u32_column(row, "payment_window")?,
+                        created_at: row.try_get("created_at")?,
+                        rate_limits: match row.try_get::<Option<String>, _>("rate_limits")? {
+                            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                                StoreError::Corrupt(format!("sale {id}: rate_limits: {e}"))
+                            })?,
+                            None => Default::default(),
+                        },
+                        paused: row.try_get::<i64, _>("paused")? != 0,
+                        shards: u32_column(row, "shards")?,
+                        queue: match row.try_get::<Option<String>, _>("queue")? {
+                            Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
+                                StoreError::Corrupt(format!("sale {id}: queue: {e}"))
+                            })?),
+                            None => None,
+                        },
+                        id,
+                    })
                 })
-            })
-            .collect::<Result<Vec<Sale>, StoreError>>()?;
+                .collect::<Result<Vec<Sale>, StoreError>>()?;
         let at: std::collections::HashMap<String, usize> = sales
             .iter()
             .enumerate()
@@ -293,7 +300,8 @@ impl OrderStore for SqlStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sales (id, name, per_user_limit, starts_at, ends_at, payment_window, \
-             created_at, rate_limits, shards) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             created_at, rate_limits, shards, queue) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&sale.id)
         .bind(&sale.name)
@@ -307,6 +315,10 @@ impl OrderStore for SqlStore {
                 .then(|| serde_json::to_string(&sale.rate_limits).expect("limits serialize")),
         )
         .bind(sale.shards as i64)
+        .bind(
+            sale.queue
+                .map(|queue| serde_json::to_string(&queue).expect("settings serialize")),
+        )
         .execute(&mut *tx)
         .await?;
         for (position, item) in sale.items.iter().enumerate() {

@@ -1,0 +1,140 @@
+//! The tickets of the sales' lines (issue #25): appended a batch per transaction (the
+//! line's group commit), decided a batch at a time, read back at a restart.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::SqlStore;
+use crate::domain::{QueueSettings, Sale, Ticket, TicketStatus};
+use crate::store::{OrderStore as _, StoreError, TicketStore};
+
+/// Rows per statement (11 parameters each: well under SQLite's and PostgreSQL's limits).
+const ROWS_PER_STATEMENT: usize = 64;
+
+const COLUMNS: &str = "id, sale_id, user_id, seq, fingerprint, nonce, joined_at, status, \
+                       order_id, refusal, decided_at";
+
+fn ticket_from_row(row: &AnyRow) -> Result<Ticket, StoreError> {
+    let status: String = row.try_get("status")?;
+    let seq: i64 = row.try_get("seq")?;
+    Ok(Ticket {
+        id: row.try_get("id")?,
+        sale_id: row.try_get("sale_id")?,
+        user_id: row.try_get("user_id")?,
+        seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("seq = {seq}")))?,
+        fingerprint: row.try_get("fingerprint")?,
+        nonce: row.try_get("nonce")?,
+        joined_at: row.try_get("joined_at")?,
+        status: TicketStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("ticket status {status:?}")))?,
+        order_id: row.try_get("order_id")?,
+        refusal: row.try_get("refusal")?,
+        decided_at: row.try_get("decided_at")?,
+    })
+}
+
+#[async_trait]
+impl TicketStore for SqlStore {
+    async fn append_tickets(&self, tickets: &[Ticket]) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        for chunk in tickets.chunks(ROWS_PER_STATEMENT) {
+            let rows = (0..chunk.len())
+                .map(|r| {
+                    let p = r * 11;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6,
+                        p + 7,
+                        p + 8,
+                        p + 9,
+                        p + 10,
+                        p + 11
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("INSERT INTO tickets ({COLUMNS}) VALUES {rows}");
+            let mut query =
+                sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() == ROWS_PER_STATEMENT);
+            for t in chunk {
+                query = query
+                    .bind(t.id.clone())
+                    .bind(t.sale_id.clone())
+                    .bind(t.user_id.clone())
+                    .bind(t.seq as i64)
+                    .bind(t.fingerprint.clone())
+                    .bind(t.nonce.clone())
+                    .bind(t.joined_at)
+                    .bind(t.status.as_str())
+                    .bind(t.order_id.clone())
+                    .bind(t.refusal.clone())
+                    .bind(t.decided_at);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn settle_tickets(&self, decided: &[Ticket]) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        for t in decided {
+            // Only a waiting ticket moves: a decision is made once.
+            sqlx::query(
+                "UPDATE tickets SET status = $1, order_id = $2, refusal = $3, decided_at = $4 \
+                 WHERE id = $5 AND status = 'waiting'",
+            )
+            .bind(t.status.as_str())
+            .bind(t.order_id.clone())
+            .bind(t.refusal.clone())
+            .bind(t.decided_at)
+            .bind(t.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_ticket(&self, id: &str) -> Result<Option<Ticket>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM tickets WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(ticket_from_row).transpose()
+    }
+
+    async fn sale_tickets(&self, sale_id: &str) -> Result<Vec<Ticket>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM tickets WHERE sale_id = $1 ORDER BY seq"
+        )))
+        .bind(sale_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(ticket_from_row).collect()
+    }
+
+    async fn set_queue(
+        &self,
+        sale_id: &str,
+        queue: &QueueSettings,
+    ) -> Result<Option<Sale>, StoreError> {
+        let updated = sqlx::query("UPDATE sales SET queue = $1 WHERE id = $2")
+            .bind(serde_json::to_string(queue).expect("settings serialize"))
+            .bind(sale_id)
+            .execute(&self.pool)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get_sale(sale_id).await
+    }
+}
