@@ -6,19 +6,21 @@
 //!    other work (the edge takes it first, ahead of its own extractors);
 //! 2. credentials — a missing or forged buyer token is the edge's 401; the admin token
 //!    does not buy once buyers have tokens: 403 `forbidden`;
-//! 3. the quick refusal — a purchase without an `Idempotency-Key` on a sale this
+//! 3. the route — a sale with a line is bought by joining it: its purchase route
+//!    answers 409 `queue_required`, and the line of a sale without one 409 `no_queue`;
+//! 4. the quick refusal — a purchase without an `Idempotency-Key` on a sale this
 //!    gateway knows to be sold out, ended or not started is refused with that code
 //!    (409) whatever its body says, before its rate limits count
-//!    (`StockGate::quick_refusal`). A keyed purchase goes the whole way: it may be the
+//!    (`StockGate::quick_refusal`); a join is not refused `not_started` or `paused`. A keyed purchase goes the whole way: it may be the
 //!    retry of one that got a unit.
 //!
 //! The edge then reads the body (415, 413, 400 for a malformed one); then (`admit`):
-//! 4. the sale — unknown: 404 `sale_not_found` (judged after the body, as every answer);
-//! 5. the caller's rules — with buyer tokens the buyer is the token's `sub`: a body
+//! 5. the sale — unknown: 404 `sale_not_found` (judged after the body, as every answer);
+//! 6. the caller's rules — with buyer tokens the buyer is the token's `sub`: a body
 //!    naming a `user_id` is 400;
-//! 6. validation — quantities, items, buyer id against the sale: 400 `invalid_request`;
-//! 7. rate limits — per address, then per buyer, the sale's own or the defaults: 429;
-//! 8. queue time — a request that waited longer than `max_queue_time` in the server:
+//! 7. validation — quantities, items, buyer id against the sale: 400 `invalid_request`;
+//! 8. rate limits — per address, then per buyer, the sale's own or the defaults: 429;
+//! 9. queue time — a request that waited longer than `max_queue_time` in the server:
 //!    503 `timeout`.
 //!
 //! What passes is an `Admitted` purchase, which only `Engine::place` takes.
@@ -53,6 +55,8 @@ pub struct PurchaseHead {
     pub key: Option<String>,
     /// When the request's head arrived, if the server's accept loop recorded it.
     pub arrived: Option<Instant>,
+    /// A join of the sale's line (`POST /api/sales/{id}/queue`), not a purchase.
+    pub via_line: bool,
 }
 
 /// Why a purchase was not admitted.
@@ -93,7 +97,8 @@ pub struct Opened {
     slot: Slot,
 }
 
-/// A purchase every check let through: the only way into `Engine::place`.
+/// A purchase every check let through: the only way into `Engine::place`, or into a
+/// sale's line (`into_parts`).
 #[derive(Debug)]
 pub struct Admitted {
     pub(super) sale: Arc<Sale>,
@@ -101,6 +106,13 @@ pub struct Admitted {
     pub(super) key: Option<String>,
     /// Held until the purchase is answered.
     pub(super) _slot: Slot,
+}
+
+impl Admitted {
+    /// The sale, the purchase and its key: a line keeps them until the ticket's turn.
+    pub fn into_parts(self) -> (Arc<Sale>, ValidPurchase, Option<String>) {
+        (self.sale, self.purchase, self.key)
+    }
 }
 
 /// The checks and what they count: the rate limiters and the overload guard.
@@ -163,7 +175,7 @@ impl Admission {
         Ok(Slot(self.overload.enter()?))
     }
 
-    /// 2–3. The checks that need no body: credentials and the quick refusal.
+    /// 2–4. The checks that need no body: credentials, the route and the quick refusal.
     pub async fn before_body(
         &self,
         slot: Slot,
@@ -173,15 +185,24 @@ impl Admission {
             return Err(AdmissionError::AdminMayNotBuy);
         }
         let sale = self.engine.sale(&head.sale_id).await;
-        if let Ok(sale) = &sale
-            && let Some(refusal) = self.quick_refusal(sale, head.key.as_deref())
-        {
-            return Err(EngineError::Refused(refusal).into());
+        if let Ok(sale) = &sale {
+            match (sale.queue.is_some(), head.via_line) {
+                (true, false) => return Err(EngineError::QueueRequired.into()),
+                (false, true) => return Err(EngineError::NoQueue.into()),
+                _ => {}
+            }
+            // A line takes its buyers before the sale starts and while it is paused:
+            // they wait in it.
+            if let Some(refusal) = self.quick_refusal(sale, head.key.as_deref())
+                && !(head.via_line && matches!(refusal, Refusal::NotStarted | Refusal::Paused))
+            {
+                return Err(EngineError::Refused(refusal).into());
+            }
         }
         Ok(Opened { head, sale, slot })
     }
 
-    /// 4–8. The checks on the body, in order; what passes may be placed.
+    /// 5–9. The checks on the body, in order; what passes may be placed.
     pub fn admit(
         &self,
         opened: Opened,

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use admission::{Admission, AdmissionError, Admitted, Buyer, Opened, PurchaseHead, Slot};
+pub use purchase::{Placing, Settling};
 pub use recovery::snapshot;
 pub use sales::SaleState;
 pub use sweeper::{Sweep, run as run_sweeper};
@@ -57,6 +58,17 @@ pub enum EngineError {
     TooManyKeys,
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The sale is bought through its line: `POST /api/sales/{id}/queue`.
+    #[error("this sale is bought through its line: join it with POST /api/sales/{{id}}/queue")]
+    QueueRequired,
+    /// The sale has no line: buy on its purchase route.
+    #[error("this sale has no line: buy with POST /api/sales/{{id}}/purchase")]
+    NoQueue,
+    /// The sale's line has not opened yet.
+    #[error("the line opens at {0}")]
+    NotOpen(String),
+    #[error("no ticket {0}")]
+    TicketNotFound(String),
     /// The order is in a status that does not allow the step (e.g. paying an expired order).
     #[error("the order is {}", .0.as_str())]
     OrderIs(OrderStatus),

@@ -20,6 +20,22 @@ use crate::observe::trace;
 use crate::protect::Permit;
 use tracing::Instrument;
 
+/// A decided purchase (`Engine::decide`): answered at once, or reserved and settling.
+pub enum Placing {
+    Answered(Result<Arc<Order>, EngineError>),
+    Settling(Settling),
+}
+
+/// A reserved order on its way to the store (`Engine::settle` waits for it).
+pub struct Settling {
+    placing: tokio::task::JoinHandle<Result<Arc<Order>, EngineError>>,
+    /// The key, when the purchase had one: a store that refused a keyed order may hold
+    /// the key's original order.
+    retry_of: Option<String>,
+    sale_id: String,
+    user_id: String,
+}
+
 /// Replays waiting for the order their key reserved to settle (confirmed or released),
 /// by order id. The request that placed the order wakes them; a key in flight at another
 /// gateway (Redis gate) cannot wake them, so they also look again now and then.
@@ -86,8 +102,26 @@ impl Engine {
             key,
             _slot,
         } = admitted;
+        match self.decide(sale, purchase, key).await {
+            Placing::Answered(answer) => answer,
+            Placing::Settling(settling) => {
+                self.settle(settling, Some(self.settings.buyer_wait)).await
+            }
+        }
+    }
+
+    /// A purchase's first half: the gate decides it and, when it reserved, the order
+    /// is on its way to the store. A line (`crate::line`) calls it for one ticket after
+    /// another, so that the gate decides them in line order, and waits for the orders
+    /// to be durable meanwhile (`settle`). The purchase was admitted by the line.
+    pub async fn decide(
+        &self,
+        sale: Arc<Sale>,
+        purchase: ValidPurchase,
+        key: Option<String>,
+    ) -> Placing {
         if self.is_finished(&sale) {
-            return self.after_the_end(&sale, &purchase, key.as_deref()).await;
+            return Placing::Answered(self.after_the_end(&sale, &purchase, key.as_deref()).await);
         }
         let order_id = uuid::Uuid::now_v7().simple().to_string();
         let now = now_millis();
@@ -102,17 +136,18 @@ impl Engine {
             .instrument(tracing::info_span!(target: trace::TARGET, "gate", sale = %sale.id))
             .await;
         drop(timer);
-        let decision = match decided? {
-            Ok(decision) => decision,
-            Err(e) => return Err(self.gate_failed(&sale, e).await),
+        let decision = match decided {
+            Err(open) => return Placing::Answered(Err(open.into())),
+            Ok(Ok(decision)) => decision,
+            Ok(Err(e)) => return Placing::Answered(Err(self.gate_failed(&sale, e).await)),
         };
         match decision {
-            Decision::Refused(refusal) => Err(EngineError::Refused(refusal)),
-            Decision::KeyReused => Err(EngineError::KeyReused),
-            Decision::TooManyKeys => Err(EngineError::TooManyKeys),
+            Decision::Refused(refusal) => Placing::Answered(Err(EngineError::Refused(refusal))),
+            Decision::KeyReused => Placing::Answered(Err(EngineError::KeyReused)),
+            Decision::TooManyKeys => Placing::Answered(Err(EngineError::TooManyKeys)),
             Decision::Replay(answer) => {
                 let key = key.expect("only keyed purchases replay");
-                self.replay(&sale, &purchase.user_id, &key, answer).await
+                Placing::Answered(self.replay(&sale, &purchase.user_id, &key, answer).await)
             }
             Decision::Reserved { at } => {
                 crash_here_if_asked("after-reserve");
@@ -128,7 +163,7 @@ impl Engine {
                             tracing::error!(order = %order.id, error = %e, "reservation not released");
                         }
                         self.key_waiters.settled(&order.id);
-                        return Err(open.into());
+                        return Placing::Answered(Err(open.into()));
                     }
                 };
                 // The rest runs in its own task: if the buyer hangs up, or waits longer
@@ -146,28 +181,53 @@ impl Engine {
                     )
                     .instrument(tracing::Span::current()),
                 );
-                match tokio::time::timeout(self.settings.buyer_wait, placing).await {
-                    Ok(placed) => match placed.map_err(|e| {
-                        tracing::error!(error = %e, "order task failed");
-                        EngineError::Unavailable(
-                            "the order could not be placed; retry with the same Idempotency-Key"
-                                .into(),
-                        )
-                    })? {
-                        Err(EngineError::Unavailable(why)) if retry_of.is_some() => {
-                            let key = retry_of.as_deref().expect("checked");
-                            self.stored_for_key(&sale_id, &purchase.user_id, key, why)
-                                .await
-                        }
-                        placed => placed,
-                    },
-                    Err(_) => Err(EngineError::Unavailable(
+                Placing::Settling(Settling {
+                    placing,
+                    retry_of,
+                    sale_id,
+                    user_id: purchase.user_id,
+                })
+            }
+        }
+    }
+
+    /// A purchase's second half: waits (up to `wait`, if given) for its order to be
+    /// durable, or for its failure.
+    pub async fn settle(
+        &self,
+        settling: Settling,
+        wait: Option<Duration>,
+    ) -> Result<Arc<Order>, EngineError> {
+        let Settling {
+            placing,
+            retry_of,
+            sale_id,
+            user_id,
+        } = settling;
+        let placed = match wait {
+            Some(wait) => match tokio::time::timeout(wait, placing).await {
+                Ok(placed) => placed,
+                Err(_) => {
+                    return Err(EngineError::Unavailable(
                         "the order is still on its way to the store; retry with the same \
                          Idempotency-Key"
                             .into(),
-                    )),
+                    ));
                 }
+            },
+            None => placing.await,
+        };
+        match placed.map_err(|e| {
+            tracing::error!(error = %e, "order task failed");
+            EngineError::Unavailable(
+                "the order could not be placed; retry with the same Idempotency-Key".into(),
+            )
+        })? {
+            Err(EngineError::Unavailable(why)) if retry_of.is_some() => {
+                let key = retry_of.as_deref().expect("checked");
+                self.stored_for_key(&sale_id, &user_id, key, why).await
             }
+            placed => placed,
         }
     }
 

@@ -63,6 +63,21 @@ impl SaleCache {
 }
 
 impl Engine {
+    /// The sales with a line that are not finished: a line takes them up at start.
+    pub fn queued_sales(&self) -> Vec<Arc<Sale>> {
+        let mut sales: Vec<_> = (self.sales.all().into_iter())
+            .filter(|sale| sale.queue.is_some() && !self.is_finished(sale))
+            .collect();
+        sales.sort_by(|a, b| a.id.cmp(&b.id));
+        sales
+    }
+
+    /// A sale whose line's settings changed in the store (`crate::line`): the cache
+    /// takes it.
+    pub fn cached_sale_changed(&self, sale: Arc<Sale>) {
+        self.sales.insert(sale);
+    }
+
     /// Whether `sale` is over for good (`Sale::finished`, after `retire_after`).
     pub(super) fn is_finished(&self, sale: &Sale) -> bool {
         sale.finished(now_millis(), self.settings.retire_after.as_millis() as i64)
@@ -100,6 +115,13 @@ impl Engine {
         let sale = new
             .into_sale(id, now_millis())
             .map_err(|SaleError::Invalid(m)| EngineError::Invalid(m))?;
+        if sale.queue.is_some() && self.gate.shared() {
+            // A line is decided by one process for now: several gateways would each
+            // keep their own (issue #25's distributed line is not built yet).
+            return Err(EngineError::Invalid(
+                "a sale with a `queue` needs the embedded gateway (a local gate) for now".into(),
+            ));
+        }
         self.store.create_sale(&sale).await?;
         self.gate.open_sale(&sale).await?;
         let sale = Arc::new(sale);
