@@ -33,6 +33,7 @@ fn sale(stock: u32) -> Sale {
         rate_limits: Default::default(),
         paused: false,
         shards: 1,
+        queue: None,
         created_at: 0,
     }
 }

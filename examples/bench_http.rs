@@ -738,6 +738,7 @@ async fn producer_ceiling(
         payment_window: None,
         rate_limits: None,
         shards: None,
+        queue: None,
     }
     .into_sale(uuid::Uuid::now_v7().simple().to_string(), 0)?;
     let purchase = validate_purchase(

@@ -70,6 +70,7 @@ async fn gate_bytes_per_buyer(buyers: u64) -> anyhow::Result<()> {
         rate_limits: Default::default(),
         paused: false,
         shards: 1,
+        queue: None,
         created_at: 0,
     };
     // The purchases are made before counting: only what the gate keeps is measured.

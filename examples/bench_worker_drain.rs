@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         rate_limits: Default::default(),
         paused: false,
         shards: 1,
+        queue: None,
         created_at: 0,
     };
     let orders: Vec<Order> = (0..orders_n)

@@ -10,6 +10,7 @@ pub mod bus;
 pub mod domain;
 pub mod engine;
 pub mod gate;
+pub mod line;
 pub mod observe;
 pub mod protect;
 pub mod store;

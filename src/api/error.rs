@@ -121,6 +121,10 @@ impl From<EngineError> for ApiError {
             EngineError::InProgress => problems::REQUEST_IN_PROGRESS,
             EngineError::TooManyKeys => problems::TOO_MANY_KEYS,
             EngineError::Unavailable(_) => problems::UNAVAILABLE,
+            EngineError::QueueRequired => problems::QUEUE_REQUIRED,
+            EngineError::NoQueue => problems::NO_QUEUE,
+            EngineError::NotOpen(_) => problems::NOT_OPEN,
+            EngineError::TicketNotFound(_) => problems::TICKET_NOT_FOUND,
             // The code is the status that stands in the way: `expired`, `cancelled`, `paid`.
             EngineError::OrderIs(status) => match status {
                 OrderStatus::Pending => problems::PENDING,

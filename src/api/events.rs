@@ -308,6 +308,7 @@ mod tests {
                 rate_limits: Default::default(),
                 paused: false,
                 shards: 1,
+                queue: None,
             }),
             remaining: remaining.to_vec(),
         }

@@ -1,5 +1,5 @@
 //! The HTTP API (docs/architecture.md §3, docs/api.md): the state the handlers share
-//! and the router. One file per resource: `sales.rs`, `purchase.rs`, `orders.rs`,
+//! and the router. One file per resource: `sales.rs`, `purchase.rs`, `queue.rs`, `orders.rs`,
 //! `controls.rs`, `events.rs`, `operations.rs`, `pages.rs`; how a caller and its
 //! requests are read (`caller.rs`, `extract.rs`), how refusals look (`error.rs`), the
 //! answers (`views.rs`), the request counting layer (`count.rs`) and the OpenAPI
@@ -17,6 +17,7 @@ mod orders;
 mod pages;
 pub mod problems;
 mod purchase;
+mod queue;
 mod sales;
 mod views;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::handler::Handler;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,7 +34,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use error::{ApiError, ProblemCode};
-pub use views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
+pub use views::{
+    HistoryEntry, ItemView, LineView, OrderDetail, OrderView, QueueView, SaleView, TicketView,
+};
 
 use crate::auth::Auth;
 use crate::engine::{Admission, Engine};
@@ -71,6 +75,8 @@ pub struct AppParts {
     pub feeds: Arc<SaleFeeds>,
     /// What `GET /metrics` renders.
     pub metrics: Arc<crate::exporter::MetricsPage>,
+    /// The sales' lines (issue #25).
+    pub line: Arc<crate::line::Line>,
 }
 
 /// How large request bodies may be: a sale of several thousand seats is larger than
@@ -90,6 +96,8 @@ pub fn router(state: AppState, body_limits: BodyLimits, body_read_timeout: Durat
         .route("/api/sales", get(sales::list_sales))
         .route("/api/sales/{id}", get(sales::get_sale))
         .route("/api/sales/{id}/events", get(events::sale_events))
+        .route("/api/tickets/{ticket}", get(queue::get_ticket))
+        .route("/api/tickets/{ticket}/events", get(queue::ticket_events))
         .route("/api/orders/{id}", get(orders::get_order))
         .route("/api/orders/{id}/cancel", post(orders::cancel_order))
         .route("/", get(pages::index))
@@ -117,6 +125,16 @@ pub fn router(state: AppState, body_limits: BodyLimits, body_read_timeout: Durat
         .route("/api/sales/{id}/resume", post(controls::resume_sale))
         .route("/api/sales/{id}/stock", post(controls::add_stock))
         .route("/api/sales/{id}/purchase", post(purchase::purchase))
+        // Joins count against their address in the handler, as purchases; the line's
+        // figures as any public route.
+        .route(
+            "/api/sales/{id}/queue",
+            post(queue::join).get(queue::line_figures.layer(middleware::from_fn_with_state(
+                state.clone(),
+                limit_by_address,
+            ))),
+        )
+        .route("/api/sales/{id}/queue/rate", post(queue::set_rate))
         .route("/api/orders/{id}/pay", post(orders::pay_order))
         .merge(public)
         // Counts what the routes above answer (404s of unknown paths are not routes).

@@ -6,10 +6,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::events::{Resync, SaleEvent, StockChange};
-use super::views::{HistoryEntry, ItemView, OrderDetail, OrderView, SaleView};
+use super::queue::NewRate;
+use super::views::{
+    HistoryEntry, ItemView, LineView, OrderDetail, OrderView, QueueView, RefusalView, SaleView,
+    TicketView,
+};
 use crate::domain::{
-    AddStock, NewItem, NewSale, OrderEvent, OrderStatus, PurchaseRequest, SaleRateLimits,
-    SaleStatus,
+    AddStock, Admit, LineOrder, NewItem, NewQueue, NewSale, OrderEvent, OrderStatus,
+    PurchaseRequest, SaleRateLimits, SaleStatus, TicketStatus,
 };
 
 /// Every refusal: `application/problem+json` (RFC 9457) with a stable `code`.
@@ -48,6 +52,11 @@ pub struct Problem {
         super::orders::get_order,
         super::orders::pay_order,
         super::orders::cancel_order,
+        super::queue::join,
+        super::queue::get_ticket,
+        super::queue::ticket_events,
+        super::queue::line_figures,
+        super::queue::set_rate,
         super::operations::healthz,
         super::operations::readyz,
         super::operations::openapi_json,
@@ -59,7 +68,8 @@ pub struct Problem {
     components(schemas(
         NewSale, NewItem, AddStock, SaleRateLimits, PurchaseRequest, SaleView, ItemView, SaleStatus,
         OrderView, OrderDetail, HistoryEntry, OrderStatus, Problem, SaleEvent, StockChange,
-        OrderEvent, Resync
+        OrderEvent, Resync, NewQueue, Admit, LineOrder, QueueView, TicketView, TicketStatus,
+        RefusalView, LineView, NewRate
     )),
     modifiers(&Credentials, &ProblemResponses, &AnyRoute),
     tags(
@@ -67,6 +77,7 @@ pub struct Problem {
         (name = "controls", description = "An operator's controls of a running sale (admin)"),
         (name = "purchases", description = "Buying"),
         (name = "orders", description = "An order's life: read, pay, cancel"),
+        (name = "queue", description = "A sale's line: join, follow a ticket, the line's figures and rate"),
         (name = "operations", description = "Probes, metrics and this document"),
         (name = "pages", description = "The buyer page and the operator dashboard"),
     )

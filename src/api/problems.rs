@@ -40,6 +40,12 @@ problems! {
     METHOD_NOT_ALLOWED = "method_not_allowed", METHOD_NOT_ALLOWED, "the route exists, not with this method";
     REQUEST_TIMEOUT = "request_timeout", REQUEST_TIMEOUT, "the body did not arrive in time";
     SOLD_OUT = "sold_out", CONFLICT, "no stock left for this purchase";
+    QUEUE_REQUIRED = "queue_required", CONFLICT,
+        "the sale is bought through its line: join it (`POST /api/sales/{id}/queue`)";
+    NO_QUEUE = "no_queue", CONFLICT, "the sale has no line: buy on its purchase route";
+    NOT_OPEN = "not_open", CONFLICT, "the sale's line has not opened yet";
+    TICKET_NOT_FOUND = "ticket_not_found", NOT_FOUND,
+        "no such ticket (also another buyer's ticket, so that ids cannot be probed)";
     LIMIT_REACHED = "limit_reached", CONFLICT, "the buyer has reached the sale's per-user limit";
     NOT_STARTED = "not_started", CONFLICT, "the sale has not started yet";
     ENDED = "ended", CONFLICT, "the sale has ended (or, for an order, its window expired: see `expired`)";
@@ -140,6 +146,7 @@ pub const ROUTES: &[(&str, &str, &[&[Problem]])] = &[
             FORBIDDEN,
             SALE_NOT_FOUND,
             SOLD_OUT,
+            QUEUE_REQUIRED,
             LIMIT_REACHED,
             NOT_STARTED,
             ENDED,
@@ -155,6 +162,59 @@ pub const ROUTES: &[(&str, &str, &[&[Problem]])] = &[
             TIMEOUT,
             UNAVAILABLE,
         ]],
+    ),
+    (
+        "post",
+        "/api/sales/{id}/queue",
+        &[&[
+            INVALID_REQUEST,
+            UNAUTHORIZED,
+            FORBIDDEN,
+            SALE_NOT_FOUND,
+            NO_QUEUE,
+            NOT_OPEN,
+            SOLD_OUT,
+            LIMIT_REACHED,
+            ENDED,
+            REQUEST_IN_PROGRESS,
+            PAYLOAD_TOO_LARGE,
+            UNSUPPORTED_MEDIA_TYPE,
+            REQUEST_TIMEOUT,
+            RATE_LIMITED,
+            OVERLOADED,
+            TIMEOUT,
+            UNAVAILABLE,
+        ]],
+    ),
+    (
+        "get",
+        "/api/sales/{id}/queue",
+        &[PUBLIC, &[SALE_NOT_FOUND, NO_QUEUE, UNAVAILABLE]],
+    ),
+    (
+        "post",
+        "/api/sales/{id}/queue/rate",
+        &[
+            ADMIN,
+            &[
+                INVALID_REQUEST,
+                SALE_NOT_FOUND,
+                NO_QUEUE,
+                PAYLOAD_TOO_LARGE,
+                UNSUPPORTED_MEDIA_TYPE,
+                UNAVAILABLE,
+            ],
+        ],
+    ),
+    (
+        "get",
+        "/api/tickets/{ticket}",
+        &[PUBLIC, &[UNAUTHORIZED, TICKET_NOT_FOUND, UNAVAILABLE]],
+    ),
+    (
+        "get",
+        "/api/tickets/{ticket}/events",
+        &[PUBLIC, &[UNAUTHORIZED, TICKET_NOT_FOUND, UNAVAILABLE]],
     ),
     (
         "get",

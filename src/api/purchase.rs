@@ -11,7 +11,7 @@ use super::caller::{Caller, ClientIp};
 use super::extract::{IdempotencyKey, JsonBody};
 use super::{ApiError, AppState, OrderView};
 use crate::domain::PurchaseRequest;
-use crate::engine::{Buyer, PurchaseHead, Slot};
+use crate::engine::{Admitted, Buyer, PurchaseHead, Slot};
 use crate::protect::Arrival;
 
 /// Buys: 202 once the order is durable, or a refusal with its code.
@@ -43,7 +43,22 @@ pub(super) async fn purchase(
     // Read only once the checks before it passed.
     body: Request,
 ) -> Result<Response, ApiError> {
-    let head = PurchaseHead {
+    let head = purchase_head(sale_id, caller, ip, key, arrival, false);
+    let admitted = admit(&state, slot, head, body).await?;
+    let order = state.engine.place(admitted).await?;
+    Ok((StatusCode::ACCEPTED, Json(OrderView::from(&*order))).into_response())
+}
+
+/// What the purchase route and the line's join know before the body.
+pub(super) fn purchase_head(
+    sale_id: String,
+    caller: Caller,
+    ip: std::net::IpAddr,
+    key: Option<String>,
+    arrival: Option<Extension<Arrival>>,
+    via_line: bool,
+) -> PurchaseHead {
+    PurchaseHead {
         sale_id,
         buyer: match caller {
             Caller::Anyone => Buyer::Anonymous,
@@ -53,17 +68,25 @@ pub(super) async fn purchase(
         ip,
         key,
         arrived: arrival.map(|Extension(a)| a.at),
-    };
+        via_line,
+    }
+}
+
+/// The admission room's checks before the body, the body, then the checks after it.
+pub(super) async fn admit(
+    state: &AppState,
+    slot: Slot,
+    head: PurchaseHead,
+    body: Request,
+) -> Result<Admitted, ApiError> {
     let opened = state.admission.before_body(slot, head).await?;
-    let JsonBody(request) = JsonBody::<PurchaseRequest>::from_request(body, &state).await?;
-    let admitted = state.admission.admit(opened, request)?;
-    let order = state.engine.place(admitted).await?;
-    Ok((StatusCode::ACCEPTED, Json(OrderView::from(&*order))).into_response())
+    let JsonBody(request) = JsonBody::<PurchaseRequest>::from_request(body, state).await?;
+    Ok(state.admission.admit(opened, request)?)
 }
 
 /// A place among the purchases in flight, taken before every other extractor, so that
 /// the refusal costs no other work.
-pub(super) struct InFlight(Slot);
+pub(super) struct InFlight(pub(super) Slot);
 
 impl FromRequestParts<AppState> for InFlight {
     type Rejection = ApiError;

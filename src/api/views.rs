@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Millis, Order, OrderStatus, SaleRateLimits, SaleStatus, now_millis};
+use crate::domain::{
+    Admit, LineOrder, Millis, Order, OrderStatus, QueueSettings, RateLimit, SaleRateLimits,
+    SaleStatus, TicketStatus, now_millis,
+};
 use crate::engine::SaleState;
 
 pub fn rfc3339(ms: Millis) -> String {
@@ -40,6 +43,33 @@ pub struct SaleView {
     pub rate_limits: SaleRateLimits,
     /// Sub-stocks on the Redis gate (1: one; the local gate ignores it).
     pub shards: u32,
+    /// The sale's line, when it is bought through one (`POST /api/sales/{id}/queue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueView>,
+}
+
+/// A sale's line settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QueueView {
+    pub admit: Admit,
+    pub order: LineOrder,
+    pub opens_at: String,
+    /// Decisions per second at most (`off`: as fast as the gate decides).
+    #[schema(value_type = String, example = "500/s")]
+    pub rate: RateLimit,
+    pub max_wait_s: u32,
+}
+
+impl From<&QueueSettings> for QueueView {
+    fn from(queue: &QueueSettings) -> Self {
+        QueueView {
+            admit: queue.admit,
+            order: queue.order,
+            opens_at: rfc3339(queue.opens_at),
+            rate: queue.rate,
+            max_wait_s: queue.max_wait_s,
+        }
+    }
 }
 
 impl From<SaleState> for SaleView {
@@ -69,6 +99,7 @@ impl From<SaleState> for SaleView {
                 .collect(),
             rate_limits: sale.rate_limits,
             shards: sale.shards,
+            queue: sale.queue.as_ref().map(QueueView::from),
         }
     }
 }
@@ -142,4 +173,56 @@ impl OrderDetail {
             failure,
         }
     }
+}
+
+/// A refusal as a ticket shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RefusalView {
+    pub code: String,
+    pub detail: String,
+}
+
+/// A ticket in a sale's line, as its holder sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TicketView {
+    pub ticket: String,
+    pub sale_id: String,
+    pub status: TicketStatus,
+    /// While waiting: 1 is the next to be decided. Never rises.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    /// While waiting: seconds until its turn, never rising; absent until the line has a
+    /// rate (set, or measured from its decisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<u64>,
+    /// The nonce the ticket id was made with (`hex SHA-256(sale_id/buyer/nonce)`).
+    pub nonce: String,
+    pub joined_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    /// Once decided with an order: the order, as the purchase route returns it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderView>,
+    /// Once decided without an order, or closed: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<RefusalView>,
+}
+
+/// `GET /api/sales/{id}/queue`: the line's public figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LineView {
+    pub sale_id: String,
+    pub waiting: u64,
+    pub decided: u64,
+    pub timed_out: u64,
+    pub closed: u64,
+    #[schema(value_type = String, example = "500/s")]
+    pub rate: RateLimit,
+    /// Decisions per second over the last seconds, when there were any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_per_s: Option<f64>,
+    pub admit: Admit,
+    pub order: LineOrder,
+    pub opens_at: String,
+    pub max_wait_s: u32,
 }

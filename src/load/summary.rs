@@ -241,6 +241,7 @@ mod tests {
             payment_window: 0,
             rate_limits: Default::default(),
             shards: 1,
+            queue: None,
             created_at: String::new(),
             items: items
                 .iter()

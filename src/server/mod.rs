@@ -110,7 +110,7 @@ impl Server {
             config.replica_acks(),
         )
         .await?;
-        let store = store::connect(&config.store).await?;
+        let (store, tickets) = store::connect_with_tickets(&config.store).await?;
         let (bus, inbox) = bus::connect(&config.bus_settings()).await?;
         let stop_writer = CancellationToken::new();
         let writer = inbox.map(|inbox| {
@@ -123,6 +123,7 @@ impl Server {
         });
         let engine = Engine::start(gate, bus, store, config.engine_settings()).await?;
         let engine = Arc::new(engine);
+        let line = crate::line::Line::start(engine.clone(), tickets).await?;
         if config.sample_sales && config.is_open() {
             create_sample_sales(&engine).await?;
         }
@@ -168,6 +169,7 @@ impl Server {
                 stop_http.clone(),
             ),
             metrics: Arc::new(crate::exporter::MetricsPage::new()),
+            line,
         });
         tokio::spawn(crate::exporter::watch_bus(
             config.bus_settings(),

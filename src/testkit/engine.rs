@@ -186,6 +186,7 @@ impl TestEngine {
             ip: std::net::Ipv4Addr::LOCALHOST.into(),
             key: key.map(String::from),
             arrived: None,
+            via_line: false,
         };
         match Admission::unlimited(self.engine.clone())
             .purchase(head, request)

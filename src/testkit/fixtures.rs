@@ -31,6 +31,7 @@ pub fn sale() -> SaleBuilder {
         created_at: 0,
         paused: false,
         shards: 1,
+        queue: None,
     }
 }
 
@@ -46,6 +47,7 @@ pub struct SaleBuilder {
     created_at: Millis,
     paused: bool,
     shards: u32,
+    queue: Option<crate::domain::NewQueue>,
 }
 
 impl SaleBuilder {
@@ -116,6 +118,12 @@ impl SaleBuilder {
         self
     }
 
+    /// Bought through a line (issue #25).
+    pub fn queue(mut self, queue: crate::domain::NewQueue) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
     pub fn paused(mut self, paused: bool) -> Self {
         self.paused = paused;
         self
@@ -149,6 +157,7 @@ impl SaleBuilder {
             payment_window: Some(self.payment_window),
             rate_limits: None,
             shards: (self.shards != 1).then_some(self.shards),
+            queue: self.queue.clone(),
         }
     }
 
@@ -164,6 +173,7 @@ impl SaleBuilder {
             payment_window: Some(self.payment_window),
             rate_limits: None,
             shards: Some(self.shards),
+            queue: self.queue,
         };
         let mut sale = checked
             .into_sale(self.id, self.created_at)

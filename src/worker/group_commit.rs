@@ -149,6 +149,7 @@ mod tests {
             payment_window: None,
             rate_limits: None,
             shards: None,
+            queue: None,
         }
         .into_sale("sale".into(), 0)
         .unwrap();

@@ -22,6 +22,7 @@ mod metrics;
 mod openapi;
 mod overload;
 mod protection;
+mod queue;
 mod rate_limits;
 mod restart;
 mod shards;

@@ -1,0 +1,276 @@
+//! The line in front of a sale (issue #25, embedded): a buyer joins it instead of
+//! buying; their ticket is durable before they hear of it, and the sale's decider
+//! takes the tickets strictly in line order, at the line's rate, through the engine's
+//! usual purchase (`Engine::decide`, then `Engine::settle`), so that an accepted ticket
+//! is an order like any other and I1–I6 hold.
+//!
+//! - `mod.rs`: joining, reading a ticket, the line's figures, the rate.
+//! - `state.rs`: one sale's line in memory: who is where, positions, ETAs.
+//! - `decider.rs`: the task that decides a sale's tickets in order.
+//! - `journal.rs`: the group commits of new tickets and of decisions to the store.
+//!
+//! The ticket is the order's idempotency key (`Ticket::order_key`): a ticket decided
+//! again after a crash (its order stored, its decision not) replays its order.
+//! In memory: the tickets of the lines of sales not finished; a finished sale's tickets
+//! are read from the store.
+
+mod decider;
+mod journal;
+mod state;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{
+    Millis, QueueSettings, RateLimit, Refusal, Sale, Ticket, TicketStatus, now_millis,
+};
+use crate::engine::{Admitted, Engine, EngineError};
+use crate::store::TicketStore;
+pub use state::LineFigures;
+use state::SaleLine;
+
+/// A ticket as its holder sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketState {
+    pub ticket: Ticket,
+    /// For a waiting ticket: 1 is the next to be decided.
+    pub position: Option<u64>,
+    /// For a waiting ticket: seconds until its turn, never rising; `None` until the
+    /// line has a rate (set, or measured).
+    pub eta_s: Option<u64>,
+}
+
+/// What a join did.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub state: TicketState,
+    /// False: the buyer was in the line already, and this is their ticket.
+    pub new: bool,
+}
+
+/// Every line of this process.
+pub struct Line {
+    engine: Arc<Engine>,
+    store: Arc<dyn TicketStore>,
+    lines: Mutex<HashMap<String, Arc<SaleLine>>>,
+    /// Ticket id → its sale's line, for the tickets in memory.
+    tickets: Mutex<HashMap<String, Arc<SaleLine>>>,
+    appends: mpsc::UnboundedSender<journal::Append>,
+    decisions: mpsc::UnboundedSender<Ticket>,
+}
+
+impl Line {
+    /// Starts the journal's tasks and takes up the lines of the sales not finished
+    /// where they stopped: their waiting tickets are decided from the first one.
+    pub async fn start(
+        engine: Arc<Engine>,
+        store: Arc<dyn TicketStore>,
+    ) -> Result<Arc<Line>, EngineError> {
+        let (appends, appends_rx) = mpsc::unbounded_channel();
+        let (decisions, decisions_rx) = mpsc::unbounded_channel();
+        tokio::spawn(journal::append_tickets(store.clone(), appends_rx));
+        tokio::spawn(journal::record_decisions(store.clone(), decisions_rx));
+        let line = Arc::new(Line {
+            engine,
+            store,
+            lines: Default::default(),
+            tickets: Default::default(),
+            appends,
+            decisions,
+        });
+        for sale in line.engine.queued_sales() {
+            line.line_of(&sale).await?;
+        }
+        Ok(line)
+    }
+
+    /// Joins the sale's line with an admitted purchase (`Admission` checked it as a
+    /// join): `new` is false when the buyer holds a ticket in it already.
+    pub async fn join(&self, admitted: Admitted) -> Result<Joined, EngineError> {
+        let (sale, purchase, _key) = admitted.into_parts();
+        let queue = sale.queue.ok_or(EngineError::NoQueue)?;
+        let now = now_millis();
+        if now < queue.opens_at {
+            return Err(EngineError::NotOpen(
+                chrono::DateTime::from_timestamp_millis(queue.opens_at)
+                    .unwrap_or_default()
+                    .to_rfc3339(),
+            ));
+        }
+        let line = self.line_of(&sale).await?;
+        let (ticket, stored) = {
+            let mut state = line.state.lock();
+            if let Some(existing) = state.ticket_of(&purchase.user_id) {
+                if !existing.durable {
+                    return Err(EngineError::InProgress);
+                }
+                let ticket = existing.ticket.clone();
+                let state = state.view(ticket, &sale, now);
+                return Ok(Joined { state, new: false });
+            }
+            if let Some(refusal) = state.closed_by {
+                return Err(EngineError::Refused(refusal));
+            }
+            // 64 random bits: a nonce the buyer did not choose (issue #26 lets them).
+            let nonce = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+            let ticket = Ticket {
+                id: Ticket::id_for(&sale.id, &purchase.user_id, &nonce),
+                sale_id: sale.id.clone(),
+                user_id: purchase.user_id.clone(),
+                seq: state.next_seq(),
+                fingerprint: purchase.fingerprint.clone(),
+                nonce,
+                joined_at: now,
+                status: TicketStatus::Waiting,
+                order_id: None,
+                refusal: None,
+                decided_at: None,
+            };
+            state.push(ticket.clone());
+            // Sent under the line's lock: the journal appends a line's tickets in
+            // `seq` order, so "durable through seq" is one number.
+            let (done, stored) = oneshot::channel();
+            let append = journal::Append {
+                line: line.clone(),
+                ticket: ticket.clone(),
+                done,
+            };
+            if self.appends.send(append).is_err() {
+                state.void(ticket.seq);
+                return Err(EngineError::Unavailable("the line is shutting down".into()));
+            }
+            (ticket, stored)
+        };
+        self.tickets.lock().insert(ticket.id.clone(), line.clone());
+        match stored.await {
+            Ok(true) => {
+                let state = line.state.lock().view(ticket, &sale, now_millis());
+                Ok(Joined { state, new: true })
+            }
+            _ => {
+                self.tickets.lock().remove(&ticket.id);
+                Err(EngineError::Unavailable(
+                    "the ticket could not be stored: join again".into(),
+                ))
+            }
+        }
+    }
+
+    /// A ticket as it stands now: from memory while its sale's line is there, else
+    /// from the store (a finished sale's).
+    pub async fn ticket(&self, id: &str) -> Result<TicketState, EngineError> {
+        let line = self.tickets.lock().get(id).cloned();
+        if let Some(line) = line {
+            let sale = self.engine.sale(&line.sale_id).await?;
+            let mut state = line.state.lock();
+            if let Some(ticket) = state.ticket_by_id(id) {
+                let ticket = ticket.clone();
+                return Ok(state.view(ticket, &sale, now_millis()));
+            }
+        }
+        let ticket = self
+            .store
+            .get_ticket(id)
+            .await?
+            .ok_or_else(|| EngineError::TicketNotFound(id.to_string()))?;
+        Ok(TicketState {
+            // Waiting in the store but not in memory: its line is not running here
+            // (the sale is finished); it will not be decided any more.
+            position: None,
+            eta_s: None,
+            ticket,
+        })
+    }
+
+    /// A change of any ticket of the sale's line (for pushing updates): the receiver
+    /// sees a new value after each decision, closure or rate change.
+    pub async fn watch(
+        &self,
+        sale_id: &str,
+    ) -> Result<tokio::sync::watch::Receiver<u64>, EngineError> {
+        let sale = self.engine.sale(sale_id).await?;
+        Ok(self.line_of(&sale).await?.changed.subscribe())
+    }
+
+    /// The line's public figures.
+    pub async fn figures(
+        &self,
+        sale_id: &str,
+    ) -> Result<(QueueSettings, LineFigures), EngineError> {
+        let sale = self.engine.sale(sale_id).await?;
+        let queue = sale.queue.ok_or(EngineError::NoQueue)?;
+        let line = self.line_of(&sale).await?;
+        let figures = line.state.lock().figures(now_millis());
+        Ok((
+            QueueSettings {
+                rate: figures.rate,
+                ..queue
+            },
+            figures,
+        ))
+    }
+
+    /// An operator's change of the line's rate, live and for good.
+    pub async fn set_rate(
+        &self,
+        sale_id: &str,
+        rate: RateLimit,
+    ) -> Result<QueueSettings, EngineError> {
+        let sale = self.engine.sale(sale_id).await?;
+        let queue = sale.queue.ok_or(EngineError::NoQueue)?;
+        let changed = QueueSettings { rate, ..queue };
+        let sale = self
+            .store
+            .set_queue(sale_id, &changed)
+            .await?
+            .ok_or_else(|| EngineError::SaleNotFound(sale_id.to_string()))?;
+        let sale = Arc::new(sale);
+        self.engine.cached_sale_changed(sale.clone());
+        let line = self.line_of(&sale).await?;
+        line.state.lock().rate = rate;
+        line.wake.notify_one();
+        line.bump();
+        Ok(changed)
+    }
+
+    /// The sale's line in memory, taken up from the store the first time (and its
+    /// decider started).
+    async fn line_of(&self, sale: &Arc<Sale>) -> Result<Arc<SaleLine>, EngineError> {
+        if let Some(line) = self.lines.lock().get(&sale.id) {
+            return Ok(line.clone());
+        }
+        let queue = sale.queue.ok_or(EngineError::NoQueue)?;
+        let tickets = self.store.sale_tickets(&sale.id).await?;
+        let mut lines = self.lines.lock();
+        if let Some(line) = lines.get(&sale.id) {
+            return Ok(line.clone());
+        }
+        let line = Arc::new(SaleLine::restored(&sale.id, queue.rate, tickets));
+        {
+            let mut index = self.tickets.lock();
+            for id in line.state.lock().ids() {
+                index.insert(id, line.clone());
+            }
+        }
+        lines.insert(sale.id.clone(), line.clone());
+        tokio::spawn(decider::run(
+            self.engine.clone(),
+            line.clone(),
+            self.decisions.clone(),
+        ));
+        Ok(line)
+    }
+}
+
+/// When a ticket's wait runs out (`Ticket::deadline`, with the sale's line settings).
+pub(crate) fn wait_deadline(ticket: &Ticket, sale: &Sale, queue: &QueueSettings) -> Millis {
+    ticket.deadline(sale.starts_at, queue.max_wait_s)
+}
+
+/// A refusal that closes the line for everyone still in it.
+pub(crate) fn closes_the_line(refusal: Refusal) -> bool {
+    matches!(refusal, Refusal::SoldOut | Refusal::Ended)
+}

@@ -1,0 +1,266 @@
+//! The line in front of a sale (issue #25), embedded: tickets decided strictly in line
+//! order, one place per buyer, the purchase route closed to a queued sale, timeouts,
+//! the line closed at a sell-out, positions and ETAs that never rise, and tickets that
+//! survive a `kill -9` and are decided once.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::helpers::TestServer;
+use serde_json::{Value, json};
+
+fn in_ms(ms: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::milliseconds(ms)).to_rfc3339()
+}
+
+async fn queued_sale(app: &TestServer, stock: u32, starts_in_ms: i64, queue: Value) -> String {
+    let sale = app
+        .create_sale(json!({
+            "name": "queued drop",
+            "stock": stock,
+            "starts_at": in_ms(starts_in_ms),
+            "queue": queue,
+        }))
+        .await;
+    sale["id"].as_str().unwrap().to_string()
+}
+
+async fn join(app: &TestServer, sale: &str, user: &str) -> crate::helpers::Reply {
+    app.post(
+        &format!("/api/sales/{sale}/queue"),
+        &json!({"user_id": user}),
+    )
+    .await
+}
+
+/// Polls a ticket until it is no longer waiting.
+async fn final_state(app: &TestServer, ticket: &str) -> Value {
+    for _ in 0..400 {
+        let reply = app.get(&format!("/api/tickets/{ticket}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        if reply.body["status"] != "waiting" {
+            return reply.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("ticket {ticket} still waiting after 20 s");
+}
+
+#[tokio::test]
+async fn the_first_in_line_get_the_stock_and_the_rest_are_told_at_once() {
+    let app = TestServer::start().await;
+    let sale = queued_sale(&app, 5, 1_500, json!({})).await;
+    // The purchase route is closed to a queued sale.
+    app.purchase(&sale, json!({"user_id": "eager"}), None)
+        .await
+        .assert_problem(409, "queue_required");
+    // 40 buyers join at once, before the start: the line takes them in some order.
+    let joins = (0..40).map(|n| {
+        let (app, sale) = (&app, &sale);
+        async move { (n, join(app, sale, &format!("buyer-{n}")).await) }
+    });
+    let joined = futures_util::future::join_all(joins).await;
+    let mut tickets = Vec::new();
+    for (n, reply) in &joined {
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        assert_eq!(reply.body["status"], "waiting");
+        let location = reply.headers["location"].to_str().unwrap();
+        let ticket = reply.body["ticket"].as_str().unwrap().to_string();
+        assert_eq!(location, format!("/api/tickets/{ticket}"));
+        tickets.push((*n, ticket));
+    }
+    // The positions at joining are the line: 1..=40, each once.
+    let positions: HashSet<u64> = joined
+        .iter()
+        .map(|(_, r)| r.body["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, (1..=40).collect());
+    // One place per buyer: joining again is the same ticket, 200.
+    let again = join(&app, &sale, "buyer-7").await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["ticket"], json!(tickets[7].1));
+
+    let mut outcomes = Vec::new();
+    for ((_, reply), (_, ticket)) in joined.iter().zip(&tickets) {
+        let end = final_state(&app, ticket).await;
+        outcomes.push((reply.body["position"].as_u64().unwrap(), end));
+    }
+    outcomes.sort_by_key(|(position, _)| *position);
+    for (position, end) in &outcomes {
+        if *position <= 5 {
+            assert_eq!(end["status"], "decided", "{end}");
+            assert_eq!(end["order"]["status"], "paid", "{end}");
+        } else if *position == 6 {
+            // The first to find the stock gone is refused; it closes the line.
+            assert_eq!(end["status"], "decided", "{end}");
+            assert_eq!(end["refusal"]["code"], "sold_out", "{end}");
+        } else {
+            assert_eq!(end["status"], "closed", "{end}");
+            assert_eq!(end["refusal"]["code"], "sold_out", "{end}");
+        }
+    }
+    // Five orders, one per ticket decided with one.
+    let orders = app.settled_orders(&sale).await;
+    assert_eq!(orders.len(), 5);
+    let line = app.get(&format!("/api/sales/{sale}/queue")).await;
+    assert_eq!(line.status, 200, "{}", line.text);
+    assert_eq!(line.body["waiting"], 0);
+    assert_eq!(line.body["decided"], 6);
+    assert_eq!(line.body["closed"], 34);
+    // A closed line takes nobody new.
+    join(&app, &sale, "latecomer")
+        .await
+        .assert_problem(409, "sold_out");
+}
+
+#[tokio::test]
+async fn a_line_refuses_what_it_cannot_take() {
+    let app = TestServer::start().await;
+    let later = queued_sale(&app, 5, 0, json!({"opens_at": in_ms(60_000)})).await;
+    join(&app, &later, "early")
+        .await
+        .assert_problem(409, "not_open");
+    let plain = app.live_sale(5, 1).await;
+    join(&app, &plain, "someone")
+        .await
+        .assert_problem(409, "no_queue");
+    let open = queued_sale(&app, 5, 0, json!({})).await;
+    app.post(
+        &format!("/api/sales/{open}/queue"),
+        &json!({"user_id": "x", "quantity": 0}),
+    )
+    .await
+    .assert_problem(400, "invalid_request");
+    app.post(&format!("/api/sales/{open}/queue"), &json!({"user": "x"}))
+        .await
+        .assert_problem(400, "invalid_request");
+    app.get("/api/tickets/0000")
+        .await
+        .assert_problem(404, "ticket_not_found");
+    let bad = app
+        .post(
+            "/api/sales",
+            &json!({"name": "bad", "stock": 1, "queue": {"max_wait_s": 0}}),
+        )
+        .await;
+    bad.assert_problem(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn a_ticket_that_waits_past_max_wait_times_out() {
+    let app = TestServer::start().await;
+    // One decision per second, a wait of one second: the first ticket is decided, the
+    // ones behind it run out of time.
+    let sale = queued_sale(&app, 100, 0, json!({"rate": "1/s", "max_wait_s": 1})).await;
+    let mut tickets = Vec::new();
+    for n in 0..6 {
+        let reply = join(&app, &sale, &format!("b{n}")).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        tickets.push(reply.body["ticket"].as_str().unwrap().to_string());
+    }
+    let mut statuses = Vec::new();
+    for ticket in &tickets {
+        let end = final_state(&app, ticket).await;
+        if end["status"] == "timeout" {
+            assert_eq!(end["refusal"]["code"], "timeout", "{end}");
+        }
+        statuses.push(end["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(statuses[0], "decided");
+    assert_eq!(statuses.last().unwrap(), "timeout", "{statuses:?}");
+    // Never a later ticket decided after an earlier one timed out.
+    let first_timeout = statuses.iter().position(|s| s == "timeout").unwrap();
+    assert!(
+        statuses[first_timeout..].iter().all(|s| s == "timeout"),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn position_and_eta_never_rise_and_the_rate_changes_live() {
+    let app = TestServer::start().await;
+    let sale = queued_sale(&app, 1_000, 0, json!({"rate": "20/s"})).await;
+    let mut last = String::new();
+    for n in 0..60 {
+        let reply = join(&app, &sale, &format!("b{n}")).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        last = reply.body["ticket"].as_str().unwrap().to_string();
+    }
+    let (mut position, mut eta) = (u64::MAX, u64::MAX);
+    let mut samples = 0;
+    loop {
+        let now = app.get(&format!("/api/tickets/{last}")).await.body;
+        if now["status"] != "waiting" {
+            assert_eq!(now["status"], "decided", "{now}");
+            break;
+        }
+        let p = now["position"].as_u64().unwrap();
+        let e = now["eta_s"]
+            .as_u64()
+            .expect("a line with a rate has an ETA");
+        assert!(p <= position, "position rose: {position} then {p}");
+        assert!(e <= eta, "ETA rose: {eta} then {e}");
+        (position, eta) = (p, e);
+        samples += 1;
+        if samples == 10 {
+            // The operator slows the line right down: the ETA shown does not rise.
+            let slowed = app
+                .post(
+                    &format!("/api/sales/{sale}/queue/rate"),
+                    &json!({"rate": "1/s"}),
+                )
+                .await;
+            assert_eq!(slowed.status, 200, "{}", slowed.text);
+            assert_eq!(slowed.body["rate"], "1/s");
+        }
+        if samples == 20 {
+            let sped = app
+                .post(
+                    &format!("/api/sales/{sale}/queue/rate"),
+                    &json!({"rate": "off"}),
+                )
+                .await;
+            assert_eq!(sped.body["rate"], "off");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(samples >= 20, "sampled {samples} times");
+}
+
+#[tokio::test]
+async fn tickets_survive_a_kill_9_and_each_is_decided_once() {
+    let app = TestServer::spawn().await;
+    let sale = queued_sale(&app, 30, 2_000, json!({"rate": "50/s"})).await;
+    let mut tickets = Vec::new();
+    for n in 0..60 {
+        let reply = join(&app, &sale, &format!("b{n}")).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        tickets.push((
+            reply.body["position"].as_u64().unwrap(),
+            reply.body["ticket"].as_str().unwrap().to_string(),
+        ));
+    }
+    // Killed as the sale starts: some tickets decided, most waiting.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let app = app.crash_and_restart().await;
+    let mut ends = Vec::new();
+    for (position, ticket) in &tickets {
+        ends.push((*position, final_state(&app, ticket).await));
+    }
+    ends.sort_by_key(|(p, _)| *p);
+    let orders = app.settled_orders(&sale).await;
+    assert_eq!(orders.len(), 30, "each unit sold once");
+    let ordered: HashSet<String> = ends
+        .iter()
+        .filter_map(|(_, end)| end["order"]["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(ordered.len(), 30, "30 tickets with an order, each its own");
+    assert_eq!(
+        ordered,
+        orders.iter().map(|o| o.id.clone()).collect::<HashSet<_>>()
+    );
+    for (position, end) in &ends {
+        let bought = end["order"].is_object();
+        assert_eq!(bought, *position <= 30, "position {position}: {end}");
+    }
+}
