@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::state::SaleLine;
 use super::{closes_the_line, wait_deadline};
-use crate::domain::{Order, Refusal, Ticket, TicketStatus, ValidPurchase, now_millis};
+use crate::domain::{Millis, Order, Refusal, Ticket, TicketStatus, ValidPurchase, now_millis};
 use crate::engine::{Engine, EngineError, Placing};
 
 /// How long the decider sleeps when nothing wakes it (the sale's window, a pause).
@@ -147,6 +147,7 @@ pub(super) async fn run(
                 &decisions,
                 &ticket,
                 Outcome::Refused("invalid_request", None),
+                now_millis(),
             );
             continue;
         };
@@ -161,10 +162,13 @@ pub(super) async fn run(
                 }
                 decided => {
                     line.state.lock().take(ticket.seq);
-                    record(&line, &decisions, &ticket, decided);
+                    record(&line, &decisions, &ticket, decided, now_millis());
                 }
             },
             Placing::Settling(settling) => {
+                // The gate's decision is the ticket's, made now, in line order; its
+                // order becomes durable meanwhile.
+                let decided_at = now_millis();
                 line.state.lock().take(ticket.seq);
                 let (engine, line, decisions) = (engine.clone(), line.clone(), decisions.clone());
                 tokio::spawn(async move {
@@ -190,7 +194,7 @@ pub(super) async fn run(
                         }
                         decided => decided,
                     };
-                    record(&line, &decisions, &ticket, decided);
+                    record(&line, &decisions, &ticket, decided, decided_at);
                 });
             }
         }
@@ -209,12 +213,14 @@ fn outcome_kind(answer: &Result<Arc<Order>, EngineError>) -> Kind {
     }
 }
 
-/// Records a ticket's decision; a sell-out or an end closes the line behind it.
+/// Records a ticket's decision, made at `decided_at`; a sell-out or an end closes the
+/// line behind it.
 fn record(
     line: &SaleLine,
     decisions: &mpsc::UnboundedSender<Ticket>,
     ticket: &Ticket,
     decided: Outcome,
+    decided_at: Millis,
 ) {
     let now = now_millis();
     let mut state = line.state.lock();
@@ -223,7 +229,13 @@ fn record(
         Outcome::Refused(code, closes) => (None, Some(code), closes),
         Outcome::Again(_) => unreachable!("only final outcomes are recorded"),
     };
-    if let Some(ended) = state.end(ticket.seq, TicketStatus::Decided, order_id, refusal, now) {
+    if let Some(ended) = state.end(
+        ticket.seq,
+        TicketStatus::Decided,
+        order_id,
+        refusal,
+        decided_at,
+    ) {
         let _ = decisions.send(ended);
     }
     if let Some(refusal) = closes {

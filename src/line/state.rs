@@ -256,7 +256,9 @@ impl LineState {
         self.figures.waiting -= 1;
         self.count(status, 1);
         if status == TicketStatus::Decided {
-            self.recent.push_back(at);
+            // A settled order's decision may be older than the last one recorded.
+            let sample = self.recent.back().map_or(at, |&last| last.max(at));
+            self.recent.push_back(sample);
             if self.recent.len() > RATE_SAMPLES {
                 self.recent.pop_front();
             }

@@ -49,17 +49,27 @@ async fn final_state(app: &TestServer, ticket: &str) -> Value {
 #[tokio::test]
 async fn the_first_in_line_get_the_stock_and_the_rest_are_told_at_once() {
     let app = TestServer::start().await;
-    let sale = queued_sale(&app, 5, 1_500, json!({})).await;
+    const BUYERS: usize = 2_000;
+    const STOCK: u64 = 50;
+    let starts_in = Duration::from_secs(4);
+    let sale = queued_sale(&app, STOCK as u32, starts_in.as_millis() as i64, json!({})).await;
+    let created = std::time::Instant::now();
     // The purchase route is closed to a queued sale.
     app.purchase(&sale, json!({"user_id": "eager"}), None)
         .await
         .assert_problem(409, "queue_required");
-    // 40 buyers join at once, before the start: the line takes them in some order.
-    let joins = (0..40).map(|n| {
+    // Thousands of buyers join at once, before the start: the line takes them in some
+    // order, and that order is the one the stock goes by.
+    let joins = (0..BUYERS).map(|n| {
         let (app, sale) = (&app, &sale);
         async move { (n, join(app, sale, &format!("buyer-{n}")).await) }
     });
     let joined = futures_util::future::join_all(joins).await;
+    assert!(
+        created.elapsed() < starts_in,
+        "the joins took {:?}: not all before the start",
+        created.elapsed()
+    );
     let mut tickets = Vec::new();
     for (n, reply) in &joined {
         assert_eq!(reply.status, 202, "{}", reply.text);
@@ -69,12 +79,12 @@ async fn the_first_in_line_get_the_stock_and_the_rest_are_told_at_once() {
         assert_eq!(location, format!("/api/tickets/{ticket}"));
         tickets.push((*n, ticket));
     }
-    // The positions at joining are the line: 1..=40, each once.
+    // The positions at joining are the line: 1..=BUYERS, each once.
     let positions: HashSet<u64> = joined
         .iter()
         .map(|(_, r)| r.body["position"].as_u64().unwrap())
         .collect();
-    assert_eq!(positions, (1..=40).collect());
+    assert_eq!(positions, (1..=BUYERS as u64).collect());
     // One place per buyer: joining again is the same ticket, 200.
     let again = join(&app, &sale, "buyer-7").await;
     assert_eq!(again.status, 200, "{}", again.text);
@@ -87,10 +97,10 @@ async fn the_first_in_line_get_the_stock_and_the_rest_are_told_at_once() {
     }
     outcomes.sort_by_key(|(position, _)| *position);
     for (position, end) in &outcomes {
-        if *position <= 5 {
+        if *position <= STOCK {
             assert_eq!(end["status"], "decided", "{end}");
             assert_eq!(end["order"]["status"], "paid", "{end}");
-        } else if *position == 6 {
+        } else if *position == STOCK + 1 {
             // The first to find the stock gone is refused; it closes the line.
             assert_eq!(end["status"], "decided", "{end}");
             assert_eq!(end["refusal"]["code"], "sold_out", "{end}");
@@ -99,14 +109,25 @@ async fn the_first_in_line_get_the_stock_and_the_rest_are_told_at_once() {
             assert_eq!(end["refusal"]["code"], "sold_out", "{end}");
         }
     }
-    // Five orders, one per ticket decided with one.
+    // Never a later ticket decided before an earlier one: the decision times follow
+    // the positions.
+    let decided_at: Vec<chrono::DateTime<chrono::Utc>> = outcomes
+        .iter()
+        .filter(|(_, end)| end["status"] == "decided")
+        .map(|(_, end)| end["decided_at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        decided_at.windows(2).all(|w| w[0] <= w[1]),
+        "decisions out of line order: {decided_at:?}"
+    );
+    // One order per ticket decided with one.
     let orders = app.settled_orders(&sale).await;
-    assert_eq!(orders.len(), 5);
+    assert_eq!(orders.len() as u64, STOCK);
     let line = app.get(&format!("/api/sales/{sale}/queue")).await;
     assert_eq!(line.status, 200, "{}", line.text);
     assert_eq!(line.body["waiting"], 0);
-    assert_eq!(line.body["decided"], 6);
-    assert_eq!(line.body["closed"], 34);
+    assert_eq!(line.body["decided"], STOCK + 1);
+    assert_eq!(line.body["closed"], BUYERS as u64 - STOCK - 1);
     // A closed line takes nobody new.
     join(&app, &sale, "latecomer")
         .await
