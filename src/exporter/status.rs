@@ -115,8 +115,37 @@ pub async fn print_status(engine: Arc<Engine>, every: Duration, stop: Cancellati
                 p99
             );
         }
+        if let Some(line) = line_status(&now, &before) {
+            println!("{line}");
+        }
         before = now;
     }
+}
+
+/// The lines' figures over an interval (the reference design's success / timeout / fail
+/// counts), when a line moved or has tickets waiting.
+fn line_status(now: &Totals, before: &Totals) -> Option<String> {
+    let (n, b) = (&now.line, &before.line);
+    let joined = n.joined.saturating_sub(b.joined);
+    let ended = [
+        ("success", n.success.saturating_sub(b.success)),
+        ("fail", n.refused.saturating_sub(b.refused)),
+        ("timeout", n.timeout.saturating_sub(b.timeout)),
+        ("closed", n.closed.saturating_sub(b.closed)),
+    ];
+    if joined == 0 && n.waiting <= 0 && ended.iter().all(|(_, d)| *d == 0) {
+        return None;
+    }
+    let ended: Vec<String> = ended
+        .iter()
+        .map(|(what, d)| format!("{what} {}", count(*d)))
+        .collect();
+    Some(format!(
+        "[status] line: {} joined | {} | {} waiting",
+        count(joined),
+        ended.join(", "),
+        count(n.waiting.max(0) as u64)
+    ))
 }
 
 #[cfg(test)]
@@ -132,16 +161,43 @@ mod tests {
             requests: 10,
             outcomes: [("accepted", 10)].into(),
             buckets: buckets(10, 10, 10),
+            ..Totals::default()
         };
         let now = Totals {
             requests: 210,
             outcomes: [("accepted", 110), ("sold_out", 100)].into(),
             buckets: buckets(107, 209, 210),
+            ..Totals::default()
         };
         // 200 purchases in the interval: 97 under 1 ms, 199 under 10 ms → p99 ≤ 10 ms.
         assert_eq!(p99(&now, &before), Some(0.01));
         assert_eq!(p99(&before, &before), None);
         assert_eq!(count(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn the_line_is_shown_when_it_moves_or_holds_tickets() {
+        let mut before = Totals::default();
+        assert_eq!(line_status(&before, &before), None);
+        let mut now = before.clone();
+        now.line.joined = 1_200;
+        now.line.waiting = 1_140;
+        now.line.success = 50;
+        now.line.refused = 10;
+        assert_eq!(
+            line_status(&now, &before).unwrap(),
+            "[status] line: 1,200 joined | success 50, fail 10, timeout 0, closed 0 | 1,140 waiting"
+        );
+        // Nothing moved, but tickets wait: still shown.
+        before = now.clone();
+        assert!(
+            line_status(&now, &before)
+                .unwrap()
+                .ends_with("| 1,140 waiting")
+        );
+        now.line.waiting = 0;
+        before = now.clone();
+        assert_eq!(line_status(&now, &before), None);
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! (the next to decide), what is durable, and how fast it moves.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 use super::TicketState;
 use crate::domain::{Millis, RateLimit, Refusal, Sale, Ticket, TicketStatus};
+use crate::observe::metrics::{self, LineOutcome};
 
 /// How far back the measured decision rate looks.
 const RATE_WINDOW_MS: Millis = 10_000;
@@ -151,6 +153,7 @@ impl LineState {
         self.by_id.insert(ticket.id.clone(), ticket.seq);
         if ticket.status == TicketStatus::Waiting {
             self.figures.waiting += 1;
+            metrics::line_waiting(1);
         }
         self.entries.push(Entry {
             ticket,
@@ -186,6 +189,7 @@ impl LineState {
         if stored {
             if let Some(entry) = self.entry_mut(seq) {
                 entry.durable = true;
+                metrics::line_joined();
             }
         } else {
             self.void(seq);
@@ -203,6 +207,7 @@ impl LineState {
         entry.void = true;
         let (user, id) = (entry.ticket.user_id.clone(), entry.ticket.id.clone());
         self.figures.waiting -= 1;
+        metrics::line_waiting(-1);
         self.by_buyer.remove(&user);
         self.by_id.remove(&id);
     }
@@ -255,6 +260,15 @@ impl LineState {
         let ticket = entry.ticket.clone();
         self.figures.waiting -= 1;
         self.count(status, 1);
+        let outcome = match status {
+            TicketStatus::Decided if ticket.order_id.is_some() => LineOutcome::Success,
+            TicketStatus::Decided | TicketStatus::Waiting => LineOutcome::Refused,
+            TicketStatus::Timeout => LineOutcome::Timeout,
+            TicketStatus::Closed => LineOutcome::Closed,
+        };
+        metrics::line_waiting(-1);
+        let waited = Duration::from_millis(at.saturating_sub(ticket.joined_at).max(0) as u64);
+        metrics::line_ended(outcome, waited);
         if status == TicketStatus::Decided {
             // A settled order's decision may be older than the last one recorded.
             let sample = self.recent.back().map_or(at, |&last| last.max(at));

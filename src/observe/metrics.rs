@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
@@ -30,6 +30,10 @@ pub const SALE_STOCK: &str = "flashsale_sale_stock_units";
 pub const SALE_REMAINING: &str = "flashsale_sale_remaining_units";
 pub const SALE_SOLD: &str = "flashsale_sale_sold_units";
 pub const LIVE_WATCHERS: &str = "flashsale_live_sales_watched";
+pub const LINE_JOINS: &str = "flashsale_line_joins_total";
+pub const LINE_TICKETS: &str = "flashsale_line_tickets_total";
+pub const LINE_WAITING: &str = "flashsale_line_waiting_tickets";
+pub const LINE_WAIT: &str = "flashsale_line_wait_seconds";
 
 /// Every metric this process may export, for the tests of the dashboards and alerts.
 pub const ALL: &[&str] = &[
@@ -46,12 +50,21 @@ pub const ALL: &[&str] = &[
     SALE_REMAINING,
     SALE_SOLD,
     LIVE_WATCHERS,
+    LINE_JOINS,
+    LINE_TICKETS,
+    LINE_WAITING,
+    LINE_WAIT,
 ];
 
 /// Latency buckets, 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
+];
+
+/// Time in a line, 100 ms to an hour (a full match comes before the suffix's).
+const LINE_WAIT_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
 /// How often the histograms' recorded samples are folded into their buckets. Until then
@@ -68,6 +81,8 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .expect("buckets are not empty")
+                .set_buckets_for_metric(Matcher::Full(LINE_WAIT.into()), LINE_WAIT_BUCKETS)
                 .expect("buckets are not empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -132,6 +147,17 @@ fn describe() {
         "A sale's units held by orders, according to the gate or to the store (source)"
     );
     describe_gauge!(LIVE_WATCHERS, "Sales with live watchers on this gateway");
+    describe_counter!(LINE_JOINS, "Tickets that joined a sale's line (stored)");
+    describe_counter!(
+        LINE_TICKETS,
+        "Tickets that left a line, by outcome: success (an order), refused, timeout, closed"
+    );
+    describe_gauge!(LINE_WAITING, "Tickets waiting in the lines of this process");
+    describe_histogram!(
+        LINE_WAIT,
+        Unit::Seconds,
+        "Time in line, from the join to the ticket's decision, timeout or close"
+    );
 }
 
 /// Series that exist before their first event, so that dashboards and alerts see 0,
@@ -146,6 +172,60 @@ fn register_at_zero() {
     metrics::gauge!(BUS_LAG).set(0.0);
     metrics::gauge!(DLQ_SIZE).set(0.0);
     metrics::gauge!(LIVE_WATCHERS).set(0.0);
+    metrics::counter!(LINE_JOINS).increment(0);
+    for outcome in LineOutcome::ALL {
+        metrics::counter!(LINE_TICKETS, "outcome" => outcome.label()).increment(0);
+    }
+    metrics::gauge!(LINE_WAITING).set(0.0);
+}
+
+/// How a ticket left a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineOutcome {
+    /// Decided with an order.
+    Success,
+    /// Decided with a refusal (`sold_out`, `limit_reached`, …).
+    Refused,
+    Timeout,
+    /// The sale sold out or ended while it waited.
+    Closed,
+}
+
+impl LineOutcome {
+    const ALL: [LineOutcome; 4] = [
+        LineOutcome::Success,
+        LineOutcome::Refused,
+        LineOutcome::Timeout,
+        LineOutcome::Closed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LineOutcome::Success => "success",
+            LineOutcome::Refused => "refused",
+            LineOutcome::Timeout => "timeout",
+            LineOutcome::Closed => "closed",
+        }
+    }
+}
+
+/// A ticket was stored in a line.
+pub fn line_joined() {
+    metrics::counter!(LINE_JOINS).increment(1);
+    tally().line.joined.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Tickets came to wait in a line (`n` > 0: joined, restored) or stopped waiting.
+pub fn line_waiting(n: i64) {
+    metrics::gauge!(LINE_WAITING).increment(n as f64);
+    tally().line.waiting.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A ticket left its line after `waited`.
+pub fn line_ended(outcome: LineOutcome, waited: Duration) {
+    metrics::counter!(LINE_TICKETS, "outcome" => outcome.label()).increment(1);
+    metrics::histogram!(LINE_WAIT).record(waited);
+    tally().line.ended[outcome as usize].fetch_add(1, Ordering::Relaxed);
 }
 
 /// The stages of a purchase, each timed on its own.
@@ -248,6 +328,15 @@ struct Tally {
     outcomes: RwLock<HashMap<&'static str, (Counter, AtomicU64)>>,
     /// Purchases per latency bucket (`BUCKETS`, then one past the last bound).
     buckets: [AtomicU64; BUCKETS.len() + 1],
+    line: LineTally,
+}
+
+#[derive(Default)]
+struct LineTally {
+    joined: AtomicU64,
+    waiting: AtomicI64,
+    /// By `LineOutcome`.
+    ended: [AtomicU64; 4],
 }
 
 fn tally() -> &'static Tally {
@@ -264,6 +353,18 @@ pub struct Totals {
     /// Purchases answered within each bound (seconds), cumulative; the last bound is
     /// infinite.
     pub buckets: Vec<(f64, u64)>,
+    pub line: LineTotals,
+}
+
+/// The lines of this process: tickets joined, waiting, and ended by outcome.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LineTotals {
+    pub joined: u64,
+    pub waiting: i64,
+    pub success: u64,
+    pub refused: u64,
+    pub timeout: u64,
+    pub closed: u64,
 }
 
 /// Reads the totals (each counter on its own: a snapshot that is near, not exact).
@@ -286,6 +387,14 @@ pub fn totals() -> Totals {
             .map(|(outcome, (_, n))| (*outcome, n.load(Ordering::Relaxed)))
             .collect(),
         buckets,
+        line: LineTotals {
+            joined: tally.line.joined.load(Ordering::Relaxed),
+            waiting: tally.line.waiting.load(Ordering::Relaxed),
+            success: tally.line.ended[LineOutcome::Success as usize].load(Ordering::Relaxed),
+            refused: tally.line.ended[LineOutcome::Refused as usize].load(Ordering::Relaxed),
+            timeout: tally.line.ended[LineOutcome::Timeout as usize].load(Ordering::Relaxed),
+            closed: tally.line.ended[LineOutcome::Closed as usize].load(Ordering::Relaxed),
+        },
     }
 }
 

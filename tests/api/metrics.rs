@@ -183,6 +183,8 @@ async fn every_metric_the_dashboards_and_alerts_query_exists() {
             .status,
         202
     );
+    // And a line, so that its series exist too.
+    line_of_five_for_two(&app).await;
     let scrape = Scrape::of(&app).await;
     let names = scrape.names();
     for name in flashsale::observe::metrics::ALL {
@@ -208,5 +210,65 @@ async fn every_metric_the_dashboards_and_alerts_query_exists() {
     assert!(
         checked >= 10,
         "only {checked} metric names found in the files"
+    );
+}
+
+/// A line with stock 2: five buyers join, two get orders, the third is refused
+/// `sold_out` and the other two are closed. Waits until none is waiting.
+async fn line_of_five_for_two(app: &TestServer) {
+    let sale = app
+        .create_sale(json!({
+            "name": "queued",
+            "stock": 2,
+            // Everybody in line before the start: then the stock goes.
+            "starts_at": (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339(),
+            "queue": {},
+        }))
+        .await;
+    let sale = sale["id"].as_str().unwrap();
+    for n in 0..5 {
+        let joined = app
+            .post(
+                &format!("/api/sales/{sale}/queue"),
+                &json!({"user_id": format!("queued-{n}")}),
+            )
+            .await;
+        assert_eq!(joined.status, 202, "{}", joined.text);
+    }
+    for _ in 0..100 {
+        let line = app.get(&format!("/api/sales/{sale}/queue")).await;
+        if line.body["waiting"] == 0 && line.body["decided"].as_u64().unwrap() >= 3 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the line did not empty");
+}
+
+/// The line's metrics count its tickets as the line's figures do: joins, outcomes,
+/// waiting, time in line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_is_counted_by_outcome() {
+    let app = TestServer::spawn().await;
+    line_of_five_for_two(&app).await;
+    let scrape = Scrape::of(&app).await;
+    let outcome = |o: &str| scrape.value("flashsale_line_tickets_total", &[("outcome", o)]);
+    assert_eq!(scrape.value("flashsale_line_joins_total", &[]), Some(5.0));
+    assert_eq!(outcome("success"), Some(2.0));
+    assert_eq!(outcome("refused"), Some(1.0));
+    assert_eq!(outcome("closed"), Some(2.0));
+    assert_eq!(outcome("timeout"), Some(0.0));
+    assert_eq!(
+        scrape.value("flashsale_line_waiting_tickets", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        scrape.value("flashsale_line_wait_seconds_count", &[]),
+        Some(5.0)
+    );
+    // Its own buckets: an hour is a bound, not the purchases' 10 s.
+    assert_eq!(
+        scrape.value("flashsale_line_wait_seconds_bucket", &[("le", "3600")]),
+        Some(5.0)
     );
 }
