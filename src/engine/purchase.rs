@@ -21,13 +21,13 @@ use crate::protect::Permit;
 use tracing::Instrument;
 
 /// A decided purchase (`Engine::decide`): answered at once, or reserved and settling.
-pub enum Placing {
+pub(crate) enum Placing {
     Answered(Result<Arc<Order>, EngineError>),
     Settling(Settling),
 }
 
 /// A reserved order on its way to the store (`Engine::settle` waits for it).
-pub struct Settling {
+pub(crate) struct Settling {
     placing: tokio::task::JoinHandle<Result<Arc<Order>, EngineError>>,
     /// The key, when the purchase had one: a store that refused a keyed order may hold
     /// the key's original order.
@@ -113,8 +113,9 @@ impl Engine {
     /// A purchase's first half: the gate decides it and, when it reserved, the order
     /// is on its way to the store. A line (`crate::line`) calls it for one ticket after
     /// another, so that the gate decides them in line order, and waits for the orders
-    /// to be durable meanwhile (`settle`). The purchase was admitted by the line.
-    pub async fn decide(
+    /// to be durable meanwhile (`settle`). The purchase was admitted when its ticket
+    /// joined the line. Not public: `place` stays the one way in from outside.
+    pub(crate) async fn decide(
         &self,
         sale: Arc<Sale>,
         purchase: ValidPurchase,
@@ -193,7 +194,7 @@ impl Engine {
 
     /// A purchase's second half: waits (up to `wait`, if given) for its order to be
     /// durable, or for its failure.
-    pub async fn settle(
+    pub(crate) async fn settle(
         &self,
         settling: Settling,
         wait: Option<Duration>,
