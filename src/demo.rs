@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::api::requests::NewSale;
 use crate::audit::{Audit, Holding, SaleFacts};
 use crate::client::{Client, ClientError};
 use crate::config::Config;
-use crate::domain::{NewSale, RateLimit};
+use crate::domain::RateLimit;
 use crate::load::{self, LatencySummary, LoadError, LoadPlan};
 use crate::server::{Server, StartError};
 use crate::store::{self, StoreError};

@@ -251,6 +251,27 @@ fn anyhow_only_in_the_binary() {
     );
 }
 
+/// `domain` knows no wire format: the API's request bodies and schemas are
+/// `api/requests.rs`'s and `api/schemas.rs`'s (issue #22).
+#[test]
+fn the_domain_knows_no_wire_format() {
+    let (_, sources) = imports();
+    let offenders: Vec<&String> = sources
+        .iter()
+        .filter(|(file, text)| {
+            file.starts_with("domain/") && {
+                let code = production_code(text);
+                code.contains("utoipa") || code.contains("deny_unknown_fields")
+            }
+        })
+        .map(|(file, _)| file)
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "OpenAPI schemas and request shapes belong to src/api/: {offenders:?}"
+    );
+}
+
 #[test]
 fn the_checker_sees_a_cycle() {
     // The search itself, on a made-up graph: a → b → c → a, and d → a.

@@ -6,8 +6,8 @@ use axum::extract::{Path, State};
 
 use super::caller::Admin;
 use super::extract::JsonBody;
+use super::requests::AddStock;
 use super::{ApiError, AppState, SaleView};
-use crate::domain::AddStock;
 
 /// Ends the sale now: purchases are refused `ended` from here on (orders already placed
 /// stay). A sale not started yet ends before it starts.
@@ -69,5 +69,5 @@ pub(super) async fn add_stock(
     Path(id): Path<String>,
     JsonBody(add): JsonBody<AddStock>,
 ) -> Result<Json<SaleView>, ApiError> {
-    Ok(Json(state.engine.add_stock(&id, &add).await?.into()))
+    Ok(Json(state.engine.add_stock(&id, &add.into()).await?.into()))
 }

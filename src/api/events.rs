@@ -20,8 +20,8 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::{Ref, RefOr};
 
 use super::caller::{bearer, unauthorized};
-use super::views::ItemView;
 use super::views::rfc3339;
+use super::views::{ItemView, OrderEventView};
 use super::{ApiError, AppState, SaleView};
 use crate::domain::{OrderEvent, SaleStatus};
 use crate::engine::SaleState;
@@ -280,7 +280,7 @@ fn change_data(before: &SaleFrame, now: &SaleFrame) -> String {
 fn order(event: &OrderEvent) -> Event {
     Event::default()
         .event("order")
-        .data(serde_json::to_string(event).expect("events serialize"))
+        .data(serde_json::to_string(&OrderEventView::from(event)).expect("events serialize"))
 }
 
 #[cfg(test)]

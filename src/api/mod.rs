@@ -18,7 +18,9 @@ mod pages;
 pub mod problems;
 mod purchase;
 mod queue;
+pub mod requests;
 mod sales;
+mod schemas;
 mod views;
 
 use std::sync::Arc;

@@ -7,14 +7,13 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::events::{Resync, SaleEvent, StockChange};
 use super::queue::NewRate;
+use super::requests::{AddStock, NewItem, NewQueue, NewSale, PurchaseRequest, RateLimits};
+use super::views::OrderEventView;
 use super::views::{
     HistoryEntry, ItemView, LineView, OrderDetail, OrderView, QueueView, RefusalView, SaleView,
     TicketView,
 };
-use crate::domain::{
-    AddStock, Admit, LineOrder, NewItem, NewQueue, NewSale, OrderEvent, OrderStatus,
-    PurchaseRequest, SaleRateLimits, SaleStatus, TicketStatus,
-};
+use crate::domain::{Admit, LineOrder, OrderStatus, SaleStatus, TicketStatus};
 
 /// Every refusal: `application/problem+json` (RFC 9457) with a stable `code`.
 #[derive(ToSchema)]
@@ -66,9 +65,9 @@ pub struct Problem {
         super::pages::asset,
     ),
     components(schemas(
-        NewSale, NewItem, AddStock, SaleRateLimits, PurchaseRequest, SaleView, ItemView, SaleStatus,
+        NewSale, NewItem, AddStock, RateLimits, PurchaseRequest, SaleView, ItemView, SaleStatus,
         OrderView, OrderDetail, HistoryEntry, OrderStatus, Problem, SaleEvent, StockChange,
-        OrderEvent, Resync, NewQueue, Admit, LineOrder, QueueView, TicketView, TicketStatus,
+        OrderEventView, Resync, NewQueue, Admit, LineOrder, QueueView, TicketView, TicketStatus,
         RefusalView, LineView, NewRate
     )),
     modifiers(&Credentials, &ProblemResponses, &AnyRoute),

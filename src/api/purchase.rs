@@ -9,8 +9,8 @@ use axum::{Json, extract::FromRequestParts, http::request::Parts};
 
 use super::caller::{Caller, ClientIp};
 use super::extract::{IdempotencyKey, JsonBody};
+use super::requests::PurchaseRequest;
 use super::{ApiError, AppState, OrderView};
-use crate::domain::PurchaseRequest;
 use crate::engine::{Admitted, Buyer, PurchaseHead, Slot};
 use crate::protect::Arrival;
 
@@ -81,7 +81,7 @@ pub(super) async fn admit(
 ) -> Result<Admitted, ApiError> {
     let opened = state.admission.before_body(slot, head).await?;
     let JsonBody(request) = JsonBody::<PurchaseRequest>::from_request(body, state).await?;
-    Ok(state.admission.admit(opened, request)?)
+    Ok(state.admission.admit(opened, request.into())?)
 }
 
 /// A place among the purchases in flight, taken before every other extractor, so that

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::caller::Admin;
 use super::extract::JsonBody;
+use super::requests::NewSale;
 use super::{ApiError, AppState, SaleView};
-use crate::domain::NewSale;
 
 /// Creates a sale (admin).
 #[utoipa::path(post, path = "/api/sales", tag = "sales", request_body = NewSale,
@@ -23,7 +23,7 @@ pub(super) async fn create_sale(
     _: Admin,
     JsonBody(new): JsonBody<NewSale>,
 ) -> Result<Response, ApiError> {
-    let sale = state.engine.create_sale(new).await?;
+    let sale = state.engine.create_sale(new.into()).await?;
     let view = SaleView::from(sale);
     let location = format!("/api/sales/{}", view.id);
     Ok((

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
+use super::requests::RateLimits;
 use crate::domain::{
-    Admit, LineOrder, Millis, Order, OrderStatus, QueueSettings, RateLimit, SaleRateLimits,
-    SaleStatus, TicketStatus, now_millis,
+    Admit, LineOrder, Millis, Order, OrderEvent, OrderStatus, QueueSettings, RateLimit, SaleStatus,
+    TicketStatus, now_millis,
 };
 use crate::engine::SaleState;
 
@@ -39,8 +40,8 @@ pub struct SaleView {
     pub created_at: String,
     pub items: Vec<ItemView>,
     /// The sale's own purchase rate limits, when it has any.
-    #[serde(default, skip_serializing_if = "SaleRateLimits::is_default")]
-    pub rate_limits: SaleRateLimits,
+    #[serde(default, skip_serializing_if = "RateLimits::is_default")]
+    pub rate_limits: RateLimits,
     /// Sub-stocks on the Redis gate (1: one; the local gate ignores it).
     pub shards: u32,
     /// The sale's line, when it is bought through one (`POST /api/sales/{id}/queue`).
@@ -97,7 +98,7 @@ impl From<SaleState> for SaleView {
                     remaining,
                 })
                 .collect(),
-            rate_limits: sale.rate_limits,
+            rate_limits: sale.rate_limits.into(),
             shards: sale.shards,
             queue: sale.queue.as_ref().map(QueueView::from),
         }
@@ -225,4 +226,32 @@ pub struct LineView {
     pub order: LineOrder,
     pub opens_at: String,
     pub max_wait_s: u32,
+}
+
+/// A status change of one of the caller's orders: the data of the live stream's `order`
+/// event (the bus carries the same fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = OrderEvent)]
+pub struct OrderEventView {
+    /// The event format's version (1).
+    pub v: u32,
+    pub order_id: String,
+    pub sale_id: String,
+    pub user_id: String,
+    pub status: OrderStatus,
+    /// When, in milliseconds since the Unix epoch.
+    pub at: Millis,
+}
+
+impl From<&OrderEvent> for OrderEventView {
+    fn from(event: &OrderEvent) -> Self {
+        OrderEventView {
+            v: event.v,
+            order_id: event.order_id.clone(),
+            sale_id: event.sale_id.clone(),
+            user_id: event.user_id.clone(),
+            status: event.status,
+            at: event.at,
+        }
+    }
 }

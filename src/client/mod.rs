@@ -7,8 +7,8 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::api::requests::{NewSale, PurchaseRequest};
 pub use crate::api::{ItemView, OrderDetail, OrderView, SaleView};
-use crate::domain::{NewSale, PurchaseRequest};
 
 /// A refusal as the API writes it (`application/problem+json`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -12,7 +12,7 @@ pub use purchase::{
 };
 pub use queue::{Admit, LineOrder, NewQueue, QueueSettings, Ticket, TicketStatus};
 pub use rate::{RateLimit, RateQuota, SaleRateLimits};
-pub use sale::{AddStock, DEFAULT_ITEM, Item, NewItem, NewSale, Sale, SaleError, SaleStatus};
+pub use sale::{AddStock, DEFAULT_ITEM, Item, NewSale, Sale, SaleError, SaleStatus};
 
 /// Milliseconds since the Unix epoch. All times in the engine are UTC millis; the API
 /// renders them as RFC 3339.

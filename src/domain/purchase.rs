@@ -8,17 +8,14 @@ use super::{Millis, Sale};
 /// Units taken from each item of a sale, as (item index, units), sorted by index.
 pub type Units = Vec<(usize, u32)>;
 
-/// Body of `POST /api/sales/{id}/purchase`.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// A purchase as the buyer asks for it: checked against its sale by
+/// `validate_purchase`.
+#[derive(Debug, Clone, Default)]
 pub struct PurchaseRequest {
-    /// The buyer when buyer tokens are off; with them on, the token names the buyer and
-    /// the body must not (empty here means "not given").
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// The buyer (empty: not given; the caller's credential names them).
     pub user_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Units of a one-item sale; or `items`.
     pub quantity: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<BTreeMap<String, u32>>,
 }
 
@@ -127,7 +124,7 @@ pub fn validate_purchase(
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Pending,
@@ -175,7 +172,7 @@ impl OrderStatus {
 
 /// A status change of an order (docs/architecture.md §1.2: every status change is an event).
 /// Also the data of the live stream's `order` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderEvent {
     /// The event format's version (1).
     pub v: u32,

@@ -2,7 +2,6 @@
 //! joining its line; the engine decides the tickets strictly in line order, at the
 //! line's rate, through the usual gate and durable path.
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Millis, RateLimit, SaleError};
@@ -12,7 +11,7 @@ const MAX_WAIT_S: u32 = 86_400;
 const DEFAULT_MAX_WAIT_S: u32 = 600;
 
 /// How a ticket at the head of the line is admitted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Admit {
     /// The engine decides the ticket's purchase itself: an order or a refusal.
@@ -22,7 +21,7 @@ pub enum Admit {
 }
 
 /// In which order the line is served.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LineOrder {
     /// First come, first served.
@@ -31,29 +30,16 @@ pub enum LineOrder {
     // `Shuffle` (the pre-queue drawn at the start) is the waiting room's.
 }
 
-/// `queue` in the body of `POST /api/sales`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// A line as the sale's creator asks for it: checked and completed by `into_settings`.
+#[derive(Debug, Clone, Default)]
 pub struct NewQueue {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admit: Option<Admit>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<LineOrder>,
-    /// When the line opens (default: when the sale is created); joins before it are
-    /// refused `not_open`. It may open before the sale starts: those tickets wait for
-    /// the start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub opens_at: Option<DateTime<Utc>>,
-    /// Decisions per second at most, e.g. `500/s`; `off` (the default): as fast as the
-    /// gate decides.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "500/s")]
+    /// When the line opens (default: when the sale is created).
+    pub opens_at: Option<Millis>,
+    /// Decisions per second at most (default `off`: as fast as the gate decides).
     pub rate: Option<RateLimit>,
-    /// Seconds a ticket may wait in the line while the sale is open (from its join or
-    /// the sale's start, whichever is later); past it the ticket ends `timeout`.
-    /// Default 600, at most 86,400.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Seconds a ticket may wait once the sale is open (default 600, at most a day).
     pub max_wait_s: Option<u32>,
 }
 
@@ -78,7 +64,7 @@ impl NewQueue {
         Ok(QueueSettings {
             admit: self.admit.unwrap_or_default(),
             order: self.order.unwrap_or_default(),
-            opens_at: self.opens_at.map_or(now, |t| t.timestamp_millis()),
+            opens_at: self.opens_at.unwrap_or(now),
             rate: self.rate.unwrap_or(RateLimit::Off),
             max_wait_s,
         })
@@ -93,7 +79,7 @@ impl QueueSettings {
 }
 
 /// Where a ticket stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TicketStatus {
     /// In the line; `position` 1 is the next to be decided.
@@ -187,10 +173,12 @@ mod tests {
             };
             assert!(queue.into_settings(0).is_err(), "{bad}");
         }
-        let paced: NewQueue = serde_json::from_str(r#"{"rate": "500/s"}"#).unwrap();
+        let paced = NewQueue {
+            rate: Some("500/s".parse().unwrap()),
+            ..Default::default()
+        };
         let paced = paced.into_settings(0).unwrap();
         assert_eq!(paced.decision_interval_micros(), Some(2_000));
-        assert!(serde_json::from_str::<NewQueue>(r#"{"admit": "visit"}"#).is_err());
     }
 
     #[test]

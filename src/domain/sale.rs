@@ -1,4 +1,3 @@
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Millis, NewQueue, QueueSettings, Refusal, SaleRateLimits};
@@ -12,56 +11,30 @@ const MAX_PER_USER_LIMIT: u32 = 10_000;
 /// The most sub-stocks a sale's stock may be spread over (`shards`).
 pub const MAX_SHARDS: u32 = 16;
 
-/// Body of `POST /api/sales`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// A sale as its creator asks for it (the API reads it from `POST /api/sales`):
+/// checked and completed by `into_sale`.
+#[derive(Debug, Clone, Default)]
 pub struct NewSale {
     pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// A one-item sale's stock; or `items`.
     pub stock: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub items: Option<Vec<NewItem>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<Item>>,
     pub per_user_limit: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub starts_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub ends_at: Option<DateTime<Utc>>,
+    pub starts_at: Option<Millis>,
+    pub ends_at: Option<Millis>,
     /// Seconds a buyer has to pay; 0 (the default) means an order is paid when placed.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub payment_window: Option<u32>,
-    /// This sale's own rate limits for purchases (else the gateway's defaults).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<SaleRateLimits>,
-    /// Sub-stocks the Redis gate spreads the stock over (1 to 16, default 1): one hot
-    /// sale over several Cluster masters, sold out exactly (docs/redis.md). The local
-    /// gate accepts and ignores it (one process is one shard).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Sub-stocks the Redis gate spreads the stock over (1 to `MAX_SHARDS`, default 1).
     pub shards: Option<u32>,
-    /// A line in front of the sale (issue #25): buyers join it and are decided in line
-    /// order; the purchase route then refuses `queue_required`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<NewQueue>,
 }
 
-/// Body of `POST /api/sales/{id}/stock`: units added to one item's stock.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// Units added to one item's stock (`item` may be left out on a one-item sale).
+#[derive(Debug, Clone)]
 pub struct AddStock {
-    /// The item; may be left out when the sale has one item.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<String>,
-    /// Units added, at least 1.
     pub units: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewItem {
-    pub id: String,
-    pub stock: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,7 +74,7 @@ fn is_one_shard(shards: &u32) -> bool {
     *shards == 1
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SaleStatus {
     Scheduled,
@@ -141,13 +114,7 @@ impl NewSale {
                 id: DEFAULT_ITEM.into(),
                 stock,
             }],
-            (None, Some(items)) => items
-                .into_iter()
-                .map(|i| Item {
-                    id: i.id,
-                    stock: i.stock,
-                })
-                .collect(),
+            (None, Some(items)) => items,
             (Some(_), Some(_)) => return Err(invalid("give either `stock` or `items`, not both")),
             (None, None) => return Err(invalid("`stock` or `items` is required")),
         };
@@ -175,8 +142,8 @@ impl NewSale {
                 "per_user_limit must be 1 to {MAX_PER_USER_LIMIT}"
             )));
         }
-        let starts_at = self.starts_at.map(|t| t.timestamp_millis()).unwrap_or(now);
-        let ends_at = self.ends_at.map(|t| t.timestamp_millis());
+        let starts_at = self.starts_at.unwrap_or(now);
+        let ends_at = self.ends_at;
         if let Some(end) = ends_at
             && end <= starts_at
         {
@@ -367,11 +334,11 @@ mod tests {
         let dup = NewSale {
             stock: None,
             items: Some(vec![
-                NewItem {
+                Item {
                     id: "A".into(),
                     stock: 1,
                 },
-                NewItem {
+                Item {
                     id: "A".into(),
                     stock: 1,
                 },

@@ -390,7 +390,7 @@ mod tests {
             .limit(2)
             .window(now - 1_000, Some(now + 300))
             .new_sale();
-        let sale = fixture.engine.create_sale(new).await.unwrap().sale;
+        let sale = fixture.engine.create_sale(new.into()).await.unwrap().sale;
         let order = fixture.purchase(&sale.id, "a", 1, Some("k")).await.unwrap();
         let sweep = fixture.engine.sweep().await.unwrap();
         assert_eq!(sweep.sales_retired, 0, "still on sale");

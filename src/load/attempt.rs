@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{LoadError, LoadPlan};
+use crate::api::requests::PurchaseRequest;
 use crate::client::{Client, ClientError, SaleView};
-use crate::domain::PurchaseRequest;
 
 /// The answer to one request, as the buyer saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]

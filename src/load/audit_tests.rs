@@ -113,8 +113,9 @@ mod overselling {
     use parking_lot::Mutex;
     use std::sync::Arc;
 
+    use crate::api::requests::PurchaseRequest;
     use crate::api::{OrderDetail, OrderView, SaleView};
-    use crate::domain::{Order, OrderStatus, PurchaseRequest, Sale, now_millis};
+    use crate::domain::{Order, OrderStatus, Sale, now_millis};
 
     pub struct Double {
         pub sale: Sale,

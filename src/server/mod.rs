@@ -266,7 +266,9 @@ async fn create_sample_sales(engine: &Engine) -> Result<(), EngineError> {
         return Ok(());
     }
     let sample = |json: serde_json::Value| -> crate::domain::NewSale {
-        serde_json::from_value(json).expect("a valid sample sale")
+        serde_json::from_value::<crate::api::requests::NewSale>(json)
+            .expect("a valid sample sale")
+            .into()
     };
     let seats: Vec<_> = ["A", "B", "C", "D", "E", "F"]
         .iter()

@@ -113,7 +113,7 @@ impl TestEngine {
         // replica that has not yet acknowledged, under `WAIT`): retried as a client would.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
         engine.sale = loop {
-            match engine.engine.create_sale(new.clone()).await {
+            match engine.engine.create_sale(new.clone().into()).await {
                 Ok(created) => break created.sale.id.clone(),
                 Err(crate::engine::EngineError::Unavailable(_))
                     if tokio::time::Instant::now() < deadline =>

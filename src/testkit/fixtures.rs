@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::api::requests;
 use crate::domain::{
     DEFAULT_ITEM, Item, Millis, NewSale, Order, OrderStatus, PurchaseRequest, Sale, ValidPurchase,
     validate_purchase,
@@ -47,7 +48,7 @@ pub struct SaleBuilder {
     created_at: Millis,
     paused: bool,
     shards: u32,
-    queue: Option<crate::domain::NewQueue>,
+    queue: Option<requests::NewQueue>,
 }
 
 impl SaleBuilder {
@@ -119,7 +120,7 @@ impl SaleBuilder {
     }
 
     /// Bought through a line (issue #25).
-    pub fn queue(mut self, queue: crate::domain::NewQueue) -> Self {
+    pub fn queue(mut self, queue: requests::NewQueue) -> Self {
         self.queue = Some(queue);
         self
     }
@@ -131,9 +132,9 @@ impl SaleBuilder {
 
     /// What `POST /api/sales` would be sent for this sale (its window included only if
     /// it is not the default).
-    pub fn new_sale(&self) -> NewSale {
+    pub fn new_sale(&self) -> requests::NewSale {
         let time = |ms: Millis| chrono::DateTime::from_timestamp_millis(ms).expect("a time");
-        NewSale {
+        requests::NewSale {
             name: self.name.clone(),
             stock: match self.items.as_slice() {
                 [(id, stock)] if id == DEFAULT_ITEM => Some(*stock),
@@ -144,7 +145,7 @@ impl SaleBuilder {
                 items => Some(
                     items
                         .iter()
-                        .map(|(id, stock)| crate::domain::NewItem {
+                        .map(|(id, stock)| requests::NewItem {
                             id: id.clone(),
                             stock: *stock,
                         })
@@ -162,18 +163,17 @@ impl SaleBuilder {
     }
 
     pub fn build(self) -> Sale {
-        let time = |ms: Millis| chrono::DateTime::from_timestamp_millis(ms).expect("a time");
         let checked = NewSale {
             name: self.name,
             stock: Some(1),
             items: None,
             per_user_limit: Some(self.per_user_limit),
-            starts_at: Some(time(self.starts_at)),
-            ends_at: self.ends_at.map(time),
+            starts_at: Some(self.starts_at),
+            ends_at: self.ends_at,
             payment_window: Some(self.payment_window),
             rate_limits: None,
             shards: Some(self.shards),
-            queue: self.queue,
+            queue: self.queue.map(Into::into),
         };
         let mut sale = checked
             .into_sale(self.id, self.created_at)

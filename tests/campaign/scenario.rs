@@ -570,7 +570,7 @@ pub async fn run(scenario: Scenario, services: Arc<Mutex<Services>>) -> RunResul
     }
     // A deployment just formed (a Cluster whose replicas have only just synced) may
     // answer 503 for a moment: retried, as an operator would, for up to 15 s.
-    let new_sale: flashsale::domain::NewSale =
+    let new_sale: flashsale::api::requests::NewSale =
         serde_json::from_value(new_sale).expect("a sale the API accepts");
     let creating = Instant::now();
     let sale = loop {

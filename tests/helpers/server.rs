@@ -271,7 +271,7 @@ impl TestServer {
 
     /// Creates a sale through the typed client (with the admin token, if any).
     pub async fn create_sale(&self, body: Value) -> Value {
-        let new: flashsale::domain::NewSale =
+        let new: flashsale::api::requests::NewSale =
             serde_json::from_value(body).expect("a sale the API accepts");
         let sale = self.api.create_sale(&new).await.expect("create sale");
         serde_json::to_value(sale).unwrap()
