@@ -3,6 +3,7 @@
 //! placement) → gate → bus → worker → store. Arrows point one way: stages import only
 //! stages; the edge imports stages; composition and tools sit on top
 //! (`tests/architecture.rs` fails on an import cycle).
+//! A module is `pub` only when the binary, the tests, benches or examples use it.
 
 // The stages. `domain` imports nothing of the crate; `observe` records what the stages
 // do and imports nothing either.
@@ -10,9 +11,9 @@ pub mod bus;
 pub mod domain;
 pub mod engine;
 pub mod gate;
-pub mod line;
+mod line;
 pub mod observe;
-pub mod protect;
+mod protect;
 pub mod store;
 pub mod worker;
 
@@ -20,8 +21,8 @@ pub mod worker;
 pub mod api;
 pub mod auth;
 pub mod client;
-pub mod exporter;
-pub mod live;
+mod exporter;
+mod live;
 pub mod server;
 
 // Composition: settings, and what `main.rs` dispatches to.
@@ -29,7 +30,7 @@ pub mod config;
 
 // Tools built on the client and the store: the load generator, its audit, `check`,
 // and the demo.
-pub mod audit;
+mod audit;
 pub mod check;
 pub mod demo;
 pub mod load;

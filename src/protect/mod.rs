@@ -8,7 +8,7 @@ pub mod client_ip;
 pub mod overload;
 pub mod rate;
 
-pub use breaker::{BreakerOpen, BreakerSettings, Breakers, CircuitBreaker, Permit};
+pub use breaker::{BreakerOpen, BreakerSettings, Breakers, Permit};
 pub use client_ip::{TrustedProxies, client_ip};
 pub use overload::{Arrival, Overload, OverloadLimits, Shed};
 pub use rate::{RateLimited, RateLimiters, RateScope};
