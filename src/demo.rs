@@ -5,11 +5,15 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::api::requests::NewSale;
+use std::time::Duration;
+
+use crate::api::SaleView;
+use crate::api::requests::{NewQueue, NewSale};
 use crate::audit::{Audit, Holding, SaleFacts};
 use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::domain::RateLimit;
+use crate::load::line::{self, LinePlan, LineReport};
 use crate::load::{self, LatencySummary, LoadError, LoadPlan};
 use crate::server::{Server, StartError};
 use crate::store::{self, StoreError};
@@ -36,6 +40,9 @@ pub struct DemoOptions {
     pub per_user_limit: u32,
     pub retry_ratio: f64,
     pub double_click_ratio: f64,
+    /// The sale is bought through a line (`queue`): the buyers join it before the
+    /// start and follow their tickets.
+    pub queue: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,12 +61,16 @@ pub struct DemoReport {
     pub audit: Audit,
     pub throughput_rps: f64,
     pub elapsed_s: f64,
+    /// The purchases' answer times (through a line: the joins').
     pub latency_ms: LatencySummary,
+    /// Through a line: what it did, and whether it kept its order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<LineReport>,
 }
 
 impl DemoReport {
     pub fn ok(&self) -> bool {
-        self.audit.ok()
+        self.audit.ok() && self.line.as_ref().is_none_or(LineReport::ok)
     }
 
     pub fn render(&self) -> String {
@@ -71,8 +82,11 @@ impl DemoReport {
             .join(", ");
         let l = &self.latency_ms;
         let a = &self.audit;
+        let line = (self.line.as_ref())
+            .map(|line| format!("{}\n", line.render()))
+            .unwrap_or_default();
         format!(
-            "flashsale demo: {buyers} buyers raced for {stock} units (limit {limit} per buyer)\n\
+            "flashsale demo: {buyers} buyers {how} {stock} units (limit {limit} per buyer)\n{line}\
              \x20 requests    {requests} in {elapsed:.2} s ({rps:.0} req/s)\n\
              \x20 sold        {sold} of {stock} units ({ack} acknowledged)\n\
              \x20 rejected    {rejected}\n\
@@ -80,6 +94,11 @@ impl DemoReport {
              \x20 invariants  I1 oversold {oversold} · I2 buyers over the limit {over} · I3 lost {lost} · I4 phantom {phantom}, gate-store gap {gap} · I5 replay mismatches {mm}\n\
              \x20 verdict     {verdict}",
             buyers = self.buyers,
+            how = if self.line.is_some() {
+                "stood in line for"
+            } else {
+                "raced for"
+            },
             stock = self.stock,
             limit = self.per_user_limit,
             requests = self.requests,
@@ -129,9 +148,36 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             name: "demo drop".into(),
             stock: Some(options.stock),
             per_user_limit: Some(options.per_user_limit),
+            // Through a line: it opens now, the sale a moment later, when the buyers
+            // are in line.
+            starts_at: options
+                .queue
+                .then(|| chrono::Utc::now() + chrono::Duration::seconds(2)),
+            queue: options.queue.then(NewQueue::default),
             ..NewSale::default()
         })
         .await?;
+    if options.queue {
+        let line = line::run(LinePlan {
+            base_url,
+            sale_id: sale.id.clone(),
+            buyers: options.buyers,
+            first_buyer: 0,
+            connections: options.connections,
+            poll: Duration::from_millis(200),
+            patience: Duration::from_secs(120),
+        })
+        .await?;
+        return audited(
+            server,
+            &client,
+            &store_url,
+            &sale,
+            &options,
+            Run::Line(line),
+        )
+        .await;
+    }
 
     let load = load::run(LoadPlan {
         base_url,
@@ -152,6 +198,32 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         probe: None,
     })
     .await?;
+    audited(
+        server,
+        &client,
+        &store_url,
+        &sale,
+        &options,
+        Run::Race(Box::new(load)),
+    )
+    .await
+}
+
+/// What the buyers did: raced on the purchase route, or stood in line.
+enum Run {
+    Race(Box<load::LoadReport>),
+    Line(LineReport),
+}
+
+/// Stops the server and checks the invariants against the store.
+async fn audited(
+    server: Server,
+    client: &Client,
+    store_url: &store::StoreUrl,
+    sale: &SaleView,
+    options: &DemoOptions,
+    run: Run,
+) -> Result<DemoReport, DemoError> {
     let gate_remaining: Vec<u32> = client
         .sale(&sale.id)
         .await?
@@ -162,33 +234,66 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     server.stop().await;
 
     // Audit from the store itself, opened afresh after the server has drained.
-    let stored = store::connect(&store_url)
+    let stored = store::connect(store_url)
         .await?
         .sale_orders(&sale.id)
         .await?;
     let live: Vec<_> = stored.iter().filter(|o| o.status.holds_stock()).collect();
-    let facts = SaleFacts::from(&sale);
+    let facts = SaleFacts::from(sale);
     let mut audit = Audit::default();
     audit.no_oversell(&facts, live.iter().map(|o| Holding::from(*o)));
     audit.within_limit(&facts, live.iter().map(|o| Holding::from(*o)));
-    audit.acknowledged_equals_stored(
-        &facts,
-        load.accepted.iter().map(|a| a.order_id.as_str()),
-        &stored,
-    );
+    let acknowledged: Vec<&str> = match &run {
+        Run::Race(load) => load.accepted.iter().map(|a| a.order_id.as_str()).collect(),
+        Run::Line(line) => line.orders.iter().map(String::as_str).collect(),
+    };
+    audit.acknowledged_equals_stored(&facts, acknowledged, &stored);
     audit.gate_matches_store(&facts, &gate_remaining, &live, &[]);
-    audit.replays_agree(&facts, load.replay_mismatches);
-    Ok(DemoReport {
-        stock: options.stock,
-        buyers: options.buyers,
-        per_user_limit: options.per_user_limit,
-        requests: load.requests,
-        sold: live.iter().map(|o| o.total_units() as u64).sum(),
-        acknowledged: load.accepted.iter().map(|a| a.units() as u64).sum(),
-        rejected: load.rejected.clone(),
-        audit,
-        throughput_rps: load.throughput_rps(),
-        elapsed_s: load.elapsed.as_secs_f64(),
-        latency_ms: LatencySummary::of(&load),
+    let sold = live.iter().map(|o| o.total_units() as u64).sum();
+    Ok(match run {
+        Run::Race(load) => {
+            audit.replays_agree(&facts, load.replay_mismatches);
+            DemoReport {
+                stock: options.stock,
+                buyers: options.buyers,
+                per_user_limit: options.per_user_limit,
+                requests: load.requests,
+                sold,
+                acknowledged: load.accepted.iter().map(|a| a.units() as u64).sum(),
+                rejected: load.rejected.clone(),
+                audit,
+                throughput_rps: load.throughput_rps(),
+                elapsed_s: load.elapsed.as_secs_f64(),
+                latency_ms: LatencySummary::of(&load),
+                line: None,
+            }
+        }
+        Run::Line(line) => {
+            // A ticket's order is as a purchase's: one unit each here.
+            let acknowledged = (stored.iter())
+                .filter(|o| line.orders.contains(&o.id))
+                .map(|o| o.total_units() as u64)
+                .sum();
+            let mut rejected = line.refused.clone();
+            for (code, n) in [("closed", line.closed), ("timeout", line.timeout)] {
+                if n > 0 {
+                    rejected.insert(code.to_string(), n);
+                }
+            }
+            DemoReport {
+                stock: options.stock,
+                buyers: options.buyers,
+                per_user_limit: options.per_user_limit,
+                requests: line.joined,
+                sold,
+                acknowledged,
+                rejected,
+                audit,
+                throughput_rps: line.joins_per_s,
+                elapsed_s: line.join_elapsed_s,
+                latency_ms: line.join_latency_ms.clone(),
+                line: Some(line),
+            }
+        }
     })
 }

@@ -37,7 +37,8 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use error::{ApiError, ProblemCode};
 pub use views::{
-    HistoryEntry, ItemView, LineView, OrderDetail, OrderView, QueueView, SaleView, TicketView,
+    HistoryEntry, ItemView, LineView, OrderDetail, OrderView, QueueView, RefusalView, SaleView,
+    TicketView,
 };
 
 use crate::auth::Auth;

@@ -221,6 +221,7 @@ async fn ticket_view(state: &AppState, current: TicketState) -> Result<TicketVie
     Ok(TicketView {
         ticket: ticket.id,
         sale_id: ticket.sale_id,
+        place: ticket.seq,
         status: ticket.status,
         position,
         eta_s,

@@ -188,6 +188,9 @@ pub struct RefusalView {
 pub struct TicketView {
     pub ticket: String,
     pub sale_id: String,
+    /// The ticket's number in its line (1: the first to join); the line is decided in
+    /// this order.
+    pub place: u64,
     pub status: TicketStatus,
     /// While waiting: 1 is the next to be decided. Never rises.
     #[serde(default, skip_serializing_if = "Option::is_none")]

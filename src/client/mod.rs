@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 pub use crate::api::requests::{NewSale, PurchaseRequest};
-pub use crate::api::{ItemView, OrderDetail, OrderView, SaleView};
+pub use crate::api::{ItemView, OrderDetail, OrderView, SaleView, TicketView};
 
 /// A refusal as the API writes it (`application/problem+json`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -163,6 +163,35 @@ impl Client {
             request = request.header("Idempotency-Key", key);
         }
         answer(request.send().await, StatusCode::ACCEPTED).await
+    }
+
+    /// Joins a sale's line: the ticket, and whether it is new (202) or the buyer's
+    /// ticket already (200).
+    pub async fn join(
+        &self,
+        sale_id: &str,
+        purchase: &PurchaseRequest,
+    ) -> Result<(TicketView, bool), ClientError> {
+        let request = self
+            .http
+            .post(self.url(&format!("/api/sales/{sale_id}/queue")))
+            .json(purchase);
+        let sent = self.with_some_address(self.as_buyer(request)).send().await;
+        let new = sent
+            .as_ref()
+            .is_ok_and(|r| r.status() == StatusCode::ACCEPTED);
+        let expected = if new {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        Ok((answer(sent, expected).await?, new))
+    }
+
+    /// A ticket of the caller's.
+    pub async fn ticket(&self, ticket: &str) -> Result<TicketView, ClientError> {
+        let request = self.http.get(self.url(&format!("/api/tickets/{ticket}")));
+        answer(self.as_buyer(request).send().await, StatusCode::OK).await
     }
 
     /// With `with_random_forwarded_for`: a random `X-Forwarded-For` among 65,536

@@ -26,6 +26,10 @@ pub struct DemoArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Sell through a line: the buyers join the sale's line before it starts and are
+    /// decided in line order (docs/api.md, "The line").
+    #[arg(long)]
+    queue: bool,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -36,6 +40,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         per_user_limit: args.per_user_limit,
         retry_ratio: args.mix.retry_ratio,
         double_click_ratio: args.mix.double_click_ratio,
+        queue: args.queue,
     })
     .await?;
     if args.json {

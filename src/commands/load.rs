@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use flashsale::load::line::{self, LinePlan};
 use flashsale::load::{self, LoadPlan, Schedule, Summary};
 
 use super::BuyerMix;
@@ -61,9 +62,17 @@ pub struct LoadArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// The sale is bought through its line: every buyer joins it at once (up to
+    /// --connections in flight), then follows their ticket by polling until it ends;
+    /// reports joins/s, time in line (p50/p99), decisions/s and the order check.
+    #[arg(long, conflicts_with_all = ["rate", "probe", "duration", "requests"])]
+    queue: bool,
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    if args.queue {
+        return run_line(&args).await;
+    }
     let attempts = match (args.requests, args.duration) {
         (Some(n), _) => n,
         (None, Some(_)) => u64::MAX,
@@ -106,6 +115,29 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     }
     if !summary.audit.ok {
         anyhow::bail!("the answers break an invariant");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_line(args: &LoadArgs) -> anyhow::Result<ExitCode> {
+    let report = line::run(LinePlan {
+        base_url: args.url.clone(),
+        sale_id: args.sale.clone(),
+        buyers: args.buyers,
+        first_buyer: args.first_buyer,
+        connections: args.connections,
+        poll: std::time::Duration::from_millis(500),
+        patience: std::time::Duration::from_secs(3_600),
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("flashsale load --queue: {} buyers", args.buyers);
+        println!("{}", report.render());
+    }
+    if !report.ok() {
+        anyhow::bail!("the line broke its order, or tickets were left waiting");
     }
     Ok(ExitCode::SUCCESS)
 }

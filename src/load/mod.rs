@@ -6,6 +6,7 @@
 mod attempt;
 #[cfg(test)]
 mod audit_tests;
+pub mod line;
 mod report;
 mod summary;
 

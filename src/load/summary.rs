@@ -35,7 +35,7 @@ pub struct Summary {
     pub audit: LoadAudit,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LatencySummary {
     pub p50: f64,
     pub p90: f64,
@@ -137,6 +137,18 @@ impl LatencySummary {
             p99: q(0.99),
             p999: q(0.999),
             max: report.latency_us.max() as f64 / 1000.0,
+        }
+    }
+
+    /// From a histogram of microseconds.
+    pub fn of_micros(histogram: &hdrhistogram::Histogram<u64>) -> LatencySummary {
+        let q = |x| histogram.value_at_quantile(x) as f64 / 1000.0;
+        LatencySummary {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: histogram.max() as f64 / 1000.0,
         }
     }
 }

@@ -52,3 +52,43 @@ fn demo_sells_exactly_the_stock_and_reports_json() {
     }
     assert!(report["throughput_rps"].as_f64().unwrap() > 0.0);
 }
+
+/// `demo --queue`: the buyers join the sale's line before it starts; the first in line
+/// get the stock, everyone is told, in line order, and the store agrees.
+#[test]
+fn demo_through_a_line_sells_the_stock_in_line_order() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args([
+            "demo",
+            "--queue",
+            "--stock",
+            "30",
+            "--buyers",
+            "600",
+            "--connections",
+            "16",
+            "--json",
+        ])
+        .output()
+        .expect("run demo");
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["sold"], 30);
+    assert_eq!(report["acknowledged"], 30);
+    for broken in ["oversold", "buyers_over_limit", "lost", "phantom"] {
+        assert_eq!(report[broken], 0, "{broken}");
+    }
+    let line = &report["line"];
+    assert_eq!(line["joined"], 600, "{line}");
+    assert_eq!(line["success"], 30, "{line}");
+    assert_eq!(line["out_of_order"], 0, "{line}");
+    assert_eq!(line["still_waiting"], 0, "{line}");
+    // Everyone else is told: one refused at its turn, the rest closed at the sell-out.
+    assert_eq!(line["refused"]["sold_out"], 1, "{line}");
+    assert_eq!(line["closed"], 600 - 31, "{line}");
+    assert!(line["wait_p99_ms"].as_f64().unwrap() > 0.0, "{line}");
+}

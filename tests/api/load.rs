@@ -150,3 +150,44 @@ async fn probe_measures_a_constant_route_with_the_same_client() {
     .await;
     assert_eq!(missing["by_status"]["404"], 10, "{missing}");
 }
+
+/// `load --queue`: every buyer joins the line of a paced sale and follows their ticket;
+/// the report has the line's figures and its order check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_through_a_line_follows_every_ticket() {
+    let app = TestServer::spawn().await;
+    let sale = app
+        .create_sale(serde_json::json!({
+            "name": "queued",
+            "stock": 60,
+            // Everyone in line before the start.
+            "starts_at": (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339(),
+            "queue": {"rate": "200/s"},
+        }))
+        .await;
+    let sale = sale["id"].as_str().unwrap();
+    let report = load(
+        &app,
+        &[
+            "--sale",
+            sale,
+            "--queue",
+            "--buyers",
+            "150",
+            "--connections",
+            "8",
+        ],
+    )
+    .await;
+    assert_eq!(report["joined"], 150, "{report}");
+    assert_eq!(report["success"], 60, "{report}");
+    assert_eq!(report["out_of_order"], 0, "{report}");
+    assert_eq!(report["still_waiting"], 0, "{report}");
+    let told = report["refused"]["sold_out"].as_u64().unwrap() + report["closed"].as_u64().unwrap();
+    assert_eq!(told, 90, "{report}");
+    assert!(report["joins_per_s"].as_f64().unwrap() > 0.0);
+    // Paced at 200/s (a first burst of 50 ms allowed): 61 decisions take about a
+    // quarter of a second, not a few milliseconds.
+    let rate = report["decisions_per_s"].as_f64().unwrap();
+    assert!(rate > 100.0 && rate < 320.0, "{report}");
+}
