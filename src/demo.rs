@@ -166,6 +166,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             connections: options.connections,
             poll: Duration::from_millis(200),
             patience: Duration::from_secs(120),
+            follow: true,
+            forwarded_for: false,
         })
         .await?;
         return audited(

@@ -191,7 +191,8 @@ impl Client {
     /// A ticket of the caller's.
     pub async fn ticket(&self, ticket: &str) -> Result<TicketView, ClientError> {
         let request = self.http.get(self.url(&format!("/api/tickets/{ticket}")));
-        answer(self.as_buyer(request).send().await, StatusCode::OK).await
+        let request = self.with_some_address(self.as_buyer(request));
+        answer(request.send().await, StatusCode::OK).await
     }
 
     /// With `with_random_forwarded_for`: a random `X-Forwarded-For` among 65,536

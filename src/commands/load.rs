@@ -128,6 +128,8 @@ async fn run_line(args: &LoadArgs) -> anyhow::Result<ExitCode> {
         connections: args.connections,
         poll: std::time::Duration::from_millis(500),
         patience: std::time::Duration::from_secs(3_600),
+        follow: true,
+        forwarded_for: args.forwarded_for,
     })
     .await?;
     if args.json {

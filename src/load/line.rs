@@ -30,6 +30,10 @@ pub struct LinePlan {
     pub poll: Duration,
     /// Give up following after this long.
     pub patience: Duration,
+    /// Follow the tickets to their end (else: join, and report the joins only).
+    pub follow: bool,
+    /// Each request from a random `X-Forwarded-For` (see `load --forwarded-for`).
+    pub forwarded_for: bool,
 }
 
 /// What the line did.
@@ -117,12 +121,14 @@ pub async fn run(plan: LinePlan) -> Result<LineReport, LoadError> {
         .pool_max_idle_per_host(plan.connections)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let client = Arc::new(Client::with_http(&plan.base_url, http));
+    let client = Arc::new(
+        Client::with_http(&plan.base_url, http).with_random_forwarded_for(plan.forwarded_for),
+    );
     let mut report = LineReport::default();
     let mut join_times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
 
     let started = Instant::now();
-    let joins = futures_util::stream::iter(plan.first_buyer..plan.first_buyer + plan.buyers)
+    let mut joins = futures_util::stream::iter(plan.first_buyer..plan.first_buyer + plan.buyers)
         .map(|n| {
             let (client, sale) = (client.clone(), plan.sale_id.clone());
             async move {
@@ -135,17 +141,17 @@ pub async fn run(plan: LinePlan) -> Result<LineReport, LoadError> {
                 (joined, at.elapsed())
             }
         })
-        .buffer_unordered(plan.connections.max(1))
-        .collect::<Vec<_>>()
-        .await;
-    report.join_elapsed_s = started.elapsed().as_secs_f64();
+        .buffer_unordered(plan.connections.max(1));
     let mut waiting = Vec::new();
     let mut ended = Vec::new();
-    for (joined, took) in joins {
+    while let Some((joined, took)) = joins.next().await {
         join_times.saturating_record(took.as_micros() as u64);
         match joined {
             Ok((ticket, _new)) => {
                 report.joined += 1;
+                if !plan.follow {
+                    continue;
+                }
                 if ticket.status == TicketStatus::Waiting {
                     waiting.push(ticket.ticket);
                 } else {
@@ -155,6 +161,7 @@ pub async fn run(plan: LinePlan) -> Result<LineReport, LoadError> {
             Err(e) => *report.join_refused.entry(e.code().to_string()).or_default() += 1,
         }
     }
+    report.join_elapsed_s = started.elapsed().as_secs_f64();
     report.joins_per_s = report.joined as f64 / report.join_elapsed_s.max(1e-9);
     report.join_latency_ms = LatencySummary::of_micros(&join_times);
 
@@ -180,6 +187,9 @@ pub async fn run(plan: LinePlan) -> Result<LineReport, LoadError> {
         }
     }
     report.still_waiting = waiting.len() as u64;
+    if !plan.follow {
+        return Ok(report);
+    }
     judge(&mut report, ended);
     Ok(report)
 }
