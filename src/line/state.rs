@@ -205,6 +205,9 @@ impl LineState {
             return;
         }
         entry.void = true;
+        // Nobody holds the place: the head steps over it (else the line would stop
+        // here for good, `skip_to_waiting` waiting for it to become durable).
+        entry.durable = true;
         let (user, id) = (entry.ticket.user_id.clone(), entry.ticket.id.clone());
         self.figures.waiting -= 1;
         metrics::line_waiting(-1);
@@ -369,5 +372,48 @@ impl LineState {
             measured_per_s: self.measured_per_s(now),
             ..self.figures
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(seq: u64) -> Ticket {
+        Ticket {
+            id: format!("t{seq}"),
+            sale_id: "s".into(),
+            user_id: format!("u{seq}"),
+            seq,
+            fingerprint: "default:1".into(),
+            nonce: "n".into(),
+            joined_at: 0,
+            status: TicketStatus::Waiting,
+            order_id: None,
+            refusal: None,
+            decided_at: None,
+        }
+    }
+
+    /// A place whose join failed to be stored is stepped over: the tickets behind it
+    /// are decided (the line stopped there for good before).
+    #[test]
+    fn a_failed_join_does_not_stop_the_line() {
+        let line = SaleLine::restored("s", RateLimit::Off, Vec::new());
+        let mut state = line.state.lock();
+        for seq in 1..=3 {
+            state.push(ticket(seq));
+        }
+        state.appended(1, true);
+        state.appended(2, false);
+        state.appended(3, true);
+        assert_eq!(state.head().map(|t| t.seq), Some(1));
+        state.take(1);
+        assert_eq!(
+            state.head().map(|t| t.seq),
+            Some(3),
+            "the void place is skipped"
+        );
+        assert_eq!(state.figures(0).waiting, 2);
     }
 }
