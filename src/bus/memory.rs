@@ -105,6 +105,10 @@ impl OrderBus for MemoryBus {
         Some(self.in_flight.load(Ordering::Relaxed))
     }
 
+    fn capacity(&self) -> Option<usize> {
+        Some(self.tx.max_capacity())
+    }
+
     async fn publish(&self, order: &Order) -> Result<(), BusError> {
         let _in_flight = InFlight::new(self, &order.sale_id);
         let (reply, answer) = oneshot::channel();

@@ -58,6 +58,12 @@ pub trait OrderBus: Send + Sync + 'static {
         deadline: std::time::Duration,
     ) -> Result<Vec<Order>, BusError>;
 
+    /// How many orders may be on their way through this bus at once before a publish is
+    /// refused `Full`, when it has such a bound (the in-process bus).
+    fn capacity(&self) -> Option<usize> {
+        None
+    }
+
     /// Orders handed to this bus that are not stored yet, when this process can tell
     /// (the in-process bus); `None` for a bus drained by other processes (Kafka: see
     /// `consumer_lag`).

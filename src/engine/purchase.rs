@@ -192,6 +192,12 @@ impl Engine {
         }
     }
 
+    /// How many orders may be on their way to the store at once before the bus refuses
+    /// one (`None`: no such bound here).
+    pub(crate) fn bus_capacity(&self) -> Option<usize> {
+        self.bus.capacity()
+    }
+
     /// A purchase's second half: waits (up to `wait`, if given) for its order to be
     /// durable, or for its failure.
     pub(crate) async fn settle(

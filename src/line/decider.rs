@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::state::SaleLine;
@@ -28,6 +28,11 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 const CATCH_UP: Duration = Duration::from_millis(50);
 /// How often a decision whose order failed on its way to disk is tried again.
 const SETTLE_TRIES: u32 = 5;
+/// Decided tickets whose orders may be on their way to the store at once (and never
+/// more than the bus holds). The decider waits for a place before it asks the gate: a
+/// line without a rate would otherwise outrun the bus (`Full`, its units given back,
+/// and its ticket tried again after later ones had been served).
+const SETTLING_AT_MOST: usize = 256;
 /// How long after its end a sale's decider keeps closing late tickets.
 const LINGER_MS: i64 = 60_000;
 
@@ -64,6 +69,10 @@ pub(super) async fn run(
     decisions: mpsc::UnboundedSender<Ticket>,
 ) {
     let mut next_slot = Instant::now();
+    let mut paced_at = line.state.lock().rate;
+    let settle_places = Arc::new(Semaphore::new(
+        SETTLING_AT_MOST.min(engine.bus_capacity().unwrap_or(usize::MAX)),
+    ));
     loop {
         let sale = match engine.sale(&line.sale_id).await {
             Ok(sale) => sale,
@@ -123,11 +132,16 @@ pub(super) async fn run(
         }
         let until_deadline = Duration::from_millis((deadline - now) as u64);
         if now < sale.starts_at || sale.paused {
-            let until_start = Duration::from_millis((sale.starts_at - now).max(0) as u64);
-            idle(&line, IDLE.max(until_start).min(until_deadline)).await;
+            // A short nap, not until the start: an operator may move the start.
+            idle(&line, IDLE.min(until_deadline)).await;
             continue;
         }
         let rate = line.state.lock().rate;
+        if rate != paced_at {
+            // A new rate applies from now, not from the slot the old one gave.
+            paced_at = rate;
+            next_slot = Instant::now();
+        }
         if let Some(quota) = rate.quota() {
             let at = Instant::now();
             if next_slot > at {
@@ -151,6 +165,11 @@ pub(super) async fn run(
             );
             continue;
         };
+        let place = settle_places
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         match engine
             .decide(sale.clone(), purchase.clone(), Some(ticket.order_key()))
             .await
@@ -162,6 +181,7 @@ pub(super) async fn run(
                 }
                 decided => {
                     line.state.lock().take(ticket.seq);
+                    let decided = sold_out_for_all(&engine, &sale.id, decided).await;
                     record(&line, &decisions, &ticket, decided, now_millis());
                 }
             },
@@ -172,6 +192,7 @@ pub(super) async fn run(
                 line.state.lock().take(ticket.seq);
                 let (engine, line, decisions) = (engine.clone(), line.clone(), decisions.clone());
                 tokio::spawn(async move {
+                    let _place = place;
                     let mut answer = engine.settle(settling, None).await;
                     // The order did not reach the store and its units went back: the
                     // same ticket is tried again (its key replays an order that did).
@@ -192,7 +213,7 @@ pub(super) async fn run(
                             tracing::error!(ticket = %ticket.id, error = %why, "line: ticket refused, its order could not be placed");
                             Outcome::Refused("unavailable", None)
                         }
-                        decided => decided,
+                        decided => sold_out_for_all(&engine, &sale.id, decided).await,
                     };
                     record(&line, &decisions, &ticket, decided, decided_at);
                 });
@@ -210,6 +231,22 @@ fn outcome_kind(answer: &Result<Arc<Order>, EngineError>) -> Kind {
     match answer {
         Err(EngineError::Unavailable(_) | EngineError::InProgress) => Kind::Again,
         _ => Kind::Final,
+    }
+}
+
+/// A `sold_out` closes the line only when the sale has no unit left at all: the gate
+/// also answers it to a purchase of more units than are left, or of an item gone while
+/// others remain, and the tickets behind it may still buy.
+async fn sold_out_for_all(engine: &Engine, sale_id: &str, decided: Outcome) -> Outcome {
+    match decided {
+        Outcome::Refused(code, Some(Refusal::SoldOut)) => {
+            let units_left = engine
+                .sale_state(sale_id)
+                .await
+                .is_ok_and(|state| state.remaining.iter().any(|&r| r > 0));
+            Outcome::Refused(code, (!units_left).then_some(Refusal::SoldOut))
+        }
+        decided => decided,
     }
 }
 

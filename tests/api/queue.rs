@@ -285,3 +285,116 @@ async fn tickets_survive_a_kill_9_and_each_is_decided_once() {
         assert_eq!(bought, *position <= 30, "position {position}: {end}");
     }
 }
+
+/// A ticket refused `sold_out` because it asks more than is left does not close the
+/// line: the tickets behind it that fit still buy, in order.
+#[tokio::test]
+async fn a_purchase_too_large_for_what_is_left_does_not_close_the_line() {
+    let app = TestServer::start().await;
+    let sale = app
+        .create_sale(json!({
+            "name": "queued drop",
+            "stock": 3,
+            "per_user_limit": 2,
+            "starts_at": in_ms(1_500),
+            "queue": {},
+        }))
+        .await;
+    let sale = sale["id"].as_str().unwrap();
+    let mut tickets = Vec::new();
+    for (user, quantity) in [("a", 2), ("b", 2), ("c", 1), ("d", 1)] {
+        let joined = app
+            .post(
+                &format!("/api/sales/{sale}/queue"),
+                &json!({"user_id": user, "quantity": quantity}),
+            )
+            .await;
+        assert_eq!(joined.status, 202, "{}", joined.text);
+        tickets.push(joined.body["ticket"].as_str().unwrap().to_string());
+    }
+    let ends: Vec<Value> =
+        futures_util::future::join_all(tickets.iter().map(|ticket| final_state(&app, ticket)))
+            .await;
+    assert_eq!(ends[0]["order"]["quantity"], 2, "{}", ends[0]);
+    // b asks 2 of the 1 left: refused, the line stays open.
+    assert_eq!(ends[1]["status"], "decided", "{}", ends[1]);
+    assert_eq!(ends[1]["refusal"]["code"], "sold_out", "{}", ends[1]);
+    assert_eq!(ends[2]["order"]["quantity"], 1, "c fits: {}", ends[2]);
+    // d comes after the last unit went: refused at its turn.
+    assert_eq!(ends[3]["refusal"]["code"], "sold_out", "{}", ends[3]);
+}
+
+/// A line without a rate decides at the gate's speed; its orders reach the store through
+/// a small bus without a ticket failing on its way and being served after later ones:
+/// the first places get the stock.
+#[tokio::test]
+async fn a_fast_line_does_not_outrun_a_small_bus() {
+    let app = TestServer::start_with(
+        crate::helpers::Backends::Embedded,
+        json!({"bus_capacity": 2}),
+    )
+    .await;
+    let sale = queued_sale(&app, 100, 2_000, json!({})).await;
+    let joins = (0..300).map(|n| {
+        let (app, sale) = (&app, &sale);
+        async move { join(app, sale, &format!("buyer-{n}")).await }
+    });
+    let joined = futures_util::future::join_all(joins).await;
+    let mut ends = Vec::new();
+    for reply in &joined {
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let ticket = reply.body["ticket"].as_str().unwrap();
+        ends.push(final_state(&app, ticket).await);
+    }
+    ends.sort_by_key(|end| end["place"].as_u64().unwrap());
+    let with_order: Vec<u64> = ends
+        .iter()
+        .filter(|end| end["order"].is_object())
+        .map(|end| end["place"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        with_order,
+        (1..=100).collect::<Vec<u64>>(),
+        "{:?}",
+        &ends[..3]
+    );
+    assert_eq!(app.settled_orders(&sale).await.len(), 100);
+}
+
+/// A faster rate applies at once: a line paced at one an hour, sped up, does not wait
+/// out the hour its old pace gave it.
+#[tokio::test]
+async fn a_faster_rate_applies_at_once() {
+    let app = TestServer::start().await;
+    let sale = queued_sale(&app, 10, 500, json!({"rate": "1/h"})).await;
+    let tickets: Vec<String> =
+        futures_util::future::join_all(["a", "b", "c"].map(|user| join(&app, &sale, user)))
+            .await
+            .iter()
+            .map(|reply| reply.body["ticket"].as_str().unwrap().to_string())
+            .collect();
+    // The first in line is decided at the start; the next would wait an hour.
+    let mut line = app.get(&format!("/api/sales/{sale}/queue")).await;
+    for _ in 0..100 {
+        if line.body["decided"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        line = app.get(&format!("/api/sales/{sale}/queue")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let line = app.get(&format!("/api/sales/{sale}/queue")).await;
+    assert_eq!(line.body["decided"], 1, "{}", line.text);
+    assert_eq!(line.body["waiting"], 2, "{}", line.text);
+    let sped = app
+        .post(
+            &format!("/api/sales/{sale}/queue/rate"),
+            &json!({"rate": "100/s"}),
+        )
+        .await;
+    assert_eq!(sped.status, 200, "{}", sped.text);
+    for ticket in &tickets {
+        let end = final_state(&app, ticket).await;
+        assert_eq!(end["status"], "decided", "{end}");
+    }
+}
