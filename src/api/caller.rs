@@ -70,13 +70,11 @@ impl Caller {
             Caller::Anyone | Caller::Admin => true,
         }
     }
-}
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers);
+    /// The caller a token names (`None`: no credentials), as from `Authorization`;
+    /// event streams also take it from the query (browsers cannot set headers on an
+    /// EventSource).
+    pub fn from_token(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
         if let Some(token) = token
             && state.auth.is_admin(token)
         {
@@ -95,6 +93,14 @@ impl FromRequestParts<AppState> for Caller {
             .buyer(token)
             .map(Caller::Buyer)
             .map_err(unauthorized)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Caller::from_token(state, bearer(&parts.headers))
     }
 }
 

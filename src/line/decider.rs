@@ -38,7 +38,8 @@ const LINGER_MS: i64 = 60_000;
 
 /// What became of a ticket's purchase.
 enum Outcome {
-    Order(Arc<Order>),
+    /// An order; `Some` when it took the last unit, which closes the line.
+    Order(Arc<Order>, Option<Refusal>),
     /// Refused with this code; `Some` when the refusal closes the line.
     Refused(&'static str, Option<Refusal>),
     /// Not decided (a backend failing, the gate's window differing): try again.
@@ -47,7 +48,7 @@ enum Outcome {
 
 fn outcome(answer: Result<Arc<Order>, EngineError>) -> Outcome {
     match answer {
-        Ok(order) => Outcome::Order(order),
+        Ok(order) => Outcome::Order(order, None),
         Err(EngineError::Refused(refusal)) => match refusal {
             Refusal::NotStarted | Refusal::Paused => Outcome::Again(EngineError::Refused(refusal)),
             refusal => {
@@ -181,7 +182,7 @@ pub(super) async fn run(
                 }
                 decided => {
                     line.state.lock().take(ticket.seq);
-                    let decided = sold_out_for_all(&engine, &sale.id, decided).await;
+                    let decided = closing_at_sell_out(&engine, &sale.id, decided).await;
                     record(&line, &decisions, &ticket, decided, now_millis());
                 }
             },
@@ -213,7 +214,7 @@ pub(super) async fn run(
                             tracing::error!(ticket = %ticket.id, error = %why, "line: ticket refused, its order could not be placed");
                             Outcome::Refused("unavailable", None)
                         }
-                        decided => sold_out_for_all(&engine, &sale.id, decided).await,
+                        decided => closing_at_sell_out(&engine, &sale.id, decided).await,
                     };
                     record(&line, &decisions, &ticket, decided, decided_at);
                 });
@@ -234,17 +235,24 @@ fn outcome_kind(answer: &Result<Arc<Order>, EngineError>) -> Kind {
     }
 }
 
-/// A `sold_out` closes the line only when the sale has no unit left at all: the gate
-/// also answers it to a purchase of more units than are left, or of an item gone while
-/// others remain, and the tickets behind it may still buy.
-async fn sold_out_for_all(engine: &Engine, sale_id: &str, decided: Outcome) -> Outcome {
+/// The line closes when the sale has no unit left at all: at once after the order that
+/// took the last one (the people still in line are told then, not one by one as their
+/// turns come). A `sold_out` refusal closes it only then too: the gate also answers it
+/// to a purchase of more units than are left, or of an item gone while others remain,
+/// and the tickets behind it may still buy.
+async fn closing_at_sell_out(engine: &Engine, sale_id: &str, decided: Outcome) -> Outcome {
+    let no_unit_left = || async {
+        engine
+            .sale_state(sale_id)
+            .await
+            .is_ok_and(|state| state.remaining.iter().all(|&r| r == 0))
+    };
     match decided {
         Outcome::Refused(code, Some(Refusal::SoldOut)) => {
-            let units_left = engine
-                .sale_state(sale_id)
-                .await
-                .is_ok_and(|state| state.remaining.iter().any(|&r| r > 0));
-            Outcome::Refused(code, (!units_left).then_some(Refusal::SoldOut))
+            Outcome::Refused(code, no_unit_left().await.then_some(Refusal::SoldOut))
+        }
+        Outcome::Order(order, _) => {
+            Outcome::Order(order, no_unit_left().await.then_some(Refusal::SoldOut))
         }
         decided => decided,
     }
@@ -262,7 +270,7 @@ fn record(
     let now = now_millis();
     let mut state = line.state.lock();
     let (order_id, refusal, closes) = match decided {
-        Outcome::Order(order) => (Some(order.id.clone()), None, None),
+        Outcome::Order(order, closes) => (Some(order.id.clone()), None, closes),
         Outcome::Refused(code, closes) => (None, Some(code), closes),
         Outcome::Again(_) => unreachable!("only final outcomes are recorded"),
     };
