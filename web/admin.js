@@ -1,5 +1,6 @@
 // flashsale's operator dashboard: live charts from /metrics, creating sales (one item,
-// several, or a seat grid), and the controls of a running sale (end, pause, resume, stock).
+// several, or a seat grid; direct or through a line), and the controls of a running
+// sale (end, pause, resume, stock, and a queued sale's line: its figures and its rate).
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -26,10 +27,15 @@ async function loadSales() {
   const reply = await fetch("/api/sales");
   if (!reply.ok) return;
   sales = await reply.json();
-  $("#sales").innerHTML = sales.length ? `<table><tr><th>Sale</th><th>Status</th><th>Left</th><th>Controls</th></tr>${
+  const lines = new Map(await Promise.all(sales.filter((s) => s.queue).map(async (s) => {
+    const line = await fetch(`/api/sales/${encodeURIComponent(s.id)}/queue`).then((r) => (r.ok ? r.json() : null)).catch(() => null);
+    return [s.id, line];
+  })));
+  $("#sales").innerHTML = sales.length ? `<table><tr><th>Sale</th><th>Status</th><th>Left</th><th>Line</th><th>Controls</th></tr>${
     sales.map((s) => `<tr data-sale="${esc(s.id)}"><td>${esc(s.name)}<div class="muted">${esc(s.id)}</div></td>
       <td><span class="status ${esc(s.status)}">${esc(s.status.replace("_", " "))}</span></td>
       <td>${s.remaining} / ${s.stock}</td>
+      <td>${lineCell(s, lines.get(s.id))}</td>
       <td class="row">
         <button data-action="end" data-id="${esc(s.id)}" ${s.status === "ended" ? "disabled" : ""}>End now</button>
         ${s.status === "paused" ? `<button data-action="resume" data-id="${esc(s.id)}">Resume</button>`
@@ -40,7 +46,20 @@ async function loadSales() {
       </td></tr>`).join("")}</table>` : '<p class="muted">No sale yet.</p>';
 }
 
+// A queued sale's line: waiting, decided, decisions per second, and its rate, live.
+function lineCell(sale, line) {
+  if (!sale.queue) return '<span class="muted">direct</span>';
+  if (!line) return '<span class="muted">…</span>';
+  return `<div data-line-figures><b data-waiting>${line.waiting}</b> waiting · <b data-decided>${line.decided}</b> decided
+      · ${line.decided_per_s == null ? "–" : line.decided_per_s}/s${line.timed_out ? ` · ${line.timed_out} timed out` : ""}
+      ${line.closed ? ` · <b data-closed>${line.closed}</b> told sold out` : ""}</div>
+    <div class="row"><span class="muted">rate</span>
+      <input value="${esc(line.rate)}" style="width:5.5rem" aria-label="Line rate" data-rate="${esc(sale.id)}">
+      <button data-action="rate" data-id="${esc(sale.id)}">Set rate</button></div>`;
+}
+
 async function control(id, action) {
+  if (action === "rate") return setRate(id);
   const body = {};
   if (action === "stock") {
     body.units = Number($(`[data-units="${CSS.escape(id)}"]`).value);
@@ -52,6 +71,16 @@ async function control(id, action) {
   const message = $("#control-message");
   message.className = "message " + (reply.ok ? "ok" : "bad");
   message.textContent = reply.ok ? `${action}: done (${answer.status})` : `${action}: ${answer.detail || reply.status}`;
+  loadSales();
+}
+
+async function setRate(id) {
+  const rate = $(`[data-rate="${CSS.escape(id)}"]`).value.trim();
+  const reply = await fetch(`/api/sales/${encodeURIComponent(id)}/queue/rate`, { method: "POST", headers: adminHeaders(), body: JSON.stringify({ rate }) });
+  const answer = await reply.json().catch(() => ({}));
+  const message = $("#control-message");
+  message.className = "message " + (reply.ok ? "ok" : "bad");
+  message.textContent = reply.ok ? `rate: now ${answer.rate}` : `rate: ${answer.detail || reply.status}`;
   loadSales();
 }
 
@@ -87,6 +116,7 @@ $("#create").addEventListener("submit", async (e) => {
   if (startsIn > 0) sale.starts_at = new Date(start).toISOString();
   if (lasts > 0) sale.ends_at = new Date(start + lasts * 60000).toISOString();
   if (Number(f.payment_window.value) > 0) sale.payment_window = Number(f.payment_window.value);
+  if (f.queued.checked) sale.queue = { rate: f.line_rate.value.trim() || "off" };
   const reply = await fetch("/api/sales", { method: "POST", headers: adminHeaders(), body: JSON.stringify(sale) });
   const answer = await reply.json().catch(() => ({}));
   const message = $("#create-message");
@@ -111,7 +141,7 @@ function parseMetrics(text) {
 const sum = (series, name, filter = () => true) => series.filter((s) => s.name === name && filter(s.labels)).reduce((a, s) => a + s.value, 0);
 
 const HISTORY = 90;
-const charts = { rate: [], p99: [], lag: [], dlq: [], outcomes: new Map(), remaining: new Map() };
+const charts = { rate: [], p99: [], lag: [], dlq: [], waiting: [], outcomes: new Map(), remaining: new Map() };
 let previous = null;
 
 function push(list, value) { list.push(value); if (list.length > HISTORY) list.shift(); }
@@ -143,6 +173,7 @@ async function scrape() {
   }
   push(charts.lag, sum(now.series, "flashsale_bus_lag_orders"));
   push(charts.dlq, sum(now.series, "flashsale_dlq_orders"));
+  push(charts.waiting, sum(now.series, "flashsale_line_waiting_tickets"));
   const names = new Map(sales.map((s) => [s.id, s.name]));
   for (const s of now.series.filter((s) => s.name === "flashsale_sale_remaining_units")) {
     const label = names.get(s.labels.sale) || s.labels.sale.slice(-6);
@@ -156,6 +187,7 @@ async function scrape() {
   draw("#chart-p99", [["p99 ms", charts.p99]]);
   draw("#chart-lag", [["lag", charts.lag]]);
   draw("#chart-dlq", [["dead letters", charts.dlq]]);
+  draw("#chart-waiting", [["waiting", charts.waiting]]);
 }
 
 const COLORS = ["#d9480f", "#1c7ed6", "#2b8a3e", "#ae3ec9", "#f08c00", "#0ca678", "#c92a2a"];

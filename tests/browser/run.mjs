@@ -57,6 +57,12 @@ async function buy(base, saleId, body) {
   }
 }
 
+/** Types a buyer's name and presses Use: the page reloads as that buyer. */
+async function useName(page, name) {
+  await page.fill("#user", name);
+  await Promise.all([page.waitForEvent("load"), page.click("#who button")]);
+}
+
 async function createSale(base, sale) {
   const reply = await api(base, "POST", "/api/sales", sale, asAdmin);
   assert.equal(reply.status, 201, JSON.stringify(reply.body));
@@ -89,8 +95,7 @@ try {
     const sale = await createSale(base, { name: "Sneaker drop", stock: 20, per_user_limit: 1 });
     const page = await (await browser.newContext(phone)).newPage();
     await page.goto(base + "/");
-    await page.fill("#user", "alice");
-    await page.click("#who button");
+    await useName(page, "alice");
     const card = page.locator(`#sale-${sale.id}`);
     await card.locator("[data-remaining]").filter({ hasText: "20" }).waitFor();
     await card.locator("button.buy").click();
@@ -111,8 +116,7 @@ try {
     const sale = await createSale(base, { name: "Double click", stock: 10, per_user_limit: 5 });
     const page = await (await browser.newContext()).newPage();
     await page.goto(base + "/");
-    await page.fill("#user", "bob");
-    await page.click("#who button");
+    await useName(page, "bob");
     const card = page.locator(`#sale-${sale.id}`);
     await card.locator("button.buy").dblclick();
     await card.locator(".message.ok").waitFor({ timeout: 10000 });
@@ -130,8 +134,7 @@ try {
     const dave = await (await browser.newContext()).newPage();
     for (const [page, name] of [[carol, "carol"], [dave, "dave"]]) {
       await page.goto(base + "/");
-      await page.fill("#user", name);
-      await page.click("#who button");
+      await useName(page, name);
       await page.locator(`#sale-${seats.id} .seat[data-seat="C-12"]`).waitFor();
     }
     const card = carol.locator(`#sale-${seats.id}`);
@@ -192,6 +195,64 @@ try {
     }
     await admin.screenshot({ path: join(shots, "dashboard.png"), fullPage: true });
   });
+
+  await check("a queued sale: place, ETA and progress live; a reload keeps the place; the turn brings the order; the next in line hears sold out; the dashboard shows the line and sets its rate", async () => {
+    const startsAt = new Date(Date.now() + 12000).toISOString();
+    const sale = await createSale(base, { name: "Line drop", stock: 3, per_user_limit: 1, starts_at: startsAt, queue: { rate: "1/s" } });
+    // Two buyers join over the API first: the page's buyer is third in line.
+    for (const user of ["early-1", "early-2"]) {
+      const reply = await api(base, "POST", `/api/sales/${sale.id}/queue`, { user_id: user });
+      assert.equal(reply.status, 202, JSON.stringify(reply.body));
+    }
+    const open = async (name) => {
+      const page = await (await browser.newContext(phone)).newPage();
+      await page.goto(base + "/");
+      await useName(page, name);
+      return page;
+    };
+    const quinn = await open("quinn");
+    const card = quinn.locator(`#sale-${sale.id}`);
+    await card.locator("button.buy", { hasText: "Join the line" }).click();
+    await card.locator("[data-position]").filter({ hasText: /^3$/ }).waitFor({ timeout: 5000 }).catch(async (e) => { console.log(await card.innerText()); throw e; });
+    await card.locator("[data-eta]").waitFor();
+    // A reload keeps the place, and the button stays off: one place per buyer.
+    await quinn.reload();
+    await card.locator("[data-position]").filter({ hasText: /^3$/ }).waitFor({ timeout: 5000 }).catch(async (e) => { console.log(await card.innerText(), await quinn.evaluate(() => JSON.stringify(localStorage))); throw e; });
+    assert.equal(await card.locator("button.buy").isDisabled(), true);
+    // The fourth in line: three units, so nothing is left when their turn comes.
+    const rex = await open("rex");
+    const rexCard = rex.locator(`#sale-${sale.id}`);
+    await rexCard.locator("button.buy").click();
+    await rexCard.locator("[data-position]").filter({ hasText: /^4$/ }).waitFor({ timeout: 5000 }).catch(async (e) => { console.log(await rexCard.innerText(), Date.now() - Date.parse(startsAt)); throw e; });
+    // The dashboard shows the line and sets its rate.
+    const admin = await (await browser.newContext({ viewport: { width: 1280, height: 1100 } })).newPage();
+    await admin.goto(base + "/admin#token=" + ADMIN);
+    const row = admin.locator(`tr[data-sale="${sale.id}"]`);
+    await row.locator("[data-waiting]").filter({ hasText: /^4$/ }).waitFor({ timeout: 8000 });
+    await row.locator("[data-rate]").fill("2/s");
+    await row.locator('button[data-action="rate"]').click();
+    await admin.locator("#control-message.ok", { hasText: "2/s" }).waitFor({ timeout: 5000 });
+    assert.equal((await api(base, "GET", `/api/sales/${sale.id}/queue`)).body.rate, "2/s");
+    await quinn.screenshot({ path: join(shots, "line.png"), fullPage: true });
+    // The sale starts: the positions the page shows never rise, and the turn brings the order.
+    const seen = [];
+    const deadline = Date.now() + 30000;
+    while (!(await card.locator('[data-line="ordered"]').count())) {
+      assert.ok(Date.now() < deadline, `no order on the page; positions seen ${seen}`);
+      const shown = await card.locator("[data-position]").textContent({ timeout: 200 }).catch(() => null);
+      if (shown) seen.push(Number(shown));
+      await quinn.waitForTimeout(100);
+    }
+    for (let n = 1; n < seen.length; n++) assert.ok(seen[n] <= seen[n - 1], `a position rose: ${seen}`);
+    assert.ok(seen.some((p) => p < 3), `the page never moved up the line: ${seen}`);
+    await quinn.locator("#orders .order-status", { hasText: "paid" }).waitFor({ timeout: 10000 });
+    // The next in line hears at once that nothing is left.
+    await rexCard.locator('[data-line="closed"]').waitFor({ timeout: 10000 }).catch(async (e) => { console.log(await rexCard.innerText(), await rex.evaluate(() => JSON.stringify(localStorage)), JSON.stringify((await api(base, "GET", `/api/sales/${sale.id}/queue`)).body)); throw e; });
+    await rexCard.locator(".sale-status", { hasText: "Sold out" }).waitFor({ timeout: 5000 });
+    await row.locator("[data-decided]").filter({ hasText: /^3$/ }).waitFor({ timeout: 8000 });
+    await row.locator("[data-closed]").filter({ hasText: /^1$/ }).waitFor();
+    await admin.screenshot({ path: join(shots, "dashboard-line.png"), fullPage: true });
+  });
 } finally {
   server.stop();
 }
@@ -209,6 +270,19 @@ try {
     await page.locator("#orders .order-status", { hasText: "paid" }).waitFor({ timeout: 10000 });
     const orders = await api(secured.url, "GET", `/api/sales/${sale.id}`);
     assert.equal(orders.body.remaining, 2);
+  });
+
+  await check("with buyer tokens on, a token joins a line and follows the ticket to the order", async () => {
+    const sale = await createSale(secured.url, { name: "Members' line", stock: 2, queue: { rate: "off" },
+      starts_at: new Date(Date.now() + 3000).toISOString() });
+    const token = execFileSync(bin, ["token", "--user", "trent", "--auth-secret", SECRET]).toString().trim();
+    const page = await (await browser.newContext()).newPage();
+    await page.goto(secured.url + "/#token=" + token);
+    const card = page.locator(`#sale-${sale.id}`);
+    await card.locator("button.buy", { hasText: "Join the line" }).click();
+    await card.locator("[data-position]").filter({ hasText: /^1$/ }).waitFor({ timeout: 5000 });
+    await card.locator('[data-line="ordered"]').waitFor({ timeout: 15000 });
+    await page.locator("#orders .order-status", { hasText: "paid" }).waitFor({ timeout: 10000 });
   });
 } finally {
   secured.stop();
