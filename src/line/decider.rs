@@ -33,8 +33,6 @@ const SETTLE_TRIES: u32 = 5;
 /// line without a rate would otherwise outrun the bus (`Full`, its units given back,
 /// and its ticket tried again after later ones had been served).
 const SETTLING_AT_MOST: usize = 256;
-/// How long after its end a sale's decider keeps closing late tickets.
-const LINGER_MS: i64 = 60_000;
 
 /// What became of a ticket's purchase.
 enum Outcome {
@@ -86,11 +84,14 @@ pub(super) async fn run(
         let Some(queue) = sale.queue else { return };
         let now = now_millis();
         if sale.has_ended(now) {
+            // Closed for good: nobody joins any more (a join still on its way is
+            // refused), and once the last ticket on its way to the store is closed
+            // too, the decider is done and its line leaves memory.
             end_all(&line, &decisions, Refusal::Ended);
-            if sale.finished(now, LINGER_MS) {
+            if line.state.lock().waiting() == 0 {
                 return;
             }
-            idle(&line, Duration::from_secs(1)).await;
+            idle(&line, Duration::from_millis(100)).await;
             continue;
         }
         let closed_by = line.state.lock().closed_by;

@@ -11,8 +11,9 @@
 //!
 //! The ticket is the order's idempotency key (`Ticket::order_key`): a ticket decided
 //! again after a crash (its order stored, its decision not) replays its order.
-//! In memory: the tickets of the lines of sales not finished; a finished sale's tickets
-//! are read from the store.
+//! In memory: the tickets of the lines of sales not ended. A sale's line leaves memory
+//! when its decider stops (the sale ended and its last ticket is closed); from then on
+//! its tickets and figures are read from the store.
 
 mod decider;
 mod journal;
@@ -28,7 +29,8 @@ use crate::domain::{
     Millis, QueueSettings, RateLimit, Refusal, Sale, Ticket, TicketStatus, now_millis,
 };
 use crate::engine::{Admitted, Engine, EngineError};
-use crate::store::TicketStore;
+use crate::observe::metrics;
+use crate::store::{TicketCounts, TicketStore};
 pub use state::LineFigures;
 use state::SaleLine;
 
@@ -55,9 +57,11 @@ pub struct Joined {
 pub struct Line {
     engine: Arc<Engine>,
     store: Arc<dyn TicketStore>,
-    lines: Mutex<HashMap<String, Arc<SaleLine>>>,
-    /// Ticket id → its sale's line, for the tickets in memory.
-    tickets: Mutex<HashMap<String, Arc<SaleLine>>>,
+    /// The lines in memory, by sale (shared with the deciders, which take theirs out
+    /// when they stop).
+    lines: Arc<Mutex<HashMap<String, Arc<SaleLine>>>>,
+    /// What a finished line's watchers get: it never changes.
+    finished: tokio::sync::watch::Sender<u64>,
     appends: mpsc::UnboundedSender<journal::Append>,
     decisions: mpsc::UnboundedSender<Ticket>,
 }
@@ -77,12 +81,12 @@ impl Line {
             engine,
             store,
             lines: Default::default(),
-            tickets: Default::default(),
+            finished: tokio::sync::watch::channel(0).0,
             appends,
             decisions,
         });
         for sale in line.engine.queued_sales() {
-            line.line_of(&sale).await?;
+            line.running_line(&sale).await?;
         }
         Ok(line)
     }
@@ -100,14 +104,16 @@ impl Line {
                     .to_rfc3339(),
             ));
         }
-        let line = self.line_of(&sale).await?;
+        let line = self
+            .running_line(&sale)
+            .await?
+            .ok_or(EngineError::Refused(Refusal::Ended))?;
         let (ticket, stored) = {
             let mut state = line.state.lock();
-            if let Some(existing) = state.ticket_of(&purchase.user_id) {
-                if !existing.durable {
+            if let Some((ticket, durable)) = state.ticket_of(&purchase.user_id) {
+                if !durable {
                     return Err(EngineError::InProgress);
                 }
-                let ticket = existing.ticket.clone();
                 let state = state.view(ticket, &sale, now);
                 return Ok(Joined { state, new: false });
             }
@@ -144,32 +150,31 @@ impl Line {
             }
             (ticket, stored)
         };
-        self.tickets.lock().insert(ticket.id.clone(), line.clone());
         match stored.await {
             Ok(true) => {
                 let state = line.state.lock().view(ticket, &sale, now_millis());
                 Ok(Joined { state, new: true })
             }
-            _ => {
-                self.tickets.lock().remove(&ticket.id);
-                Err(EngineError::Unavailable(
-                    "the ticket could not be stored: join again".into(),
-                ))
-            }
+            _ => Err(EngineError::Unavailable(
+                "the ticket could not be stored: join again".into(),
+            )),
         }
     }
 
     /// A ticket as it stands now: from memory while its sale's line is there, else
     /// from the store (a finished sale's).
     pub async fn ticket(&self, id: &str) -> Result<TicketState, EngineError> {
-        let line = self.tickets.lock().get(id).cloned();
-        if let Some(line) = line {
+        // The lines in memory are those of sales not finished: a few, each asked.
+        let lines: Vec<Arc<SaleLine>> = self.lines.lock().values().cloned().collect();
+        for line in lines {
+            let Some(ticket) = line.state.lock().ticket_by_id(id) else {
+                continue;
+            };
             let sale = self.engine.sale(&line.sale_id).await?;
+            // Viewed under the lock taken again: the ticket as it is now.
             let mut state = line.state.lock();
-            if let Some(ticket) = state.ticket_by_id(id) {
-                let ticket = ticket.clone();
-                return Ok(state.view(ticket, &sale, now_millis()));
-            }
+            let ticket = state.ticket_by_id(id).unwrap_or(ticket);
+            return Ok(state.view(ticket, &sale, now_millis()));
         }
         let ticket = self
             .store
@@ -192,7 +197,10 @@ impl Line {
         sale_id: &str,
     ) -> Result<tokio::sync::watch::Receiver<u64>, EngineError> {
         let sale = self.engine.sale(sale_id).await?;
-        Ok(self.line_of(&sale).await?.changed.subscribe())
+        Ok(match self.running_line(&sale).await? {
+            Some(line) => line.changed.subscribe(),
+            None => self.finished.subscribe(),
+        })
     }
 
     /// The line's public figures.
@@ -202,8 +210,26 @@ impl Line {
     ) -> Result<(QueueSettings, LineFigures), EngineError> {
         let sale = self.engine.sale(sale_id).await?;
         let queue = sale.queue.ok_or(EngineError::NoQueue)?;
-        let line = self.line_of(&sale).await?;
-        let figures = line.state.lock().figures(now_millis());
+        let figures = match self.running_line(&sale).await? {
+            Some(line) => line.state.lock().figures(now_millis()),
+            None => {
+                // Counted in the store, not read into memory again.
+                let TicketCounts {
+                    waiting,
+                    decided,
+                    timed_out,
+                    closed,
+                } = self.store.ticket_counts(&sale.id).await?;
+                LineFigures {
+                    waiting,
+                    decided,
+                    timed_out,
+                    closed,
+                    rate: queue.rate,
+                    measured_per_s: None,
+                }
+            }
+        };
         Ok((
             QueueSettings {
                 rate: figures.rate,
@@ -229,39 +255,42 @@ impl Line {
             .ok_or_else(|| EngineError::SaleNotFound(sale_id.to_string()))?;
         let sale = Arc::new(sale);
         self.engine.cached_sale_changed(sale.clone());
-        let line = self.line_of(&sale).await?;
-        line.state.lock().rate = rate;
-        line.wake.notify_one();
-        line.bump();
+        if let Some(line) = self.running_line(&sale).await? {
+            line.state.lock().rate = rate;
+            line.wake.notify_one();
+            line.bump();
+        }
         Ok(changed)
     }
 
     /// The sale's line in memory, taken up from the store the first time (and its
-    /// decider started).
-    async fn line_of(&self, sale: &Arc<Sale>) -> Result<Arc<SaleLine>, EngineError> {
+    /// decider started); `None` once the sale ended and nobody waits in its line (it
+    /// stays in the store). An ended sale's line with tickets still waiting (a restart
+    /// at its end) is taken up to close them.
+    async fn running_line(&self, sale: &Arc<Sale>) -> Result<Option<Arc<SaleLine>>, EngineError> {
         if let Some(line) = self.lines.lock().get(&sale.id) {
-            return Ok(line.clone());
+            return Ok(Some(line.clone()));
+        }
+        if sale.has_ended(now_millis()) && self.store.ticket_counts(&sale.id).await?.waiting == 0 {
+            return Ok(None);
         }
         let queue = sale.queue.ok_or(EngineError::NoQueue)?;
         let tickets = self.store.sale_tickets(&sale.id).await?;
         let mut lines = self.lines.lock();
         if let Some(line) = lines.get(&sale.id) {
-            return Ok(line.clone());
+            return Ok(Some(line.clone()));
         }
         let line = Arc::new(SaleLine::restored(&sale.id, queue.rate, tickets));
-        {
-            let mut index = self.tickets.lock();
-            for id in line.state.lock().ids() {
-                index.insert(id, line.clone());
-            }
-        }
         lines.insert(sale.id.clone(), line.clone());
-        tokio::spawn(decider::run(
-            self.engine.clone(),
-            line.clone(),
-            self.decisions.clone(),
-        ));
-        Ok(line)
+        metrics::lines_in_memory(1);
+        let decider = decider::run(self.engine.clone(), line.clone(), self.decisions.clone());
+        let (all_lines, sale_id) = (self.lines.clone(), sale.id.clone());
+        tokio::spawn(async move {
+            decider.await;
+            all_lines.lock().remove(&sale_id);
+            metrics::lines_in_memory(-1);
+        });
+        Ok(Some(line))
     }
 }
 

@@ -1,8 +1,17 @@
 //! One sale's line in memory: its tickets in line order, who holds which, the head
 //! (the next to decide), what is durable, and how fast it moves.
+//!
+//! A line may hold a million waiting tickets, so an entry is compact (~200 bytes): the
+//! id as 32 bytes, the sale implied by the line, the purchase's fingerprint shared by
+//! the tickets that buy the same thing, and the two lookups (by buyer, by id) are
+//! tables of places hashed by the entry's own key, not maps holding copies of it.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
+
+use hashbrown::HashTable;
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
@@ -30,9 +39,12 @@ impl SaleLine {
     /// waiting ticket.
     pub(super) fn restored(sale_id: &str, rate: RateLimit, tickets: Vec<Ticket>) -> SaleLine {
         let mut state = LineState {
+            sale_id: sale_id.into(),
             entries: Vec::with_capacity(tickets.len()),
-            by_buyer: HashMap::new(),
-            by_id: HashMap::new(),
+            fingerprints: HashMap::new(),
+            by_buyer: HashTable::new(),
+            by_id: HashTable::new(),
+            hasher: Default::default(),
             head: 1,
             durable_through: 0,
             closed_by: None,
@@ -51,8 +63,7 @@ impl SaleLine {
             // A batch of joins that failed left its seqs unused: keep them as void
             // places, so that an entry's index stays its seq.
             while state.next_seq() < ticket.seq {
-                let seq = state.next_seq();
-                state.entries.push(Entry::void(seq));
+                state.entries.push(Entry::void());
             }
             state.durable_through = ticket.seq;
             state.count(ticket.status, 1);
@@ -74,41 +85,54 @@ impl SaleLine {
     }
 }
 
+/// A ticket in its line; its seq is its index + 1, its sale the line's.
 pub(super) struct Entry {
-    pub(super) ticket: Ticket,
+    /// The ticket id's 32 bytes (hex in `Ticket::id`); all zero for a void place.
+    id: [u8; 32],
+    user_id: Box<str>,
+    fingerprint: Arc<str>,
+    nonce: Box<str>,
+    joined_at: Millis,
+    decided_at: Option<Millis>,
+    /// The ETA last shown, as a time: an ETA never rises.
+    eta_at: Option<Millis>,
+    order_id: Option<Box<str>>,
+    refusal: Option<Box<str>>,
+    status: TicketStatus,
     /// On disk (the join was answered).
     pub(super) durable: bool,
     /// A place whose join failed: nobody holds it.
     void: bool,
-    /// The ETA last shown, as a time: an ETA never rises.
-    eta_at: Option<Millis>,
 }
 
 impl Entry {
-    fn void(seq: u64) -> Entry {
+    fn void() -> Entry {
         Entry {
-            ticket: Ticket {
-                id: String::new(),
-                sale_id: String::new(),
-                user_id: String::new(),
-                seq,
-                fingerprint: String::new(),
-                nonce: String::new(),
-                joined_at: 0,
-                status: TicketStatus::Closed,
-                order_id: None,
-                refusal: None,
-                decided_at: None,
-            },
+            id: [0; 32],
+            user_id: "".into(),
+            fingerprint: "".into(),
+            nonce: "".into(),
+            joined_at: 0,
+            decided_at: None,
+            eta_at: None,
+            order_id: None,
+            refusal: None,
+            status: TicketStatus::Closed,
             durable: true,
             void: true,
-            eta_at: None,
         }
     }
 
     fn waiting(&self) -> bool {
-        !self.void && self.ticket.status == TicketStatus::Waiting
+        !self.void && self.status == TicketStatus::Waiting
     }
+}
+
+/// A ticket id's 32 bytes; `None` if it is not 64 hex digits (no ticket has it).
+fn id_bytes(id: &str) -> Option<[u8; 32]> {
+    let mut bytes = [0; 32];
+    hex::decode_to_slice(id, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// What `GET /api/sales/{id}/queue` shows.
@@ -125,10 +149,16 @@ pub struct LineFigures {
 }
 
 pub(super) struct LineState {
+    sale_id: Arc<str>,
     /// Every ticket of the line; the one at index i has seq i + 1.
     entries: Vec<Entry>,
-    by_buyer: HashMap<String, u64>,
-    by_id: HashMap<String, u64>,
+    /// One copy of each purchase the tickets make (most make the same).
+    fingerprints: HashMap<Arc<str>, ()>,
+    /// The seqs of the tickets held, found by their holder's id (hashed from the entry).
+    by_buyer: HashTable<u64>,
+    /// The same, found by the ticket's id.
+    by_id: HashTable<u64>,
+    hasher: std::hash::RandomState,
     /// The seq of the next ticket to decide: every one before it is taken.
     head: u64,
     /// Every ticket up to this seq is on disk (or void).
@@ -143,24 +173,54 @@ pub(super) struct LineState {
 }
 
 impl LineState {
+    /// Tickets waiting, with those still on their way to the store.
+    pub(super) fn waiting(&self) -> u64 {
+        self.figures.waiting
+    }
+
     pub(super) fn next_seq(&self) -> u64 {
         self.entries.len() as u64 + 1
     }
 
     pub(super) fn push(&mut self, ticket: Ticket) {
         debug_assert_eq!(ticket.seq, self.next_seq());
-        self.by_buyer.insert(ticket.user_id.clone(), ticket.seq);
-        self.by_id.insert(ticket.id.clone(), ticket.seq);
+        let id = id_bytes(&ticket.id)
+            .unwrap_or_else(|| panic!("a ticket id is 64 hex digits: {}", ticket.id));
+        let fingerprint = match self.fingerprints.get_key_value(ticket.fingerprint.as_str()) {
+            Some((shared, ())) => shared.clone(),
+            None => {
+                let shared: Arc<str> = ticket.fingerprint.as_str().into();
+                self.fingerprints.insert(shared.clone(), ());
+                shared
+            }
+        };
         if ticket.status == TicketStatus::Waiting {
             self.figures.waiting += 1;
             metrics::line_waiting(1);
         }
         self.entries.push(Entry {
-            ticket,
+            id,
+            user_id: ticket.user_id.into_boxed_str(),
+            fingerprint,
+            nonce: ticket.nonce.into_boxed_str(),
+            joined_at: ticket.joined_at,
+            decided_at: ticket.decided_at,
+            eta_at: None,
+            order_id: ticket.order_id.map(String::into_boxed_str),
+            refusal: ticket.refusal.map(String::into_boxed_str),
+            status: ticket.status,
             durable: false,
             void: false,
-            eta_at: None,
         });
+        let (hasher, entries) = (&self.hasher, &self.entries);
+        let by_buyer = |&seq: &u64| hasher.hash_one(&*entries[seq as usize - 1].user_id);
+        let by_id = |&seq: &u64| hasher.hash_one(entries[seq as usize - 1].id);
+        let seq = ticket.seq;
+        let entry = &entries[seq as usize - 1];
+        self.by_buyer
+            .insert_unique(hasher.hash_one(&*entry.user_id), seq, by_buyer);
+        self.by_id
+            .insert_unique(hasher.hash_one(entry.id), seq, by_id);
     }
 
     fn entry(&self, seq: u64) -> Option<&Entry> {
@@ -171,16 +231,48 @@ impl LineState {
         self.entries.get_mut(seq.checked_sub(1)? as usize)
     }
 
-    pub(super) fn ticket_of(&self, user_id: &str) -> Option<&Entry> {
-        self.entry(*self.by_buyer.get(user_id)?)
+    /// The ticket at `seq`, whole.
+    fn ticket(&self, seq: u64) -> Option<Ticket> {
+        let entry = self.entry(seq)?;
+        Some(Ticket {
+            id: hex::encode(entry.id),
+            sale_id: self.sale_id.to_string(),
+            user_id: entry.user_id.to_string(),
+            seq,
+            fingerprint: entry.fingerprint.to_string(),
+            nonce: entry.nonce.to_string(),
+            joined_at: entry.joined_at,
+            status: entry.status,
+            order_id: entry.order_id.as_deref().map(String::from),
+            refusal: entry.refusal.as_deref().map(String::from),
+            decided_at: entry.decided_at,
+        })
     }
 
-    pub(super) fn ticket_by_id(&self, id: &str) -> Option<&Ticket> {
-        Some(&self.entry(*self.by_id.get(id)?)?.ticket)
+    fn seq_of_buyer(&self, user_id: &str) -> Option<u64> {
+        let hash = self.hasher.hash_one(user_id);
+        let entries = &self.entries;
+        self.by_buyer
+            .find(hash, |&seq| &*entries[seq as usize - 1].user_id == user_id)
+            .copied()
     }
 
-    pub(super) fn ids(&self) -> Vec<String> {
-        self.by_id.keys().cloned().collect()
+    fn seq_of_id(&self, id: &[u8; 32]) -> Option<u64> {
+        let hash = self.hasher.hash_one(id);
+        let entries = &self.entries;
+        self.by_id
+            .find(hash, |&seq| entries[seq as usize - 1].id == *id)
+            .copied()
+    }
+
+    /// The buyer's ticket, and whether it is on disk yet.
+    pub(super) fn ticket_of(&self, user_id: &str) -> Option<(Ticket, bool)> {
+        let seq = self.seq_of_buyer(user_id)?;
+        Some((self.ticket(seq)?, self.entry(seq)?.durable))
+    }
+
+    pub(super) fn ticket_by_id(&self, id: &str) -> Option<Ticket> {
+        self.ticket(self.seq_of_id(&id_bytes(id)?)?)
     }
 
     /// The journal stored the ticket (`stored`), or failed to: then its place is void.
@@ -204,15 +296,21 @@ impl LineState {
         if entry.void {
             return;
         }
-        entry.void = true;
+        let (user, id) = (entry.user_id.clone(), entry.id);
+        let (hasher, entries) = (&self.hasher, &self.entries);
+        if let Ok(found) = self.by_buyer.find_entry(hasher.hash_one(&*user), |&s| {
+            s == seq && *entries[s as usize - 1].user_id == *user
+        }) {
+            found.remove();
+        }
+        if let Ok(found) = self.by_id.find_entry(hasher.hash_one(id), |&s| s == seq) {
+            found.remove();
+        }
         // Nobody holds the place: the head steps over it (else the line would stop
         // here for good, `skip_to_waiting` waiting for it to become durable).
-        entry.durable = true;
-        let (user, id) = (entry.ticket.user_id.clone(), entry.ticket.id.clone());
+        self.entries[seq as usize - 1] = Entry::void();
         self.figures.waiting -= 1;
         metrics::line_waiting(-1);
-        self.by_buyer.remove(&user);
-        self.by_id.remove(&id);
     }
 
     /// Moves the head past the places that are not waiting (void, closed, or decided
@@ -232,8 +330,8 @@ impl LineState {
         (self.head <= self.durable_through)
             .then(|| self.entry(self.head))
             .flatten()
-            .filter(|entry| entry.waiting())
-            .map(|entry| entry.ticket.clone())
+            .filter(|entry| entry.waiting())?;
+        self.ticket(self.head)
     }
 
     /// The head is being decided: the line moves on.
@@ -256,11 +354,11 @@ impl LineState {
         if !entry.waiting() {
             return None;
         }
-        entry.ticket.status = status;
-        entry.ticket.order_id = order_id;
-        entry.ticket.refusal = refusal.map(String::from);
-        entry.ticket.decided_at = Some(at);
-        let ticket = entry.ticket.clone();
+        entry.status = status;
+        entry.order_id = order_id.map(String::into_boxed_str);
+        entry.refusal = refusal.map(Box::from);
+        entry.decided_at = Some(at);
+        let ticket = self.ticket(seq)?;
         self.figures.waiting -= 1;
         self.count(status, 1);
         let outcome = match status {
@@ -381,7 +479,7 @@ mod tests {
 
     fn ticket(seq: u64) -> Ticket {
         Ticket {
-            id: format!("t{seq}"),
+            id: Ticket::id_for("s", &format!("u{seq}"), "n"),
             sale_id: "s".into(),
             user_id: format!("u{seq}"),
             seq,
@@ -415,5 +513,37 @@ mod tests {
             "the void place is skipped"
         );
         assert_eq!(state.figures(0).waiting, 2);
+    }
+
+    /// A ticket is found by its holder and by its id, whole; a void place by neither.
+    #[test]
+    fn tickets_are_found_by_buyer_and_by_id() {
+        let line = SaleLine::restored("s", RateLimit::Off, Vec::new());
+        let mut state = line.state.lock();
+        for seq in 1..=1_000 {
+            state.push(ticket(seq));
+        }
+        state.appended(1_000, true);
+        let (found, durable) = state.ticket_of("u700").expect("u700 holds a ticket");
+        assert_eq!(found, ticket(700));
+        assert!(!durable, "only the last append was answered");
+        assert_eq!(state.ticket_by_id(&ticket(42).id), Some(ticket(42)));
+        assert_eq!(state.ticket_by_id(&"0".repeat(64)), None);
+        assert_eq!(state.ticket_by_id("not hex"), None);
+        state.void(42);
+        assert_eq!(state.ticket_by_id(&ticket(42).id), None);
+        assert!(state.ticket_of("u42").is_none());
+        assert_eq!(state.ticket_of("u43").map(|(t, _)| t.seq), Some(43));
+    }
+
+    /// A million waiting tickets must fit in 300 MB with the rest of the server: an
+    /// entry's own size is the largest part of it.
+    #[test]
+    fn an_entry_stays_compact() {
+        assert!(
+            std::mem::size_of::<Entry>() <= 168,
+            "{} bytes",
+            std::mem::size_of::<Entry>()
+        );
     }
 }

@@ -34,6 +34,7 @@ pub const LINE_JOINS: &str = "flashsale_line_joins_total";
 pub const LINE_TICKETS: &str = "flashsale_line_tickets_total";
 pub const LINE_WAITING: &str = "flashsale_line_waiting_tickets";
 pub const LINE_WAIT: &str = "flashsale_line_wait_seconds";
+pub const LINES_IN_MEMORY: &str = "flashsale_lines_in_memory";
 
 /// Every metric this process may export, for the tests of the dashboards and alerts.
 pub const ALL: &[&str] = &[
@@ -54,6 +55,7 @@ pub const ALL: &[&str] = &[
     LINE_TICKETS,
     LINE_WAITING,
     LINE_WAIT,
+    LINES_IN_MEMORY,
 ];
 
 /// Latency buckets, 100 µs to 10 s.
@@ -153,6 +155,10 @@ fn describe() {
         "Tickets that left a line, by outcome: success (an order), refused, timeout, closed"
     );
     describe_gauge!(LINE_WAITING, "Tickets waiting in the lines of this process");
+    describe_gauge!(
+        LINES_IN_MEMORY,
+        "Sales' lines held in memory (a line leaves once its sale ended and nobody waits)"
+    );
     describe_histogram!(
         LINE_WAIT,
         Unit::Seconds,
@@ -177,6 +183,7 @@ fn register_at_zero() {
         metrics::counter!(LINE_TICKETS, "outcome" => outcome.label()).increment(0);
     }
     metrics::gauge!(LINE_WAITING).set(0.0);
+    metrics::gauge!(LINES_IN_MEMORY).set(0.0);
 }
 
 /// How a ticket left a line.
@@ -219,6 +226,11 @@ pub fn line_joined() {
 pub fn line_waiting(n: i64) {
     metrics::gauge!(LINE_WAITING).increment(n as f64);
     tally().line.waiting.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A sale's line came into memory (+1) or left it (-1).
+pub fn lines_in_memory(n: i64) {
+    metrics::gauge!(LINES_IN_MEMORY).increment(n as f64);
 }
 
 /// A ticket left its line after `waited`.

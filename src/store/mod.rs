@@ -165,6 +165,15 @@ pub trait OrderStore: Send + Sync + 'static {
     async fn order_history(&self, id: &str) -> Result<Vec<(OrderStatus, Millis)>, StoreError>;
 }
 
+/// A line's tickets by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TicketCounts {
+    pub waiting: u64,
+    pub decided: u64,
+    pub timed_out: u64,
+    pub closed: u64,
+}
+
 /// The durable tickets of the sales' lines (issue #25). The line itself (who is where,
 /// what is decided next) runs in memory (`crate::line`); this is what survives it.
 #[async_trait]
@@ -177,6 +186,9 @@ pub trait TicketStore: Send + Sync + 'static {
     async fn get_ticket(&self, id: &str) -> Result<Option<Ticket>, StoreError>;
     /// Every ticket of a sale, in line order.
     async fn sale_tickets(&self, sale_id: &str) -> Result<Vec<Ticket>, StoreError>;
+    /// How many of a sale's tickets have each status (a finished line's figures,
+    /// without reading its tickets).
+    async fn ticket_counts(&self, sale_id: &str) -> Result<TicketCounts, StoreError>;
     /// Changes a sale's line settings (its rate); the sale after it, `None` if there is
     /// no such sale.
     async fn set_queue(

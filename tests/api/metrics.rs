@@ -213,16 +213,20 @@ async fn every_metric_the_dashboards_and_alerts_query_exists() {
     );
 }
 
-/// A line with stock 2: five buyers join, two get orders, the third is refused
-/// `sold_out` and the other two are closed. Waits until none is waiting.
+/// A line with stock 3: five buyers join; the first two get a unit each, the third
+/// asks for the two there are not (refused `sold_out`, the line goes on), the fourth
+/// takes the last unit and the fifth is told `closed`. Waits until none is waiting.
 async fn line_of_five_for_two(app: &TestServer) {
     let sale = app
         .create_sale(json!({
             "name": "queued",
-            "stock": 2,
+            "stock": 3,
+            "per_user_limit": 2,
             // Everybody in line before the start: then the stock goes.
             "starts_at": (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339(),
-            "queue": {},
+            // Paced: the last unit's order is stored, closing the line, before the
+            // fifth ticket's turn (unpaced, the fifth may be refused first).
+            "queue": {"rate": "5/s"},
         }))
         .await;
     let sale = sale["id"].as_str().unwrap();
@@ -230,14 +234,14 @@ async fn line_of_five_for_two(app: &TestServer) {
         let joined = app
             .post(
                 &format!("/api/sales/{sale}/queue"),
-                &json!({"user_id": format!("queued-{n}")}),
+                &json!({"user_id": format!("queued-{n}"), "quantity": if n == 2 { 2 } else { 1 }}),
             )
             .await;
         assert_eq!(joined.status, 202, "{}", joined.text);
     }
     for _ in 0..100 {
         let line = app.get(&format!("/api/sales/{sale}/queue")).await;
-        if line.body["waiting"] == 0 && line.body["decided"].as_u64().unwrap() >= 3 {
+        if line.body["waiting"] == 0 && line.body["decided"].as_u64().unwrap() >= 4 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -254,9 +258,9 @@ async fn a_line_is_counted_by_outcome() {
     let scrape = Scrape::of(&app).await;
     let outcome = |o: &str| scrape.value("flashsale_line_tickets_total", &[("outcome", o)]);
     assert_eq!(scrape.value("flashsale_line_joins_total", &[]), Some(5.0));
-    assert_eq!(outcome("success"), Some(2.0));
+    assert_eq!(outcome("success"), Some(3.0));
     assert_eq!(outcome("refused"), Some(1.0));
-    assert_eq!(outcome("closed"), Some(2.0));
+    assert_eq!(outcome("closed"), Some(1.0));
     assert_eq!(outcome("timeout"), Some(0.0));
     assert_eq!(
         scrape.value("flashsale_line_waiting_tickets", &[]),

@@ -509,3 +509,61 @@ async fn the_last_unit_sold_closes_the_line_at_once() {
         "{ends:?}"
     );
 }
+
+/// An ended sale's line leaves memory once nobody waits in it: its figures, tickets
+/// and joins are answered from the store from then on, without reading it back.
+#[tokio::test]
+async fn an_ended_sales_line_leaves_memory() {
+    let app = TestServer::spawn().await;
+    let in_memory = || async {
+        crate::metrics::Scrape::of(&app)
+            .await
+            .value("flashsale_lines_in_memory", &[])
+    };
+    let sale = app
+        .create_sale(json!({
+            "name": "short line",
+            "stock": 10,
+            "ends_at": in_ms(2_000),
+            "queue": {"rate": "2/s"},
+        }))
+        .await;
+    let sale = sale["id"].as_str().unwrap().to_string();
+    let mut tickets = Vec::new();
+    for n in 0..8 {
+        let reply = join(&app, &sale, &format!("buyer-{n}")).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        tickets.push(reply.body["ticket"].as_str().unwrap().to_string());
+    }
+    assert_eq!(in_memory().await, Some(1.0));
+    let last = final_state(&app, &tickets[7]).await;
+    assert_eq!(last["status"], "closed", "{last}");
+    assert_eq!(last["refusal"]["code"], "ended", "{last}");
+    let mut left = false;
+    for _ in 0..60 {
+        if in_memory().await == Some(0.0) {
+            left = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(left, "the ended line is still in memory");
+    // From the store, as they were.
+    let line = app.get(&format!("/api/sales/{sale}/queue")).await;
+    assert_eq!(line.status, 200, "{}", line.text);
+    assert_eq!(line.body["waiting"], 0);
+    let (decided, closed) = (
+        line.body["decided"].as_u64().unwrap(),
+        line.body["closed"].as_u64().unwrap(),
+    );
+    assert_eq!(decided + closed, 8, "{}", line.text);
+    assert!(decided >= 1 && closed >= 1, "{}", line.text);
+    let first = app.get(&format!("/api/tickets/{}", tickets[0])).await;
+    assert_eq!(first.body["status"], "decided", "{}", first.text);
+    assert_eq!(first.body["order"]["status"], "paid", "{}", first.text);
+    join(&app, &sale, "latecomer")
+        .await
+        .assert_problem(409, "ended");
+    // None of that took the line up again.
+    assert_eq!(in_memory().await, Some(0.0));
+}

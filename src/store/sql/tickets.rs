@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 
 use super::SqlStore;
 use crate::domain::{QueueSettings, Sale, Ticket, TicketStatus};
-use crate::store::{OrderStore as _, StoreError, TicketStore};
+use crate::store::{OrderStore as _, StoreError, TicketCounts, TicketStore};
 
 /// Rows per statement (11 parameters each: well under SQLite's and PostgreSQL's limits).
 const ROWS_PER_STATEMENT: usize = 64;
@@ -120,6 +120,29 @@ impl TicketStore for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(ticket_from_row).collect()
+    }
+
+    async fn ticket_counts(&self, sale_id: &str) -> Result<TicketCounts, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM tickets WHERE sale_id = $1 GROUP BY status",
+        )
+        .bind(sale_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = TicketCounts::default();
+        for row in rows {
+            let status: String = row.try_get("status")?;
+            let n: i64 = row.try_get("n")?;
+            let slot = match TicketStatus::parse(&status) {
+                Some(TicketStatus::Waiting) => &mut counts.waiting,
+                Some(TicketStatus::Decided) => &mut counts.decided,
+                Some(TicketStatus::Timeout) => &mut counts.timed_out,
+                Some(TicketStatus::Closed) => &mut counts.closed,
+                None => return Err(StoreError::Corrupt(format!("ticket status {status:?}"))),
+            };
+            *slot = n.max(0) as u64;
+        }
+        Ok(counts)
     }
 
     async fn set_queue(
