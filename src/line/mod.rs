@@ -152,7 +152,10 @@ impl Line {
         };
         match stored.await {
             Ok(true) => {
-                let state = line.state.lock().view(ticket, &sale, now_millis());
+                // As it is now: the decider may have taken it while it was stored.
+                let mut state = line.state.lock();
+                let ticket = state.ticket_by_id(&ticket.id).unwrap_or(ticket);
+                let state = state.view(ticket, &sale, now_millis());
                 Ok(Joined { state, new: true })
             }
             _ => Err(EngineError::Unavailable(

@@ -755,3 +755,79 @@ async fn postgres_a_bounded_insert_never_lands_past_its_deadline() {
         .unwrap();
     assert_eq!(outcomes, vec![InsertOutcome::Stored]);
 }
+
+fn ticket(sale: &Sale, seq: u64, user: &str) -> crate::domain::Ticket {
+    crate::domain::Ticket {
+        id: crate::domain::Ticket::id_for(&sale.id, user, "n"),
+        sale_id: sale.id.clone(),
+        user_id: user.into(),
+        seq,
+        fingerprint: "default:1".into(),
+        nonce: "n".into(),
+        joined_at: 1_000 + seq as i64,
+        status: crate::domain::TicketStatus::Waiting,
+        order_id: None,
+        refusal: None,
+        decided_at: None,
+    }
+}
+
+/// Tickets go in a batch at a time, all or none, come back as they went in (in line
+/// order), are counted by status, and a decision is recorded once.
+async fn tickets_round_trip(dialect: Dialect) {
+    use crate::domain::TicketStatus;
+    use crate::store::{TicketCounts, TicketStore};
+    let (store, _dir) = store(dialect).await;
+    let s = sale(3, 1);
+    store.create_sale(&s).await.unwrap();
+    let batch: Vec<_> = (1..=100).map(|n| ticket(&s, n, &format!("u{n}"))).collect();
+    store.append_tickets(&batch).await.unwrap();
+    assert_eq!(store.sale_tickets(&s.id).await.unwrap(), batch);
+    assert_eq!(
+        store.get_ticket(&batch[41].id).await.unwrap(),
+        Some(batch[41].clone())
+    );
+    // A batch with one buyer already in the line goes in not at all.
+    let clash = vec![ticket(&s, 101, "u101"), ticket(&s, 102, "u7")];
+    assert!(store.append_tickets(&clash).await.is_err());
+    assert_eq!(store.get_ticket(&clash[0].id).await.unwrap(), None);
+    let mut decided = batch[0].clone();
+    decided.status = TicketStatus::Decided;
+    decided.order_id = Some("order-1".into());
+    decided.decided_at = Some(2_000);
+    let mut closed = batch[1].clone();
+    closed.status = TicketStatus::Closed;
+    closed.refusal = Some("sold_out".into());
+    closed.decided_at = Some(2_001);
+    store
+        .settle_tickets(&[decided.clone(), closed.clone()])
+        .await
+        .unwrap();
+    // Decided once: a second decision leaves the first.
+    let mut again = batch[0].clone();
+    again.status = TicketStatus::Timeout;
+    again.decided_at = Some(3_000);
+    store.settle_tickets(&[again]).await.unwrap();
+    assert_eq!(store.get_ticket(&decided.id).await.unwrap(), Some(decided));
+    assert_eq!(store.get_ticket(&closed.id).await.unwrap(), Some(closed));
+    assert_eq!(
+        store.ticket_counts(&s.id).await.unwrap(),
+        TicketCounts {
+            waiting: 98,
+            decided: 1,
+            timed_out: 0,
+            closed: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn sqlite_tickets_round_trip() {
+    tickets_round_trip(Dialect::Sqlite).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)"]
+async fn postgres_tickets_round_trip() {
+    tickets_round_trip(Dialect::Postgres).await;
+}

@@ -5,12 +5,9 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::SqlStore;
+use super::{Dialect, SqlStore};
 use crate::domain::{QueueSettings, Sale, Ticket, TicketStatus};
 use crate::store::{OrderStore as _, StoreError, TicketCounts, TicketStore};
-
-/// Rows per statement (11 parameters each: well under SQLite's and PostgreSQL's limits).
-const ROWS_PER_STATEMENT: usize = 64;
 
 const COLUMNS: &str = "id, sale_id, user_id, seq, fingerprint, nonce, joined_at, status, \
                        order_id, refusal, decided_at";
@@ -37,48 +34,50 @@ fn ticket_from_row(row: &AnyRow) -> Result<Ticket, StoreError> {
 #[async_trait]
 impl TicketStore for SqlStore {
     async fn append_tickets(&self, tickets: &[Ticket]) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
-        for chunk in tickets.chunks(ROWS_PER_STATEMENT) {
-            let rows = (0..chunk.len())
-                .map(|r| {
-                    let p = r * 11;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5,
-                        p + 6,
-                        p + 7,
-                        p + 8,
-                        p + 9,
-                        p + 10,
-                        p + 11
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("INSERT INTO tickets ({COLUMNS}) VALUES {rows}");
-            let mut query =
-                sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() == ROWS_PER_STATEMENT);
-            for t in chunk {
-                query = query
-                    .bind(t.id.clone())
-                    .bind(t.sale_id.clone())
-                    .bind(t.user_id.clone())
-                    .bind(t.seq as i64)
-                    .bind(t.fingerprint.clone())
-                    .bind(t.nonce.clone())
-                    .bind(t.joined_at)
-                    .bind(t.status.as_str())
-                    .bind(t.order_id.clone())
-                    .bind(t.refusal.clone())
-                    .bind(t.decided_at);
+        // One statement, all the tickets as one JSON parameter: atomic without a
+        // transaction around it, prepared once, and no per-row parameters to bind
+        // (binding 64 rows × 11 `$n` took a quarter of the writer's time on SQLite).
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "INSERT INTO tickets (id, sale_id, user_id, seq, fingerprint, nonce, joined_at, \
+                 status, order_id, refusal, decided_at) \
+                 SELECT value ->> 'id', value ->> 'sale_id', value ->> 'user_id', \
+                 value ->> 'seq', value ->> 'fingerprint', value ->> 'nonce', \
+                 value ->> 'joined_at', value ->> 'status', value ->> 'order_id', \
+                 value ->> 'refusal', value ->> 'decided_at' FROM json_each($1)"
             }
-            query.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+            Dialect::Postgres => {
+                "INSERT INTO tickets (id, sale_id, user_id, seq, fingerprint, nonce, joined_at, \
+                 status, order_id, refusal, decided_at) \
+                 SELECT id, sale_id, user_id, seq, fingerprint, nonce, joined_at, status, \
+                 order_id, refusal, decided_at \
+                 FROM json_to_recordset($1::json) AS t(id text, sale_id text, user_id text, \
+                 seq bigint, fingerprint text, nonce text, joined_at bigint, status text, \
+                 order_id text, refusal text, decided_at bigint)"
+            }
+        };
+        let rows: Vec<serde_json::Value> = tickets
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "id": t.id,
+                    "sale_id": t.sale_id,
+                    "user_id": t.user_id,
+                    "seq": t.seq,
+                    "fingerprint": t.fingerprint,
+                    "nonce": t.nonce,
+                    "joined_at": t.joined_at,
+                    "status": t.status.as_str(),
+                    "order_id": t.order_id,
+                    "refusal": t.refusal,
+                    "decided_at": t.decided_at,
+                })
+            })
+            .collect();
+        sqlx::query(sql)
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 
