@@ -11,8 +11,10 @@
 //! 4. the quick refusal — a purchase without an `Idempotency-Key` on a sale this
 //!    gateway knows to be sold out, ended or not started is refused with that code
 //!    (409) whatever its body says, before its rate limits count
-//!    (`StockGate::quick_refusal`); a join is not refused `not_started` or `paused`. A keyed purchase goes the whole way: it may be the
-//!    retry of one that got a unit.
+//!    (`StockGate::quick_refusal`). A keyed purchase goes the whole way: it may be the
+//!    retry of one that got a unit. A join has no quick refusal: whoever holds a ticket
+//!    gets it back, sold out or not, so the line answers once it knows the buyer
+//!    (`crate::line::Line::join`), and before the start or in a pause the buyer waits.
 //!
 //! The edge then reads the body (415, 413, 400 for a malformed one); then (`admit`):
 //! 5. the sale — unknown: 404 `sale_not_found` (judged after the body, as every answer);
@@ -191,10 +193,8 @@ impl Admission {
                 (false, true) => return Err(EngineError::NoQueue.into()),
                 _ => {}
             }
-            // A line takes its buyers before the sale starts and while it is paused:
-            // they wait in it.
             if let Some(refusal) = self.quick_refusal(sale, head.key.as_deref())
-                && !(head.via_line && matches!(refusal, Refusal::NotStarted | Refusal::Paused))
+                && !head.via_line
             {
                 return Err(EngineError::Refused(refusal).into());
             }

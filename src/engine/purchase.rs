@@ -198,6 +198,15 @@ impl Engine {
         self.bus.capacity()
     }
 
+    /// Whether this gateway knows the sale to be sold out or ended (no round trip):
+    /// the refusal a new buyer would surely get.
+    pub(crate) fn known_closed(&self, sale: &Sale) -> Option<Refusal> {
+        match self.gate.quick_refusal(sale, None, now_millis()) {
+            Some(refusal @ (Refusal::SoldOut | Refusal::Ended)) => Some(refusal),
+            _ => None,
+        }
+    }
+
     /// A purchase's second half: waits (up to `wait`, if given) for its order to be
     /// durable, or for its failure.
     pub(crate) async fn settle(

@@ -104,10 +104,21 @@ impl Line {
                     .to_rfc3339(),
             ));
         }
-        let line = self
-            .running_line(&sale)
-            .await?
-            .ok_or(EngineError::Refused(Refusal::Ended))?;
+        let Some(line) = self.running_line(&sale).await? else {
+            // The sale ended and its line left memory: a buyer who was in it gets
+            // their ticket back, anyone else the end.
+            let ticket = self
+                .store
+                .buyer_ticket(&sale.id, &purchase.user_id)
+                .await?
+                .ok_or(EngineError::Refused(Refusal::Ended))?;
+            let state = TicketState {
+                ticket,
+                position: None,
+                eta_s: None,
+            };
+            return Ok(Joined { state, new: false });
+        };
         let (ticket, stored) = {
             let mut state = line.state.lock();
             if let Some((ticket, durable)) = state.ticket_of(&purchase.user_id) {
@@ -117,7 +128,11 @@ impl Line {
                 let state = state.view(ticket, &sale, now);
                 return Ok(Joined { state, new: false });
             }
-            if let Some(refusal) = state.closed_by {
+            // Not in the line: a closed line, an ended sale, or a sale this gateway
+            // knows to be sold out takes nobody new (a line is closed by the decider
+            // once the last unit's order is stored; the gate may know it first).
+            let refusal = state.closed_by.or_else(|| self.engine.known_closed(&sale));
+            if let Some(refusal) = refusal {
                 return Err(EngineError::Refused(refusal));
             }
             // 64 random bits: a nonce the buyer did not choose (issue #26 lets them).

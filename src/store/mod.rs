@@ -184,6 +184,12 @@ pub trait TicketStore: Send + Sync + 'static {
     /// that is no longer waiting is left as it is.
     async fn settle_tickets(&self, decided: &[Ticket]) -> Result<(), StoreError>;
     async fn get_ticket(&self, id: &str) -> Result<Option<Ticket>, StoreError>;
+    /// The buyer's ticket in the sale's line, if they joined it.
+    async fn buyer_ticket(
+        &self,
+        sale_id: &str,
+        user_id: &str,
+    ) -> Result<Option<Ticket>, StoreError>;
     /// Every ticket of a sale, in line order.
     async fn sale_tickets(&self, sale_id: &str) -> Result<Vec<Ticket>, StoreError>;
     /// How many of a sale's tickets have each status (a finished line's figures,

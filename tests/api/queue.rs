@@ -567,3 +567,39 @@ async fn an_ended_sales_line_leaves_memory() {
     // None of that took the line up again.
     assert_eq!(in_memory().await, Some(0.0));
 }
+
+/// Joining again gets the buyer their ticket back even once the sale is sold out, and
+/// after it ended and its line left memory (another device, a lost page): only those
+/// who were never in the line are refused.
+#[tokio::test]
+async fn a_buyer_in_the_line_gets_their_ticket_back_sold_out_or_ended() {
+    let app = TestServer::start().await;
+    let sale = app
+        .create_sale(json!({
+            "name": "one unit",
+            "stock": 1,
+            "ends_at": in_ms(2_500),
+            "queue": {},
+        }))
+        .await;
+    let sale = sale["id"].as_str().unwrap().to_string();
+    let first = join(&app, &sale, "ann").await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    let ticket = first.body["ticket"].as_str().unwrap().to_string();
+    let decided = final_state(&app, &ticket).await;
+    assert_eq!(decided["order"]["status"], "paid", "{decided}");
+    let mut ended = false;
+    for phase in ["sold out", "ended"] {
+        let again = join(&app, &sale, "ann").await;
+        assert_eq!(again.status, 200, "{phase}: {}", again.text);
+        assert_eq!(again.body["ticket"], json!(ticket), "{phase}");
+        assert_eq!(again.body["status"], "decided", "{phase}");
+        let code = if ended { "ended" } else { "sold_out" };
+        join(&app, &sale, "bob").await.assert_problem(409, code);
+        if !ended {
+            // Past the end, and its line gone from memory.
+            tokio::time::sleep(Duration::from_millis(3_000)).await;
+            ended = true;
+        }
+    }
+}

@@ -111,6 +111,21 @@ impl TicketStore for SqlStore {
         row.as_ref().map(ticket_from_row).transpose()
     }
 
+    async fn buyer_ticket(
+        &self,
+        sale_id: &str,
+        user_id: &str,
+    ) -> Result<Option<Ticket>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM tickets WHERE sale_id = $1 AND user_id = $2"
+        )))
+        .bind(sale_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(ticket_from_row).transpose()
+    }
+
     async fn sale_tickets(&self, sale_id: &str) -> Result<Vec<Ticket>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM tickets WHERE sale_id = $1 ORDER BY seq"
