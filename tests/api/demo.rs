@@ -87,8 +87,14 @@ fn demo_through_a_line_sells_the_stock_in_line_order() {
     assert_eq!(line["success"], 30, "{line}");
     assert_eq!(line["out_of_order"], 0, "{line}");
     assert_eq!(line["still_waiting"], 0, "{line}");
-    // Everyone else is told: one refused at its turn, the rest closed at the sell-out.
-    assert_eq!(line["refused"]["sold_out"], 1, "{line}");
-    assert_eq!(line["closed"], 600 - 31, "{line}");
+    // Everyone else is told: closed when the last unit's order is stored (unpaced, the
+    // decider may refuse the 31st at its turn just before).
+    let refused = line["refused"]["sold_out"].as_u64().unwrap_or(0);
+    assert!(refused <= 1, "{line}");
+    assert_eq!(
+        line["closed"].as_u64().unwrap() + refused,
+        600 - 30,
+        "{line}"
+    );
     assert!(line["wait_p99_ms"].as_f64().unwrap() > 0.0, "{line}");
 }
