@@ -111,9 +111,10 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    /// The sale, the purchase and its key: a line keeps them until the ticket's turn.
-    pub fn into_parts(self) -> (Arc<Sale>, ValidPurchase, Option<String>) {
-        (self.sale, self.purchase, self.key)
+    /// The sale, the purchase and its key (a line keeps them until the ticket's turn),
+    /// and the place among the requests in flight, to hold until the join is answered.
+    pub fn into_parts(self) -> (Arc<Sale>, ValidPurchase, Option<String>, Slot) {
+        (self.sale, self.purchase, self.key, self._slot)
     }
 }
 

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use admission::{Admission, AdmissionError, Admitted, Buyer, Opened, PurchaseHead, Slot};
-pub(crate) use purchase::Placing;
+pub(crate) use purchase::{Placing, delay_here_if_asked};
 pub use recovery::snapshot;
 pub use sales::SaleState;
 pub use sweeper::{Sweep, run as run_sweeper};

@@ -377,8 +377,9 @@ pub(super) fn crash_here_if_asked(point: &str) {
 }
 
 /// Test-only: `FLASHSALE_FAILPOINT=slow-publish` makes the bus answer a second late
-/// (a slow broker), so that a retry meets its first request still in flight.
-async fn delay_here_if_asked(point: &str) {
+/// (a slow broker), so that a retry meets its first request still in flight;
+/// `slow-ticket-append` does the same to the line's store of new tickets.
+pub(crate) async fn delay_here_if_asked(point: &str) {
     if std::env::var("FLASHSALE_FAILPOINT").is_ok_and(|p| p == point) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

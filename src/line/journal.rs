@@ -31,6 +31,7 @@ pub(super) async fn append_tickets(
     let mut batch = Vec::with_capacity(BATCH);
     while joins.recv_many(&mut batch, BATCH).await > 0 {
         let tickets: Vec<Ticket> = batch.iter().map(|a| a.ticket.clone()).collect();
+        crate::engine::delay_here_if_asked("slow-ticket-append").await;
         let stored = match store.append_tickets(&tickets).await {
             Ok(()) => true,
             Err(e) => {

@@ -94,7 +94,9 @@ impl Line {
     /// Joins the sale's line with an admitted purchase (`Admission` checked it as a
     /// join): `new` is false when the buyer holds a ticket in it already.
     pub async fn join(&self, admitted: Admitted) -> Result<Joined, EngineError> {
-        let (sale, purchase, _key) = admitted.into_parts();
+        // The join holds its place among the requests in flight until it is answered
+        // (its ticket stored): a flood of joins is shed with 503 like purchases.
+        let (sale, purchase, _key, _in_flight) = admitted.into_parts();
         let queue = sale.queue.ok_or(EngineError::NoQueue)?;
         let now = now_millis();
         if now < queue.opens_at {

@@ -91,3 +91,44 @@ async fn a_purchase_that_waited_too_long_is_refused_not_decided_late() {
     let in_time = send(Duration::ZERO).await;
     assert!(in_time.starts_with("HTTP/1.1 202"), "{in_time}");
 }
+
+/// A join holds its place among the requests in flight until its ticket is stored, as a
+/// purchase does until its order is: past the limit, joins are shed at once.
+#[tokio::test]
+async fn joins_past_the_in_flight_limit_are_shed_at_once() {
+    let deployment = Deployment::new(Backends::Embedded, &["--max-in-flight-purchases", "1"]).await;
+    // The line's store answers a second late: the first join stays in flight that long.
+    let app = deployment
+        .gateway_with_env(&[("FLASHSALE_FAILPOINT", "slow-ticket-append")])
+        .await;
+    let sale = app
+        .create_sale(json!({"name": "queued", "stock": 5, "queue": {}}))
+        .await;
+    let sale = sale["id"].as_str().unwrap().to_string();
+    let join = |user: &'static str| {
+        let (client, url) = (
+            app.client.clone(),
+            app.url(&format!("/api/sales/{sale}/queue")),
+        );
+        async move {
+            let reply = client
+                .post(url)
+                .json(&json!({"user_id": user}))
+                .send()
+                .await
+                .unwrap();
+            (reply.status().as_u16(), reply.text().await.unwrap())
+        }
+    };
+    let first = tokio::spawn(join("first"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = join("second").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("overloaded"), "{body}");
+    assert_eq!(first.await.unwrap().0, 202);
+    assert_eq!(
+        join("second").await.0,
+        202,
+        "room again once the first is answered"
+    );
+}
