@@ -174,9 +174,11 @@ async fn a_line_refuses_what_it_cannot_take() {
 #[tokio::test]
 async fn a_ticket_that_waits_past_max_wait_times_out() {
     let app = TestServer::start().await;
-    // One decision per second, a wait of one second: the first ticket is decided, the
-    // ones behind it run out of time.
-    let sale = queued_sale(&app, 100, 0, json!({"rate": "1/s", "max_wait_s": 1})).await;
+    // One decision per second, a wait of one second from the start (everyone joins
+    // before it): the first ticket is decided, the ones behind it run out of time
+    // before the next decision. (Joined after the start, each would wait from its own
+    // join, and a slow join could still be in time behind one that timed out.)
+    let sale = queued_sale(&app, 100, 1_500, json!({"rate": "1/s", "max_wait_s": 1})).await;
     let mut tickets = Vec::new();
     for n in 0..6 {
         let reply = join(&app, &sale, &format!("b{n}")).await;
